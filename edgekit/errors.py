@@ -1,0 +1,47 @@
+"""The error hierarchy: every failure a user can cause or fix is an ``EdgekitError`` that says what to do."""
+
+from __future__ import annotations
+
+
+class EdgekitError(Exception):
+    """Base class of all user-facing edgekit errors; the message is one line that says what to do."""
+
+
+class UnsupportedError(EdgekitError):
+    """A family, format, quantisation or option combination that edgekit does not support."""
+
+
+class CheckpointError(EdgekitError):
+    """A model checkpoint that is missing files, malformed or inconsistent."""
+
+
+class AdapterError(EdgekitError):
+    """A LoRA adapter that is malformed or does not fit the base model."""
+
+
+class BundleError(EdgekitError):
+    """A bundle that is missing, incomplete, or whose files do not match its manifest."""
+
+
+class OutputExistsError(EdgekitError):
+    """The output path already exists and ``force`` was not given."""
+
+
+class ParityError(EdgekitError):
+    """An export whose outputs do not match the PyTorch reference within the thresholds."""
+
+
+class MissingDependencyError(EdgekitError):
+    """An optional engine or library is not installed; the message names the pip extra to install."""
+
+
+def require(module: str, extra: str):
+    """Import ``module`` or raise a MissingDependencyError that names the extra providing it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{module} is not installed ({exc}); install it with: pip install 'edgekit[{extra}]'"
+        ) from None

@@ -1,0 +1,50 @@
+"""The PyTorch reference: the source checkpoint with its adapter merged, in float32.
+
+Every export is verified against this model, and every exporter reads its weights from it, so the file and
+the reference can never disagree about what was merged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .checkpoint import Checkpoint
+from .lora import Adapter, merge
+
+
+def load_reference(checkpoint: Checkpoint, adapter: Adapter | None) -> Any:
+    model = checkpoint.family.build_reference(checkpoint)
+    if adapter is not None:
+        model = merge(model, adapter)
+    return model
+
+
+def state_dict(model: Any) -> dict[str, np.ndarray]:
+    """Float32 numpy copies of the merged weights, keyed by Hugging Face names."""
+    return {k: v.detach().to("cpu").float().numpy() for k, v in model.state_dict().items()}
+
+
+def logits(model: Any, tokens: Sequence[int]) -> np.ndarray:
+    """Teacher-forced logits [len(tokens), vocab] in float32."""
+    import torch
+
+    with torch.inference_mode():
+        ids = torch.tensor([list(tokens)], dtype=torch.long)
+        return model(input_ids=ids).logits[0].float().numpy()
+
+
+def greedy(model: Any, prompt: Sequence[int], n: int) -> list[int]:
+    """``n`` greedy tokens after ``prompt``, decoded with the model's cache; no stop at eos, so that runs
+    compare token by token."""
+    import torch
+
+    out_tokens: list[int] = []
+    with torch.inference_mode():
+        out = model(input_ids=torch.tensor([list(prompt)], dtype=torch.long), use_cache=True)
+        for _ in range(n):
+            nxt = int(out.logits[0, -1].argmax())
+            out_tokens.append(nxt)
+            out = model(input_ids=torch.tensor([[nxt]], dtype=torch.long), cache=out.cache, use_cache=True)
+    return out_tokens

@@ -1,0 +1,156 @@
+"""Parity: an export against the merged PyTorch reference, on the same tokens, teacher-forced.
+
+Metrics over a held-out text of at least ``MIN_TOKENS`` tokens, in windows of ``WINDOW`` tokens each starting
+from a fresh state: top-1 agreement, mean KL(reference || export), max |Δlogit|; plus ``GREEDY_TOKENS`` greedy
+tokens from a prompt, compared token by token; plus whether the engine tokenizes the text exactly as the
+checkpoint's own tokenizer does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .plan import Thresholds
+
+WINDOW = 512
+MIN_TOKENS = 2048
+GREEDY_TOKENS = 32
+GREEDY_PROMPT = 48
+
+
+def heldout_text() -> str:
+    return resources.files("edgekit").joinpath("data/heldout.txt").read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class Report:
+    metrics: dict[str, Any]
+    thresholds: dict[str, Any]
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+    def table(self) -> str:
+        t = self.thresholds
+        m = self.metrics
+        rows = [
+            ("top-1 agreement", f"{m['top1']:.4f}", f">= {t['min_top1']}"),
+            ("mean KL", f"{m['mean_kl']:.2e}", f"<= {t['max_mean_kl']:.0e}"),
+            ("max |Δlogit|", f"{m['max_abs_logit']:.2e}", f"<= {t['max_abs_logit']}" if t["max_abs_logit"] else "-"),
+            ("greedy prefix", f"{m['greedy_prefix']}/{m['greedy_tokens']}", f">= {t['min_greedy_prefix']}"),
+            ("tokenizer match", str(m["tokenizer_match"]), "True"),
+        ]
+        lines = [f"{'metric':<18} {'measured':>12}  {'threshold':<12}"]
+        lines += [f"{a:<18} {b:>12}  {c:<12}" for a, b, c in rows]
+        lines.append(f"{m['tokens']} tokens in {m['windows']} windows: {'PASS' if self.passed else 'FAIL'}")
+        return "\n".join(lines)
+
+
+def compare_logits(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
+    """Per-position sums so windows can be pooled: agreeing top-1 count, KL sum, max |Δ|."""
+    ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
+    log_p = ref64 - np.logaddexp.reduce(ref64, axis=-1, keepdims=True)
+    log_q = got64 - np.logaddexp.reduce(got64, axis=-1, keepdims=True)
+    kl = np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)
+    return {
+        "agree": float(np.sum(ref.argmax(-1) == got.argmax(-1))),
+        "kl_sum": float(np.sum(kl)),
+        "max_abs": float(np.max(np.abs(ref64 - got64))),
+        "n": float(ref.shape[0]),
+    }
+
+
+def windows(ids: Sequence[int], bos: int | None, window: int, min_tokens: int) -> list[list[int]]:
+    body = window - (1 if bos is not None else 0)
+    out: list[list[int]] = []
+    for start in range(0, len(ids) - body + 1, body):
+        out.append(([bos] if bos is not None else []) + list(ids[start : start + body]))
+        if sum(len(w) for w in out) >= min_tokens:
+            break
+    return out
+
+
+def greedy_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def check(metrics: dict[str, Any], t: Thresholds) -> list[str]:
+    fails = []
+    if metrics["top1"] < t.min_top1:
+        fails.append(f"top-1 agreement {metrics['top1']:.4f} < {t.min_top1}")
+    if metrics["mean_kl"] > t.max_mean_kl:
+        fails.append(f"mean KL {metrics['mean_kl']:.3e} > {t.max_mean_kl:.1e}")
+    if t.max_abs_logit is not None and metrics["max_abs_logit"] > t.max_abs_logit:
+        fails.append(f"max |Δlogit| {metrics['max_abs_logit']:.3e} > {t.max_abs_logit}")
+    if metrics["greedy_prefix"] < t.min_greedy_prefix:
+        fails.append(f"greedy tokens diverge at {metrics['greedy_prefix']} < {t.min_greedy_prefix}")
+    if not metrics["tokenizer_match"]:
+        fails.append("the engine tokenizes the held-out text differently from the checkpoint's tokenizer")
+    return fails
+
+
+def run(
+    session: Any,
+    reference: Any,
+    tokenizer_path: Path,
+    thresholds: Thresholds,
+    text: str | None = None,
+    window: int = WINDOW,
+    min_tokens: int = MIN_TOKENS,
+    progress: Callable[[str], None] = print,
+) -> Report:
+    """Compare ``session`` (any LanguageSession) with ``reference`` (the merged torch model)."""
+    from tokenizers import Tokenizer
+
+    from . import reference as ref_mod
+
+    text = heldout_text() if text is None else text
+    tok = Tokenizer.from_file(str(tokenizer_path))
+    ids = tok.encode(text, add_special_tokens=False).ids
+    bos = session.manifest.get("model", {}).get("bos_id") if session.manifest.get("model", {}).get("add_bos") else None
+    window = min(window, int(getattr(session, "n_ctx", window)))
+    wins = windows(ids, bos, window, min_tokens)
+    if sum(len(w) for w in wins) < min_tokens:
+        raise ValueError(f"verification text has {len(ids)} tokens; at least {min_tokens} are needed")
+    totals = {"agree": 0.0, "kl_sum": 0.0, "max_abs": 0.0, "n": 0.0}
+    for i, w in enumerate(wins, 1):
+        progress(f"verify: window {i}/{len(wins)} ({len(w)} tokens)")
+        part = compare_logits(ref_mod.logits(reference, w), session.logits(w))
+        totals = {k: max(totals[k], part[k]) if k == "max_abs" else totals[k] + part[k] for k in totals}
+    prompt = wins[0][:GREEDY_PROMPT]
+    progress(f"verify: {GREEDY_TOKENS} greedy tokens")
+    from .runtimes import SamplingParams
+
+    ref_greedy = ref_mod.greedy(reference, prompt, GREEDY_TOKENS)
+    got = session.generate(prompt, SamplingParams(max_tokens=GREEDY_TOKENS, stop_at_eos=False)).tokens
+    sample = text[:4000]
+    metrics = {
+        "top1": totals["agree"] / totals["n"],
+        "mean_kl": totals["kl_sum"] / totals["n"],
+        "max_abs_logit": totals["max_abs"],
+        "tokens": int(totals["n"]),
+        "windows": len(wins),
+        "greedy_prefix": greedy_prefix(ref_greedy, got),
+        "greedy_tokens": GREEDY_TOKENS,
+        "reference_greedy": ref_greedy,
+        "engine_greedy": list(got),
+        "tokenizer_match": session.tokenize(sample, add_special=False) == tok.encode(sample, add_special_tokens=False).ids,
+        "text_sha256": hashlib.sha256(text.encode()).hexdigest(),
+    }
+    return Report(metrics=metrics, thresholds=thresholds.to_dict(), failures=check(metrics, thresholds))

@@ -1,0 +1,130 @@
+"""Tokenizer -> GGUF vocabulary, including the llama.cpp pre-tokenizer name.
+
+llama.cpp's own converter picks the pre-tokenizer by a checksum of how a tokenizer splits a probe text, which
+fails for every tokenizer it has not seen (such as a user's freshly trained one).  Here the choice is derived
+from what the tokenizer *is*: the split regexes in ``tokenizer.json`` are compared with the regexes llama.cpp
+implements for each pre-tokenizer type.  An unknown regex is an error unless the user names the type.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...errors import CheckpointError, UnsupportedError
+from ...families import Family
+
+# The GPT-2 split regex, which the `tokenizers` ByteLevel pre-tokenizer applies when use_regex is true.
+GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+LLAMA3 = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+QWEN2 = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+
+# split regexes (in order) -> llama.cpp `tokenizer.ggml.pre` value implementing the same split
+PRETOKENIZERS: dict[tuple[str, ...], str] = {
+    (GPT2,): "gpt-2",
+    (LLAMA3,): "llama-bpe",
+    (QWEN2,): "qwen2",
+}
+# Where llama.cpp has a family-specific name for the same regex (it also sets that family's BPE options).
+FAMILY_NAMES: dict[tuple[Family, str], str] = {(Family.LFM2, "llama-bpe"): "lfm2"}
+KNOWN_NAMES = ("gpt-2", "llama-bpe", "lfm2", "qwen2", "default")
+
+
+@dataclass(frozen=True)
+class Vocab:
+    tokens: list[str]
+    types: list[int]
+    pretokenizer: str
+    padded: int  # ids with no token in the tokenizer, filled with placeholders
+
+
+def split_regexes(tokenizer: dict[str, Any]) -> tuple[str, ...]:
+    """The regexes a byte-level BPE tokenizer splits on, in order; raises for anything llama.cpp cannot mirror."""
+    pre = tokenizer.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    regexes: list[str] = []
+    byte_level = False
+    for step in steps:
+        kind = step.get("type")
+        if kind == "Split" and "Regex" in (step.get("pattern") or {}) and not step.get("invert", False):
+            regexes.append(step["pattern"]["Regex"])
+        elif kind == "ByteLevel":
+            byte_level = True
+            if step.get("add_prefix_space"):
+                raise UnsupportedError("tokenizer: ByteLevel add_prefix_space=true has no llama.cpp equivalent")
+            if step.get("use_regex", True):
+                regexes.append(GPT2)
+        else:
+            raise UnsupportedError(f"tokenizer: pre-tokenizer step {kind!r} has no llama.cpp equivalent; pass --pretokenizer")
+    if not byte_level:
+        raise UnsupportedError("tokenizer: only byte-level BPE tokenizers are supported for GGUF")
+    return tuple(regexes)
+
+
+def pretokenizer_name(tokenizer: dict[str, Any], family: Family, override: str | None = None) -> str:
+    if override:
+        return override
+    regexes = split_regexes(tokenizer)
+    name = PRETOKENIZERS.get(regexes)
+    if name is None:
+        raise UnsupportedError(
+            f"tokenizer: split regex {regexes!r} matches no llama.cpp pre-tokenizer edgekit knows; "
+            f"name one with --pretokenizer (e.g. {', '.join(KNOWN_NAMES)})"
+        )
+    return FAMILY_NAMES.get((family, name), name)
+
+
+def build_vocab(tokenizer_path: Path, n_vocab: int, family: Family, override: str | None = None) -> Vocab:
+    import gguf
+
+    try:
+        tokenizer = json.loads(tokenizer_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{tokenizer_path}: cannot read tokenizer ({exc})") from None
+    model = tokenizer.get("model") or {}
+    if model.get("type") != "BPE":
+        raise UnsupportedError(f"{tokenizer_path}: tokenizer model {model.get('type')!r}; GGUF export supports BPE")
+    pre = pretokenizer_name(tokenizer, family, override)
+    tokens: dict[int, tuple[str, int]] = {i: (t, gguf.TokenType.NORMAL) for t, i in model["vocab"].items()}
+    for added in tokenizer.get("added_tokens", []):
+        kind = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
+        tokens[added["id"]] = (added["content"], kind)
+    if max(tokens) >= n_vocab:
+        raise CheckpointError(f"{tokenizer_path}: token id {max(tokens)} >= the model's {n_vocab} embedding rows")
+    out_tokens, out_types, padded = [], [], 0
+    for i in range(n_vocab):
+        if i in tokens:
+            text, kind = tokens[i]
+        else:  # embedding rows beyond the tokenizer (vocab padded for speed)
+            text, kind, padded = f"[PAD{i}]", gguf.TokenType.UNUSED, padded + 1
+        out_tokens.append(text)
+        out_types.append(int(kind))
+    return Vocab(tokens=out_tokens, types=out_types, pretokenizer=pre, padded=padded)
+
+
+def add_to_writer(writer: Any, checkpoint_dir: Path, vocab: Vocab, metadata: dict[str, Any]) -> None:
+    """Vocabulary, merges, special ids, add-bos flag and chat template."""
+    import gguf
+
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(vocab.pretokenizer)
+    writer.add_token_list(vocab.tokens)
+    writer.add_token_types(vocab.types)
+    special = gguf.SpecialVocab(checkpoint_dir, load_merges=True, n_vocab=len(vocab.tokens))
+    if not special.merges:
+        raise CheckpointError(f"{checkpoint_dir}: tokenizer.json has no BPE merges")
+    # Fall back to the config's ids where the tokenizer files do not name them.
+    for kind, key in (("bos", "bos_id"), ("pad", "pad_id")):
+        if kind not in special.special_token_ids and metadata.get(key) is not None:
+            special.special_token_ids[kind] = int(metadata[key])
+    if "eos" not in special.special_token_ids and metadata.get("eos_ids"):
+        special.special_token_ids["eos"] = int(metadata["eos_ids"][0])
+    special.add_to_gguf(writer, quiet=True)

@@ -1,0 +1,146 @@
+"""llama.cpp engine (through llama-cpp-python) for GGUF bundles.  No torch."""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import BundleError, EdgekitError, require
+from .protocol import Generation, Prompt, SamplingParams, StreamResult, Timing
+
+DEFAULT_CTX = 4096
+
+
+class LlamaCppSession:
+    engine = "llama.cpp"
+
+    def __init__(
+        self, root: Path, manifest: Mapping[str, Any], n_threads: int | None = None, n_ctx: int | None = None
+    ) -> None:
+        self._llama_cpp = require("llama_cpp", "gguf")
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+        self.root = Path(root)
+        self.manifest = manifest
+        self.model = manifest.get("model", {})
+        self.path = self.root / manifest["artifact"]["artifact"]
+        self.n_ctx = n_ctx or min(int(self.model.get("context_length") or DEFAULT_CTX), DEFAULT_CTX)
+        self.n_threads = n_threads
+        t0 = time.perf_counter()
+        self._llm = self._open(logits_all=False)
+        self.load_s = time.perf_counter() - t0
+        self._scorer: Any = None
+        self.eos_ids = set(self.model.get("eos_ids") or [self._llm.token_eos()])
+
+    def _open(self, logits_all: bool) -> Any:
+        try:
+            return self._llama_cpp.Llama(
+                model_path=str(self.path),
+                n_ctx=self.n_ctx,
+                n_batch=512,
+                n_threads=self.n_threads,
+                n_threads_batch=self.n_threads,
+                logits_all=logits_all,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise BundleError(f"{self.path}: llama.cpp could not load the model ({exc})") from None
+
+    # -- text ---------------------------------------------------------------------------------------------
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self._llm.detokenize(list(tokens)).decode("utf-8", errors="replace")
+
+    def _prompt_tokens(self, prompt: Prompt) -> list[int]:
+        tokens = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        if not tokens:
+            raise EdgekitError("empty prompt")
+        return tokens
+
+    # -- generation ---------------------------------------------------------------------------------------
+    def _tokens(self, prompt: Prompt, params: SamplingParams, result: StreamResult) -> Iterator[int]:
+        tokens = self._prompt_tokens(prompt)
+        if len(tokens) + params.max_tokens > self.n_ctx:
+            raise EdgekitError(
+                f"prompt ({len(tokens)} tokens) + max_tokens ({params.max_tokens}) exceeds the context of {self.n_ctx}"
+            )
+        llm = self._llm
+        llm.reset()  # fresh state: the conv state of LFM2 cannot be rolled back to a shared prefix
+        if params.seed is not None:
+            llm.set_seed(params.seed)
+        ctx = llm._ctx.ctx  # llama-cpp-python exposes no public handle for the perf counters
+        self._llama_cpp.llama_perf_context_reset(ctx)
+        start = time.perf_counter()
+        ttft = 0.0
+        gen = llm.generate(
+            tokens,
+            top_k=params.top_k if not params.greedy else 1,
+            top_p=params.top_p,
+            min_p=0.0,
+            temp=params.temperature,
+            repeat_penalty=1.0,
+            reset=True,
+        )
+        try:
+            for token in gen:
+                if not result.tokens:
+                    ttft = time.perf_counter() - start
+                if params.stop_at_eos and token in self.eos_ids:
+                    break
+                result.tokens.append(token)
+                yield token
+                if len(result.tokens) >= params.max_tokens:
+                    break
+        finally:
+            gen.close()
+            perf = self._llama_cpp.llama_perf_context(ctx)
+            result.timing = Timing(
+                prompt_tokens=int(perf.n_p_eval),
+                prefill_s=perf.t_p_eval_ms / 1e3,
+                generated_tokens=int(perf.n_eval),
+                decode_s=perf.t_eval_ms / 1e3,
+                ttft_s=ttft,
+            )
+
+    def stream(
+        self, prompt: Prompt, params: SamplingParams = SamplingParams(), result: StreamResult | None = None
+    ) -> Iterator[str]:
+        """Yield text as it is generated; bytes of a character split across tokens are held back until whole."""
+        result = result if result is not None else StreamResult()
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for token in self._tokens(prompt, params, result):
+            piece = decoder.decode(self._llm.detokenize([token]))
+            if piece:
+                yield piece
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield tail
+
+    def generate(self, prompt: Prompt, params: SamplingParams = SamplingParams()) -> Generation:
+        result = StreamResult()
+        text = "".join(self.stream(prompt, params, result))
+        eos = params.stop_at_eos and len(result.tokens) < params.max_tokens
+        return Generation(text=text, tokens=result.tokens, timing=result.timing, stopped_at_eos=eos)
+
+    # -- scoring ------------------------------------------------------------------------------------------
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        tokens = [int(t) for t in tokens]
+        if len(tokens) > self.n_ctx:
+            raise EdgekitError(f"{len(tokens)} tokens exceed the context of {self.n_ctx}")
+        if self._scorer is None:  # a second context that keeps every position's logits
+            self._scorer = self._open(logits_all=True)
+        self._scorer.reset()
+        self._scorer.eval(tokens)
+        return np.array(self._scorer.scores[: len(tokens)], dtype=np.float32)
+
+    def close(self) -> None:
+        for llm in (self._llm, self._scorer):
+            if llm is not None:
+                llm.close()
+        self._llm = self._scorer = None

@@ -1,0 +1,99 @@
+"""The session protocol every engine implements, and the plain values it returns.
+
+``edgekit.load(bundle)`` returns a ``LanguageSession`` for language models (LFM2, BitNet) whatever the engine;
+solver families (TRM/HRM) get a ``SolverSession``.  Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 40
+    top_p: float = 0.95
+    seed: int | None = None
+    stop_at_eos: bool = True
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Engine-side timings of one generation (seconds)."""
+
+    prompt_tokens: int = 0
+    prefill_s: float = 0.0
+    generated_tokens: int = 0
+    decode_s: float = 0.0
+    ttft_s: float = 0.0  # wall time from the call to the first generated token
+
+    @property
+    def prefill_tps(self) -> float:
+        return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def decode_tps(self) -> float:
+        return self.generated_tokens / self.decode_s if self.decode_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {**asdict(self), "prefill_tps": self.prefill_tps, "decode_tps": self.decode_tps}
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    tokens: list[int]
+    timing: Timing
+    stopped_at_eos: bool = False
+
+
+@dataclass
+class StreamResult:
+    """Filled in by ``stream()`` when the iterator is exhausted."""
+
+    tokens: list[int] = field(default_factory=list)
+    timing: Timing = field(default_factory=Timing)
+
+
+Prompt = str | Sequence[int]
+
+
+@runtime_checkable
+class LanguageSession(Protocol):
+    engine: str
+    manifest: Mapping[str, Any]
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]: ...
+
+    def detokenize(self, tokens: Sequence[int]) -> str: ...
+
+    def generate(self, prompt: Prompt, params: SamplingParams = SamplingParams()) -> Generation: ...
+
+    def stream(
+        self, prompt: Prompt, params: SamplingParams = SamplingParams(), result: StreamResult | None = None
+    ) -> Iterator[str]: ...
+
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """Teacher-forced logits, float32 [len(tokens), vocab], from a fresh state."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class SolverSession(Protocol):
+    engine: str
+    manifest: Mapping[str, Any]
+
+    def solve(self, inputs: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None: ...
