@@ -31,7 +31,17 @@ def _quant_help() -> str:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export, make_plan
 
-    prep = make_plan(args.source, args.format, args.quant, args.adapter, {"pretokenizer": args.pretokenizer})
+    options = {
+        "pretokenizer": args.pretokenizer,
+        "block_size": args.block_size,
+        "accuracy_level": args.accuracy_level,
+        "head_bits": args.head_bits,
+        "group_size": args.group_size,
+        "embedding_quant": args.embedding_quant,
+        "max_context": args.max_context,
+        "lora_mode": args.lora_mode,
+    }
+    prep = make_plan(args.source, args.format, args.quant, args.adapter, options)
     progress = _progress(args.quiet)
     progress(f"plan: {prep.plan.family.value} -> {prep.plan.target.value} {prep.plan.quant.name}")
     export(prep, args.output, force=args.force, verify=not args.no_verify, progress=progress)
@@ -125,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     e.add_argument("--no-verify", action="store_true", help="skip the parity check against PyTorch")
     e.add_argument("--pretokenizer", help="GGUF only: llama.cpp pre-tokenizer name when it cannot be derived")
+    e.add_argument("--block-size", type=int, help="ONNX int4 only: weights per scale (16/32/64/128/256, default 32)")
+    e.add_argument("--accuracy-level", type=int, help="ONNX int4 only: MatMulNBits compute type (4 = int8, default)")
+    e.add_argument("--head-bits", type=int, help="ONNX int4 only: bits of the tied embedding / LM head (4 or 8)")
+    e.add_argument("--group-size", type=int, help="ExecuTorch 8da4w only: weights per scale (32/64/128/256, 0 = per channel; default 32)")
+    e.add_argument("--embedding-quant", choices=["none", "8", "4"], help="ExecuTorch only: quantise the token embedding table (default none)")
+    e.add_argument("--max-context", type=int, help="ExecuTorch only: KV cache length in tokens (default min(2048, the model's))")
+    e.add_argument("--lora-mode", choices=["merged", "separate"], help="ExecuTorch only: fold the adapter in (default) or keep it in adapter.ptd")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     e.set_defaults(func=cmd_export)
 
@@ -150,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("bundle", type=Path)
     i.add_argument("--json", action="store_true", help="print the whole manifest")
     i.set_defaults(func=cmd_info)
+    __import__("edgekit.cli_profile", fromlist=["add_parsers"]).add_parsers(sub)  # profile, device-test, golden, bench
     return p
 
 
@@ -160,6 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except EdgekitError as exc:
         print(f"edgekit: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, permissions: the staging directory has been removed already
+        print(f"edgekit: error: {exc.strerror or exc} ({exc.filename or 'output'}); nothing was written", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("edgekit: interrupted; nothing was left at the output path", file=sys.stderr)

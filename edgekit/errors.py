@@ -27,6 +27,10 @@ class OutputExistsError(EdgekitError):
     """The output path already exists and ``force`` was not given."""
 
 
+class WriteError(EdgekitError):
+    """Writing the bundle failed (disk full, permissions); nothing was left at the output path."""
+
+
 class ParityError(EdgekitError):
     """An export whose outputs do not match the PyTorch reference within the thresholds."""
 
@@ -45,3 +49,19 @@ def require(module: str, extra: str):
         raise MissingDependencyError(
             f"{module} is not installed ({exc}); install it with: pip install 'edgekit[{extra}]'"
         ) from None
+
+
+class ContextLengthError(EdgekitError):
+    """A prompt (plus the tokens to generate) that does not fit the session's context length."""
+
+
+class StateError(EdgekitError):
+    """Decoder state (KV cache, conv state) whose shape or type does not fit the model it is given to."""
+
+
+class DeviceError(EdgekitError):
+    """A device (ssh host, adb phone) that cannot be reached, refuses access, or failed to run the job."""
+
+
+class RuntimeMissingError(DeviceError):
+    """The device lacks the engine a bundle needs; the message gives the install command to run there."""

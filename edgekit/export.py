@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 from . import __version__
 from .bundle import read_manifest, staging, write_manifest
 from .checkpoint import Checkpoint, open_checkpoint
-from .errors import BundleError, CheckpointError, ParityError, UnsupportedError
+from .errors import BundleError, CheckpointError, ParityError, UnsupportedError, WriteError
 from .lora import Adapter, open_adapter
 from .plan import ExportPlan, Target
 
@@ -119,9 +119,24 @@ def export(
     progress: Callable[[str], None] = print,
 ) -> Path:
     """Run the export; returns the bundle path.  Raises ParityError (leaving nothing at ``out``) on a failed check."""
+    out = Path(out)
+    try:
+        _export_into(prep, out, force, verify, progress)
+    except OSError as exc:  # the staging directory is gone by now
+        free = shutil.disk_usage(out.parent).free / 1e6 if out.parent.exists() else 0.0
+        raise WriteError(
+            f"writing {out} failed: {exc.strerror or exc} ({free:.0f} MB free there); "
+            "free space or choose another output path — nothing was left behind"
+        ) from exc
+    progress(f"bundle written to {out}")
+    return out
+
+
+def _export_into(
+    prep: PreparedExport, out: Path, force: bool, verify: bool, progress: Callable[[str], None]
+) -> None:
     from . import exporters, reference
 
-    out = Path(out)
     t0 = time.perf_counter()
     with staging(out, force=force) as tmp:
         progress(f"loading {prep.checkpoint.path}" + (f" + adapter {prep.adapter.path}" if prep.adapter else ""))
@@ -132,8 +147,7 @@ def export(
         artifact = prep.exporter.export(job, tmp)
         for f in prep.checkpoint.tokenizer_files:
             shutil.copy2(f, tmp / f.name)
-        manifest = manifest_for(prep, artifact, time.perf_counter() - t0)
-        write_manifest(tmp, manifest)
+        write_manifest(tmp, manifest_for(prep, artifact, time.perf_counter() - t0))
         if verify:
             report = verify_bundle_with(tmp, model, progress)
             progress(report.table())
@@ -142,8 +156,6 @@ def export(
                     f"{prep.plan.target.value} {prep.plan.quant.name} failed verification: {'; '.join(report.failures)} "
                     "(use --no-verify to keep the file anyway)"
                 )
-    progress(f"bundle written to {out}")
-    return out
 
 
 def verify_bundle_with(root: Path, model: Any, progress: Callable[[str], None] = print) -> Any:

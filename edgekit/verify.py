@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .errors import EdgekitError
 from .plan import Thresholds
 
 WINDOW = 512
@@ -127,7 +128,7 @@ def run(
     window = min(window, int(getattr(session, "n_ctx", window)))
     wins = windows(ids, bos, window, min_tokens)
     if sum(len(w) for w in wins) < min_tokens:
-        raise ValueError(f"verification text has {len(ids)} tokens; at least {min_tokens} are needed")
+        raise EdgekitError(f"verification text has {len(ids)} tokens; at least {min_tokens} are needed")
     totals = {"agree": 0.0, "kl_sum": 0.0, "max_abs": 0.0, "n": 0.0}
     for i, w in enumerate(wins, 1):
         progress(f"verify: window {i}/{len(wins)} ({len(w)} tokens)")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import codecs
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -11,9 +11,13 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..errors import BundleError, EdgekitError, require
-from .protocol import Generation, Prompt, SamplingParams, StreamResult, Timing
+from .protocol import Generation, Prompt, SamplingParams, StreamResult, Timing, utf8_text
 
 DEFAULT_CTX = 4096
+GGML_TYPE_F32 = 0
+# llama.cpp keeps the KV cache in F16 by default, which alone moves logits by ~5e-3 on the built-in model; an
+# F32 bundle is asked for to be exact, so its cache is F32 too (measured: max |Δlogit| 5.6e-3 -> 4.8e-5).
+KV_CACHE_TYPE = {"f32": GGML_TYPE_F32}
 
 
 class LlamaCppSession:
@@ -29,22 +33,25 @@ class LlamaCppSession:
         self.model = manifest.get("model", {})
         self.path = self.root / manifest["artifact"]["artifact"]
         self.n_ctx = n_ctx or min(int(self.model.get("context_length") or DEFAULT_CTX), DEFAULT_CTX)
-        self.n_threads = n_threads
+        self.n_threads = n_threads or os.cpu_count() or 1  # llama-cpp-python's default is half the cores
+        self.kv_type = KV_CACHE_TYPE.get(manifest.get("plan", {}).get("quant", {}).get("name", ""))
         t0 = time.perf_counter()
         self._llm = self._open(logits_all=False)
         self.load_s = time.perf_counter() - t0
         self._scorer: Any = None
         self.eos_ids = set(self.model.get("eos_ids") or [self._llm.token_eos()])
 
-    def _open(self, logits_all: bool) -> Any:
+    def _open(self, logits_all: bool, n_ctx: int | None = None) -> Any:
         try:
             return self._llama_cpp.Llama(
                 model_path=str(self.path),
-                n_ctx=self.n_ctx,
+                n_ctx=n_ctx or self.n_ctx,
                 n_batch=512,
                 n_threads=self.n_threads,
                 n_threads_batch=self.n_threads,
                 logits_all=logits_all,
+                type_k=self.kv_type,
+                type_v=self.kv_type,
                 verbose=False,
             )
         except (ValueError, RuntimeError) as exc:
@@ -113,14 +120,8 @@ class LlamaCppSession:
     ) -> Iterator[str]:
         """Yield text as it is generated; bytes of a character split across tokens are held back until whole."""
         result = result if result is not None else StreamResult()
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        for token in self._tokens(prompt, params, result):
-            piece = decoder.decode(self._llm.detokenize([token]))
-            if piece:
-                yield piece
-        tail = decoder.decode(b"", final=True)
-        if tail:
-            yield tail
+        tokens = self._tokens(prompt, params, result)
+        yield from utf8_text(self._llm.detokenize([t]) for t in tokens)
 
     def generate(self, prompt: Prompt, params: SamplingParams = SamplingParams()) -> Generation:
         result = StreamResult()
@@ -128,13 +129,39 @@ class LlamaCppSession:
         eos = params.stop_at_eos and len(result.tokens) < params.max_tokens
         return Generation(text=text, tokens=result.tokens, timing=result.timing, stopped_at_eos=eos)
 
+    # -- stepping: the profiler's optional extension (protocol.SteppableSession) ---------------------------
+    def reset(self) -> None:
+        self._llm.reset()
+        mem = self._llama_cpp.llama_get_memory(self._llm._ctx.ctx)
+        if mem is not None:  # Llama.reset clears memory only for recurrent/hybrid models; clear it always
+            self._llama_cpp.llama_memory_clear(mem, True)
+
+    def feed(self, tokens: Sequence[int]) -> float:
+        tokens = [int(t) for t in tokens]
+        if self._llm.n_tokens + len(tokens) > self.n_ctx:
+            raise EdgekitError(
+                f"{self._llm.n_tokens} cached + {len(tokens)} new tokens exceed the context of {self.n_ctx}"
+            )
+        ctx = self._llm._ctx.ctx
+        before = self._llama_cpp.llama_perf_context(ctx)
+        self._llm.eval(tokens)
+        # llama.cpp books a decode's time into its perf counters only when the context synchronises
+        self._llama_cpp.llama_synchronize(ctx)
+        after = self._llama_cpp.llama_perf_context(ctx)
+        return (after.t_p_eval_ms + after.t_eval_ms - before.t_p_eval_ms - before.t_eval_ms) / 1e3
+
     # -- scoring ------------------------------------------------------------------------------------------
     def logits(self, tokens: Sequence[int]) -> np.ndarray:
         tokens = [int(t) for t in tokens]
         if len(tokens) > self.n_ctx:
             raise EdgekitError(f"{len(tokens)} tokens exceed the context of {self.n_ctx}")
-        if self._scorer is None:  # a second context that keeps every position's logits
-            self._scorer = self._open(logits_all=True)
+        # A second context keeps every position's logits; it is sized to the request, since its logit buffer
+        # is n_ctx x vocab floats (1 GB at 4K context for a 64K vocabulary).
+        need = -(-len(tokens) // 512) * 512
+        if self._scorer is None or self._scorer.n_ctx() < need:
+            if self._scorer is not None:
+                self._scorer.close()
+            self._scorer = self._open(logits_all=True, n_ctx=need)
         self._scorer.reset()
         self._scorer.eval(tokens)
         return np.array(self._scorer.scores[: len(tokens)], dtype=np.float32)

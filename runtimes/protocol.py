@@ -6,8 +6,9 @@ solver families (TRM/HRM) get a ``SolverSession``.  Nothing here imports torch.
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -67,6 +68,19 @@ class StreamResult:
 Prompt = str | Sequence[int]
 
 
+def utf8_text(pieces: Iterable[bytes]) -> Iterator[str]:
+    """Text from per-token byte pieces.  A byte-level token may end inside a multi-byte character; its bytes
+    are held back until the character is complete instead of raising or printing replacement characters."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for piece in pieces:
+        text = decoder.decode(piece)
+        if text:
+            yield text
+    tail = decoder.decode(b"", final=True)
+    if tail:
+        yield tail
+
+
 @runtime_checkable
 class LanguageSession(Protocol):
     engine: str
@@ -87,6 +101,23 @@ class LanguageSession(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class SteppableSession(Protocol):
+    """Optional extension used by ``edgekit profile`` for llama-bench's method (random tokens, no sampling,
+    prefill with N tokens already in the cache).  Engines without it are profiled through ``generate``, which
+    cannot measure depth (``-d``).
+
+    ``reset`` drops all sequence state (KV cache and LFM2's conv state).  ``feed`` runs the model over
+    ``tokens`` appended to the current state, in the engine's prefill batches, without sampling, and returns
+    the engine's own time for that work in seconds (its timers where it has them, else wall time around the
+    engine call), so that Python overhead is not counted as model time.
+    """
+
+    def reset(self) -> None: ...
+
+    def feed(self, tokens: Sequence[int]) -> float: ...
 
 
 @runtime_checkable

@@ -237,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     lora_dir = args.out / "lfm2-tiny-lora"
     peft_model.save_pretrained(lora_dir, safe_serialization=True)
+    (lora_dir / "README.md").unlink(missing_ok=True)  # peft's empty model-card template
     cfg_path = lora_dir / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["base_model_name_or_path"] = "builtin:lfm2-tiny"

@@ -114,7 +114,7 @@ def _spec():
         kind=ModelKind.LANGUAGE,
         architectures=("Lfm2ForCausalLM", "LFM2ForCausalLM"),
         model_types=("lfm2",),
-        targets=(Target.GGUF,),
+        targets=(Target.GGUF, Target.ONNX, Target.EXECUTORCH),
         # every linear layer: attention q/k/v/out, conv in/out projections, SwiGLU w1/w2/w3
         lora_targets=frozenset({"q_proj", "k_proj", "v_proj", "out_proj", "in_proj", "w1", "w2", "w3"}),
         validate_config=validate_config,

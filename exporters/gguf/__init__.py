@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import UnsupportedError
-from ...families import Family, lfm2
+from ...families import Family
 from ...plan import QuantSpec, Target, Thresholds, WeightKind
 from .. import ExporterSpec, ExportJob
 from . import vocab, writer
@@ -33,10 +33,15 @@ QUANTS: dict[str, QuantSpec] = {
     )
 }
 
+# Measured on the built-in model + LoRA (README, "GGUF parity"): top-1 / mean KL / max |Δlogit| / greedy
+# f32 1.0000 / 2.9e-12 / 4.8e-5 / 32, f16 1.0000 / 3.3e-7 / 0.010 / 32, bf16 0.9980 / 1.8e-5 / 0.073,
+# q8_0 0.9888 / 3.4e-4, q6_k 0.9639 / 2.1e-3, q5_k_m 0.9473 / 4.1e-3, q4_k_m 0.9150 / 1.2e-2,
+# q4_0 0.8901 / 1.7e-2.  Top-1 bars for f32/f16/q8_0/q4_k_m are the ones the product promises; the others
+# and the KL bars leave ~2-5x headroom over those measurements for other (trained) models.
 THRESHOLDS: dict[str, Thresholds] = {
     "f32": Thresholds(min_top1=0.995, max_mean_kl=1e-5, max_abs_logit=1e-3, min_greedy_prefix=32),
-    "f16": Thresholds(min_top1=0.995, max_mean_kl=1e-4, max_abs_logit=0.1, min_greedy_prefix=16),
-    "bf16": Thresholds(min_top1=0.98, max_mean_kl=1e-3),
+    "f16": Thresholds(min_top1=0.995, max_mean_kl=1e-5, max_abs_logit=0.05, min_greedy_prefix=16),
+    "bf16": Thresholds(min_top1=0.99, max_mean_kl=2e-4),
     "q8_0": Thresholds(min_top1=0.97, max_mean_kl=2e-3),
     "q6_k": Thresholds(min_top1=0.93, max_mean_kl=6e-3),
     "q5_k_m": Thresholds(min_top1=0.90, max_mean_kl=1.2e-2),
@@ -91,7 +96,7 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
     plan = job.plan
     if plan.family is not Family.LFM2:
         raise UnsupportedError(f"GGUF export of {plan.family.value} is not implemented yet")
-    meta = lfm2.describe(job.checkpoint.config)
+    meta = job.checkpoint.family.describe(job.checkpoint.config)
     voc = vocab.build_vocab(
         job.checkpoint.path / "tokenizer.json", meta["vocab_size"], plan.family, plan.options.get("pretokenizer")
     )

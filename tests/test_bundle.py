@@ -1,0 +1,88 @@
+"""Bundles appear only when complete: refused, failed, interrupted or disk-full exports leave nothing."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from edgekit.bundle import MANIFEST, check_files, read_manifest, staging, write_manifest
+from edgekit.errors import BundleError, OutputExistsError, WriteError
+from edgekit.export import export, make_plan
+
+
+def leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir())
+
+
+def test_staging_commits_on_success(tmp_path):
+    with staging(tmp_path / "out") as d:
+        (d / "a.bin").write_bytes(b"x")
+        write_manifest(d, {"format": "gguf"})
+    assert leftovers(tmp_path) == ["out"]
+    m = read_manifest(tmp_path / "out")
+    assert m["files"]["a.bin"]["size"] == 1
+    check_files(tmp_path / "out", m, hashes=True)
+
+
+def test_staging_removes_everything_on_error(tmp_path):
+    with pytest.raises(RuntimeError):
+        with staging(tmp_path / "out") as d:
+            (d / "a.bin").write_bytes(b"x")
+            raise RuntimeError("boom")
+    assert leftovers(tmp_path) == []
+
+
+def test_existing_output_is_refused_unless_forced(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="--force"):
+        with staging(out):
+            pytest.fail("must not start")
+    assert (out / "keep.txt").exists()
+    with staging(out, force=True) as d:
+        write_manifest(d, {})
+    assert leftovers(out) == [MANIFEST]
+
+
+def test_damaged_bundle_is_reported(tmp_path):
+    with staging(tmp_path / "out") as d:
+        (d / "model.gguf").write_bytes(b"12345")
+        write_manifest(d, {})
+    (tmp_path / "out" / "model.gguf").write_bytes(b"12")
+    with pytest.raises(BundleError, match="damaged"):
+        check_files(tmp_path / "out", read_manifest(tmp_path / "out"))
+    with pytest.raises(BundleError, match="not a finished edgekit bundle"):
+        read_manifest(tmp_path)
+
+
+def test_interrupted_export_leaves_nothing(tmp_path, monkeypatch):
+    from edgekit.exporters import gguf
+
+    def interrupt(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gguf.writer, "requantize", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        export(make_plan("builtin:lfm2-tiny", "gguf", "q4_k_m"), tmp_path / "out", progress=lambda _m: None)
+    assert leftovers(tmp_path) == []
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 3 MB tmpfs: a real ENOSPC. Needs root (CI runs as root); skipped otherwise."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_disk_full_export_leaves_nothing(small_fs):
+    with pytest.raises(WriteError, match="MB free there"):
+        export(make_plan("builtin:lfm2-tiny", "gguf", "f32"), small_fs / "out", progress=lambda _m: None)
+    assert leftovers(small_fs) == []
+    assert shutil.disk_usage(small_fs).used < 1 << 20
