@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -135,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     e.add_argument("--no-verify", action="store_true", help="skip the parity check against PyTorch")
     e.add_argument("--pretokenizer", help="GGUF only: llama.cpp pre-tokenizer name when it cannot be derived")
-    e.add_argument("--block-size", type=int, help="ONNX int4 only: weights per scale (16/32/64/128/256, default 32)")
-    e.add_argument("--accuracy-level", type=int, help="ONNX int4 only: MatMulNBits compute type (4 = int8, default)")
+    e.add_argument("--block-size", type=int, help="ONNX int8/int4: weights per scale (16/32/64/128/256, default 32)")
+    e.add_argument("--accuracy-level", type=int, help="ONNX int8/int4: MatMulNBits compute type (4 = int8 activations, default)")
     e.add_argument("--head-bits", type=int, help="ONNX int4 only: bits of the tied embedding / LM head (4 or 8)")
     e.add_argument("--group-size", type=int, help="ExecuTorch 8da4w only: weights per scale (32/64/128/256, 0 = per channel; default 32)")
     e.add_argument("--embedding-quant", choices=["none", "8", "4"], help="ExecuTorch only: quantise the token embedding table (default none)")
@@ -171,7 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def quiet_libraries() -> None:
+    """The command prints its own progress; the libraries' import chatter and deprecation notices are noise
+    to a user (transformers, torch, torchao, gguf).  Errors still show."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")
+    for name in ("torch", "torchao", "transformers", "peft", "gguf"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
