@@ -104,3 +104,30 @@ def test_other_shapes_float_parity(tmp_path, shape):
     for quant in ("f32", "f16"):
         out = export(make_plan(src, "gguf", quant), tmp_path / quant, progress=lambda _m: None)
         assert read_manifest(out)["verification"]["passed"]
+
+
+def test_llama3_style_pretokenizer_end_to_end(tmp_path):
+    """A tokenizer that splits like LFM2's published one (llama-3 regex, then byte-level): the derived
+    pre-tokenizer ("lfm2") must make llama.cpp tokenize exactly like `tokenizers` (checked by verification)."""
+    import json
+
+    from factory import make_lfm2
+
+    from edgekit.export import export, make_plan
+    from edgekit.exporters.gguf.vocab import LLAMA3
+
+    src = make_lfm2(tmp_path / "src", layer_types=("conv", "full_attention", "conv"))
+    tok = json.loads((src / "tokenizer.json").read_text())
+    tok["pre_tokenizer"] = {
+        "type": "Sequence",
+        "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": LLAMA3}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+        ],
+    }
+    tok["model"]["ignore_merges"] = True
+    (src / "tokenizer.json").write_text(json.dumps(tok))
+    out = export(make_plan(src, "gguf", "f32"), tmp_path / "b", progress=lambda _m: None)
+    m = read_manifest(out)
+    assert m["artifact"]["pretokenizer"] == "lfm2"
+    assert m["verification"]["metrics"]["tokenizer_match"] and m["verification"]["passed"]
