@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from . import builtin, families
-from .errors import CheckpointError
+from .errors import CheckpointError, UnsupportedError
 from .families import FamilySpec, ModelKind
 
 WEIGHTS_FILE = "model.safetensors"
@@ -166,6 +166,11 @@ def open_checkpoint(source: str | Path) -> Checkpoint:
     root = builtin.resolve(source)
     if not root.is_dir():
         raise CheckpointError(f"{root}: not a directory (expected a Hugging Face checkpoint directory)")
+    if not (root / "config.json").exists() and (root / "all_config.yaml").exists():
+        raise UnsupportedError(
+            f"{root}: an official TRM/HRM training checkpoint; those families are not supported yet "
+            f"(supported: {families.supported_names()})"
+        )
     config = read_json(root / "config.json", "config.json")
     spec = families.detect(config)
     spec.validate_config(config)

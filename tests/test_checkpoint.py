@@ -126,3 +126,10 @@ def test_bad_input_is_refused_before_output_exists(rand_lfm2, tmp_path):
     with pytest.raises(CheckpointError):
         make_plan(d, "gguf", "q8_0")
     assert not out.exists() and list(tmp_path.iterdir()) == [d]
+
+
+def test_trm_checkpoint_is_named_not_supported_yet(tmp_path):
+    (tmp_path / "all_config.yaml").write_text("arch:\n  name: recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1\n")
+    (tmp_path / "step_0").write_bytes(b"")
+    with pytest.raises(UnsupportedError, match="TRM/HRM.*supported: lfm2"):
+        open_checkpoint(tmp_path)
