@@ -11,7 +11,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..errors import BundleError, EdgekitError, require
-from .protocol import Generation, Prompt, SamplingParams, StreamResult, Timing, utf8_text
+from .decoding import check_fits
+from .protocol import Generation, Prompt, SamplingParams, StreamResult, Timing, generate_via_stream, utf8_text
 
 DEFAULT_CTX = 4096
 GGML_TYPE_F32 = 0
@@ -73,10 +74,7 @@ class LlamaCppSession:
     # -- generation ---------------------------------------------------------------------------------------
     def _tokens(self, prompt: Prompt, params: SamplingParams, result: StreamResult) -> Iterator[int]:
         tokens = self._prompt_tokens(prompt)
-        if len(tokens) + params.max_tokens > self.n_ctx:
-            raise EdgekitError(
-                f"prompt ({len(tokens)} tokens) + max_tokens ({params.max_tokens}) exceeds the context of {self.n_ctx}"
-            )
+        check_fits(len(tokens), params, self.n_ctx)
         llm = self._llm
         llm.reset()  # fresh state: the conv state of LFM2 cannot be rolled back to a shared prefix
         if params.seed is not None:
@@ -124,10 +122,7 @@ class LlamaCppSession:
         yield from utf8_text(self._llm.detokenize([t]) for t in tokens)
 
     def generate(self, prompt: Prompt, params: SamplingParams = SamplingParams()) -> Generation:
-        result = StreamResult()
-        text = "".join(self.stream(prompt, params, result))
-        eos = params.stop_at_eos and len(result.tokens) < params.max_tokens
-        return Generation(text=text, tokens=result.tokens, timing=result.timing, stopped_at_eos=eos)
+        return generate_via_stream(self, prompt, params)
 
     # -- stepping: the profiler's optional extension (protocol.SteppableSession) ---------------------------
     def reset(self) -> None:

@@ -81,6 +81,14 @@ def utf8_text(pieces: Iterable[bytes]) -> Iterator[str]:
         yield tail
 
 
+def generate_via_stream(session: "LanguageSession", prompt: Prompt, params: SamplingParams) -> Generation:
+    """``generate`` for any session that implements ``stream``."""
+    result = StreamResult()
+    text = "".join(session.stream(prompt, params, result))
+    eos = params.stop_at_eos and len(result.tokens) < params.max_tokens
+    return Generation(text=text, tokens=result.tokens, timing=result.timing, stopped_at_eos=eos)
+
+
 @runtime_checkable
 class LanguageSession(Protocol):
     engine: str
