@@ -57,6 +57,8 @@ def make_plan(
     unknown = sorted(set(opts) - set(exporter.options))
     if unknown:
         raise UnsupportedError(f"{target.value} export has no option {unknown}; options: {', '.join(exporter.options) or 'none'}")
+    if exporter.check_options is not None:
+        exporter.check_options(spec.name, opts)
     lora = open_adapter(adapter, ckpt) if adapter is not None else None
     plan = ExportPlan(
         source=ckpt.path, family=family, target=target, quant=spec, adapter=lora.path if lora else None, options=opts

@@ -136,4 +136,5 @@ EXPORTER = ExporterSpec(
     thresholds=THRESHOLDS,
     export=export,
     options=OPTIONS,
+    check_options=quantize.native,
 )
