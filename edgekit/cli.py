@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
+from . import cli_profile
 from .errors import EdgekitError
 
 
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--pretokenizer", help="GGUF only: llama.cpp pre-tokenizer name when it cannot be derived")
     e.add_argument("--block-size", type=int, help="ONNX int8/int4: weights per scale (16/32/64/128/256, default 32)")
     e.add_argument("--accuracy-level", type=int, help="ONNX int8/int4: MatMulNBits compute type (4 = int8 activations, default)")
-    e.add_argument("--head-bits", type=int, help="ONNX int4 only: bits of the tied embedding / LM head (4 or 8)")
+    e.add_argument("--head-bits", type=int, help="ONNX int4 / ExecuTorch 8da4w only: bits of the tied embedding / LM head (4 or 8)")
     e.add_argument("--group-size", type=int, help="ExecuTorch 8da4w only: weights per scale (32/64/128/256, 0 = per channel; default 32)")
     e.add_argument("--embedding-quant", choices=["none", "8", "4"], help="ExecuTorch only: quantise the token embedding table (default none)")
     e.add_argument("--max-context", type=int, help="ExecuTorch only: KV cache length in tokens (default min(2048, the model's))")
@@ -170,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("bundle", type=Path)
     i.add_argument("--json", action="store_true", help="print the whole manifest")
     i.set_defaults(func=cmd_info)
-    __import__("edgekit.cli_profile", fromlist=["add_parsers"]).add_parsers(sub)  # profile, device-test, golden, bench
+    cli_profile.add_parsers(sub)  # profile, device-test, golden, bench
     return p
 
 

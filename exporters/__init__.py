@@ -39,6 +39,8 @@ class ExporterSpec:
     thresholds: Mapping[str, Thresholds]
     export: Callable[[ExportJob, Path], dict[str, Any]]  # writes into the bundle dir; returns manifest info
     options: Mapping[str, str] = field(default_factory=dict)  # option name -> help text
+    # (quant name, options): raises UnsupportedError for bad values, before any work is done (result unused)
+    check_options: Callable[[str, Mapping[str, Any]], object] | None = None
 
     def quant(self, name: str | None) -> QuantSpec:
         key = (name or self.default_quant).strip().lower()
@@ -50,10 +52,10 @@ class ExporterSpec:
 
 
 def _registry() -> dict[Target, ExporterSpec]:
-    from . import gguf
+    from . import executorch, gguf, onnx
 
     table: dict[Target, ExporterSpec] = {}
-    for spec in (gguf.EXPORTER,):
+    for spec in (gguf.EXPORTER, onnx.EXPORTER, executorch.EXPORTER):
         if spec.target in table:
             raise RuntimeError(f"two exporters registered for {spec.target.value}")
         table[spec.target] = spec

@@ -16,6 +16,8 @@ from .protocol import Generation, LanguageSession, SamplingParams, SolverSession
 # engine name -> (module, factory attribute, pip extra that installs the engine)
 ENGINES: Mapping[str, tuple[str, str, str]] = {
     "llama.cpp": ("llamacpp", "LlamaCppSession", "gguf"),
+    "onnxruntime": ("onnxruntime", "OnnxSession", "onnx"),
+    "executorch": ("executorch", "ExecuTorchSession", "executorch"),
 }
 
 

@@ -1,0 +1,430 @@
+"""edgekit's ExecuTorch export vs ExecuTorch's own export_llm (and GGUF Q4_0 from the same run), 8da4w.
+
+For each model (the built-in trained LFM2, and/or a random-weight full-size LFM2-350M) this exports
+  * edgekit  ``--format executorch --quant 8da4w`` (group 32, affine scales, context 2048),
+  * export_llm with its LFM2 XNNPACK recipe (``lfm2_xnnpack_q8da4w.yaml``: extended ops, custom SDPA + KV cache,
+    qmode 8da4w; group 32, HQQ on as by default; same context and params.json),
+  * edgekit ``--format gguf --quant q4_0``,
+each in a child process (export seconds and peak RSS of that process), then measures pp512 / tg128 with
+llama-bench's method (warm-up, ``-r`` repetitions, mean ± sample stddev): the .pte files with ExecuTorch's own
+C++ ``TextLLMRunner`` (the "bare runner"), edgekit's .pte also through ``edgekit.load`` (wrapper/bare decode
+ratio), and the GGUF through ``edgekit.load`` (llama.cpp).  ``--quality`` adds the HQQ-vs-affine check on the
+built-in model (verified exports, top-1 / KL against PyTorch).
+
+    .venv/bin/python bench/executorch_bench.py --model builtin 350m -r 3 --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+WORK = Path(os.environ.get("EDGEKIT_BENCH_DIR", "/tmp/edgekit-bench-executorch"))
+CONTEXT = 2048
+GROUP = 32
+
+
+# -- children: one export per process so that peak RSS is that export's ---------------------------------------
+def child_edgekit(src: str, out: str, fmt: str, quant: str, options: str) -> None:
+    from edgekit.export import export, make_plan
+
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.perf_counter()
+    export(make_plan(src, fmt, quant, None, json.loads(options)), out, verify=False, progress=lambda _m: None)
+    _report(time.perf_counter() - t)
+
+
+def child_export_llm(src: str, out: str, hqq: str) -> None:
+    """ExecuTorch's own LLM export of the same checkpoint (their LFM2 weight conversion, our params.json)."""
+    import torch
+    from executorch.examples.models.lfm2.convert_weights import lfm_2_to_meta
+    from executorch.examples.models.llama.export_llama_lib import export_llama
+    from executorch.extension.llm.export.config.llm_config import LlmConfig, ModelType
+    from safetensors.torch import load_file
+
+    from edgekit.exporters.executorch.params import params_from_hf
+    from edgekit.families import lfm2
+
+    t = time.perf_counter()
+    out_dir = Path(out)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    cfg = json.loads((Path(src) / "config.json").read_text())
+    (out_dir / "params.json").write_text(json.dumps(params_from_hf(cfg)))
+    # Llama2Model treats a checkpoint whose *path* contains "8da4w" or "int8" as pre-quantised: keep it elsewhere
+    ckpt = WORK / "meta-checkpoints" / f"{Path(src).name}.pth"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(lfm_2_to_meta(load_file(str(Path(src) / "model.safetensors"))), ckpt)
+    meta = lfm2.describe(cfg)
+    c = LlmConfig()
+    c.base.model_class = ModelType.lfm2_350m
+    c.base.checkpoint = str(ckpt)
+    c.base.params = str(out_dir / "params.json")
+    c.base.metadata = json.dumps({"get_bos_id": meta["bos_id"], "get_eos_ids": meta["eos_ids"]})
+    c.model.use_kv_cache = True
+    c.model.use_sdpa_with_kv_cache = True
+    c.model.enable_dynamic_shape = True
+    c.export.max_seq_length = CONTEXT
+    c.export.max_context_length = CONTEXT
+    c.export.output_dir = str(out_dir)
+    c.export.output_name = "model.pte"
+    c.quantization.qmode = "8da4w"
+    c.quantization.group_size = GROUP
+    c.quantization.use_hqq = hqq == "hqq"
+    c.backend.xnnpack.enabled = True
+    c.backend.xnnpack.extended_ops = True
+    cwd = os.getcwd()
+    os.chdir(out_dir)  # export_llm may write next to the working directory
+    try:
+        export_llama(c)
+    finally:
+        os.chdir(cwd)
+    ckpt.unlink()
+    ptes = sorted(out_dir.rglob("*.pte"))
+    if ptes and ptes[0] != out_dir / "model.pte":
+        ptes[0].rename(out_dir / "model.pte")
+    shutil.copy(Path(src) / "tokenizer.json", out_dir / "tokenizer.json")
+    _report(time.perf_counter() - t)
+
+
+def _report(seconds: float) -> None:
+    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
+    print("BENCH_RESULT " + json.dumps({"seconds": round(seconds, 1), "peak_rss_gb": round(rss_gb, 2)}), flush=True)
+
+
+def run_child(*args: str) -> dict[str, Any]:
+    """Run one export in a child process; an export already made by an earlier run is reused (its record kept
+    next to it), so an interrupted benchmark resumes instead of paying every export again."""
+    record = Path(args[2]) / "bench-export.json"
+    if record.is_file():
+        return json.loads(record.read_text())
+    proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, cwd=REPO)
+    for line in proc.stdout.splitlines():
+        if line.startswith("BENCH_RESULT "):
+            result = json.loads(line.split(" ", 1)[1])
+            record.write_text(json.dumps(result))
+            return result
+    raise RuntimeError(f"child {args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
+# -- checkpoints --------------------------------------------------------------------------------------------
+def checkpoint(name: str) -> Path:
+    from edgekit.builtin import ROOT
+
+    if name == "builtin":
+        return ROOT / "lfm2-tiny"
+    out = WORK / "lfm2-350m-random"
+    if (out / "model.safetensors").exists():
+        return out
+    import torch
+    from transformers import Lfm2Config, Lfm2ForCausalLM
+
+    cfg = json.loads((HERE / "configs" / "lfm2-350m.json").read_text())
+    cfg.pop("transformers_version", None)
+    torch.manual_seed(0)
+    model = Lfm2ForCausalLM(Lfm2Config(**cfg)).to(torch.bfloat16)
+    model.save_pretrained(out, safe_serialization=True)
+    padded_tokenizer(ROOT / "lfm2-tiny" / "tokenizer.json", out / "tokenizer.json", int(cfg["vocab_size"]))
+    shutil.copy(ROOT / "lfm2-tiny" / "tokenizer_config.json", out / "tokenizer_config.json")
+    return out
+
+
+def padded_tokenizer(src: Path, dst: Path, vocab: int) -> None:
+    """The built-in tokenizer with unused entries up to ``vocab``, so that every id a random-weight model samples
+    decodes (ExecuTorch's runner stops on an id its tokenizer does not know)."""
+    tok = json.loads(src.read_text())
+    table = tok["model"]["vocab"]
+    n = max(table.values()) + 1
+    for i in range(n, vocab):
+        table[f"<unused{i}>"] = i
+    dst.write_text(json.dumps(tok))
+
+
+# -- speed --------------------------------------------------------------------------------------------------
+def stat(xs: list[float]) -> str:
+    if not xs:
+        return "-"
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{statistics.mean(xs):.1f} ± {sd:.1f}"
+
+
+def prompt_text(tokenizer_json: Path, n: int) -> tuple[str, list[int]]:
+    """A text of about ``n`` tokens (held-out Python source), and its ids."""
+    from tokenizers import Tokenizer
+
+    from edgekit.verify import heldout_text
+
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    ids = tok.encode(heldout_text(), add_special_tokens=False).ids[:n]
+    text = tok.decode(ids)
+    return text, tok.encode(text, add_special_tokens=False).ids
+
+
+def bare_runner(pte: Path, tokenizer: Path, text: str, tg: int, reps: int) -> tuple[list[float], list[float]]:
+    """ExecuTorch's C++ TextLLMRunner: its own stats (prefill = encode end -> prompt eval end)."""
+    import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (llama::custom_sdpa for the runner)
+    import executorch.kernels.quantized  # noqa: F401
+    from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+
+    runner = TextLLMRunner(str(pte), str(tokenizer))
+    pp, dec = [], []
+    for rep in range(reps + 1):
+        stats: list[Any] = []
+        runner.reset()
+        runner.generate(
+            text, GenerationConfig(max_new_tokens=tg, temperature=0.0, echo=False), lambda _s: None, stats.append
+        )
+        s = stats[-1]
+        if rep == 0:
+            continue  # warm-up
+        pp.append(s.num_prompt_tokens / max(s.prompt_eval_end_ms - s.inference_start_ms, 1) * 1e3)
+        dec.append(s.num_generated_tokens / max(s.inference_end_ms - s.prompt_eval_end_ms, 1) * 1e3)
+    return pp, dec
+
+
+def wrapper(bundle: Path, ids: list[int], tg: int, reps: int) -> tuple[list[float], list[float], float]:
+    """edgekit.load: prefill = feed(prompt) (engine time), decode = generated tokens / wall time after prefill."""
+    from edgekit import load
+    from edgekit.runtimes import SamplingParams
+
+    t = time.perf_counter()
+    s = load(bundle)
+    load_s = time.perf_counter() - t
+    pp, dec = [], []
+    try:
+        for rep in range(reps + 1):
+            s.reset()
+            secs = s.feed(ids)
+            t = time.perf_counter()
+            g = s.generate(ids, SamplingParams(max_tokens=tg, stop_at_eos=False))
+            wall = time.perf_counter() - t
+            if rep == 0:
+                continue
+            pp.append(len(ids) / secs)
+            dec.append(len(g.tokens) / (wall - g.timing.prefill_s))
+    finally:
+        s.close()
+    return pp, dec, load_s
+
+
+def delegate_calls(pte: Path) -> int:
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    p = deserialize_pte_binary(pte.read_bytes())
+    p = getattr(p, "program", p)
+    plan = next(e for e in p.execution_plan if e.name == "forward")
+    return sum(1 for c in plan.chains for i in c.instructions if type(i.instr_args).__name__ == "DelegateCall")
+
+
+def size_mb(path: Path) -> float:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.suffix in (".pte", ".ptd", ".gguf")]
+    return sum(p.stat().st_size for p in files) / 1e6
+
+
+# -- quality: HQQ vs affine ---------------------------------------------------------------------------------
+def quality(reps_dir: Path) -> list[dict[str, Any]]:
+    from edgekit.bundle import read_manifest
+    from edgekit.export import export, make_plan
+
+    rows = []
+    for algo in ("affine", "hqq"):
+        out = reps_dir / f"quality-8da4w-{algo}"
+        shutil.rmtree(out, ignore_errors=True)
+        t = time.perf_counter()
+        prep = make_plan("builtin:lfm2-tiny", "executorch", "8da4w", "builtin:lfm2-tiny-lora", {"weight_algorithm": algo})
+        try:
+            export(prep, out, progress=lambda _m: None)
+        except Exception as exc:  # a failed check still tells us the numbers: they are in the message
+            rows.append({"algorithm": algo, "error": str(exc)})
+            continue
+        m = read_manifest(out)
+        v = m["verification"]["metrics"]
+        rows.append({
+            "algorithm": algo, "top1": v["top1"], "mean_kl": v["mean_kl"], "greedy": v["greedy_prefix"],
+            "quantize_s": m["artifact"]["stage_seconds"]["quantize"], "export_s": time.perf_counter() - t,
+        })
+    return rows
+
+
+# -- the run ------------------------------------------------------------------------------------------------
+def run_model(name: str, reps: int, pp_n: int, tg: int) -> dict[str, Any]:
+    src = checkpoint(name)
+    base = WORK / name
+    base.mkdir(parents=True, exist_ok=True)
+    opts = json.dumps({"max_context": CONTEXT, "group_size": GROUP})
+    res: dict[str, Any] = {"model": name}
+    print(f"[{name}] edgekit executorch 8da4w export", flush=True)
+    res["edgekit_export"] = run_child("edgekit", str(src), str(base / "edgekit-8da4w"), "executorch", "8da4w", opts)
+    print(f"[{name}] edgekit executorch 8da4w + 4-bit embedding export", flush=True)
+    opts4 = json.dumps({"max_context": CONTEXT, "group_size": GROUP, "embedding_quant": "4"})
+    res["edgekit_emb4_export"] = run_child("edgekit", str(src), str(base / "edgekit-8da4w-emb4"), "executorch", "8da4w", opts4)
+    print(f"[{name}] export_llm 8da4w export", flush=True)
+    res["export_llm_export"] = run_child("export_llm", str(src), str(base / "export_llm-8da4w"), "hqq")
+    print(f"[{name}] edgekit gguf q4_0 export", flush=True)
+    res["gguf_export"] = run_child("edgekit", str(src), str(base / "gguf-q4_0"), "gguf", "q4_0", "{}")
+
+    ek, el, gg = base / "edgekit-8da4w", base / "export_llm-8da4w", base / "gguf-q4_0"
+    e4 = base / "edgekit-8da4w-emb4"
+    text, ids = prompt_text(src / "tokenizer.json", pp_n)
+    print(f"[{name}] speed ({len(ids)} prompt tokens, {tg} generated, {reps} reps)", flush=True)
+    res["export_llm_runner"] = bare_runner(el / "model.pte", el / "tokenizer.json", text, tg, reps)
+    res["edgekit_emb4_runner"] = bare_runner(e4 / "model.pte", e4 / "tokenizer.json", text, tg, reps)
+    # bare runner and wrapper on the same .pte, one repetition each in turn: the ratio sees the same load
+    runs = [(bare_runner(ek / "model.pte", ek / "tokenizer.json", text, tg, 1), wrapper(ek, ids, tg, 1))
+            for _ in range(reps)]
+    res["edgekit_runner"] = ([r[0][0][0] for r in runs], [r[0][1][0] for r in runs])
+    res["edgekit_wrapper"] = ([r[1][0][0] for r in runs], [r[1][1][0] for r in runs], runs[0][1][2])
+    res["gguf_wrapper"] = wrapper(gg, ids, tg, reps)
+    res["sizes_mb"] = {
+        "edgekit": size_mb(ek), "edgekit_emb4": size_mb(e4), "export_llm": size_mb(el / "model.pte"), "gguf": size_mb(gg)
+    }
+    res["delegate_calls"] = {
+        "edgekit": delegate_calls(ek / "model.pte"), "edgekit_emb4": delegate_calls(e4 / "model.pte"),
+        "export_llm": delegate_calls(el / "model.pte"),
+    }
+    res["prompt_tokens"] = len(ids)
+    return res
+
+
+def table(r: dict[str, Any], tg: int) -> str:
+    ek_pp, ek_tg = r["edgekit_runner"]
+    el_pp, el_tg = r["export_llm_runner"]
+    e4_pp, e4_tg = r["edgekit_emb4_runner"]
+    w_pp, w_tg, _ = r["edgekit_wrapper"]
+    g_pp, g_tg, _ = r["gguf_wrapper"]
+    pp = r["prompt_tokens"]
+    rows = [
+        ("export_llm 8da4w g32 (HQQ), bare runner", r["sizes_mb"]["export_llm"], r["export_llm_export"],
+         r["delegate_calls"]["export_llm"], stat(el_pp), stat(el_tg)),
+        ("edgekit 8da4w g32 (affine), bare runner", r["sizes_mb"]["edgekit"], r["edgekit_export"],
+         r["delegate_calls"]["edgekit"], stat(ek_pp), stat(ek_tg)),
+        ("edgekit 8da4w g32 + 4-bit embedding, bare runner", r["sizes_mb"]["edgekit_emb4"], r["edgekit_emb4_export"],
+         r["delegate_calls"]["edgekit_emb4"], stat(e4_pp), stat(e4_tg)),
+        ("edgekit 8da4w g32, edgekit.load wrapper", r["sizes_mb"]["edgekit"], None, None, stat(w_pp), stat(w_tg)),
+        ("GGUF Q4_0 (edgekit export), edgekit.load", r["sizes_mb"]["gguf"], r["gguf_export"], None, stat(g_pp), stat(g_tg)),
+    ]
+    lines = [
+        f"| program | size MB | export s | export peak RSS GB | XNNPACK calls | pp{pp} t/s | tg{tg} t/s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, mb, ex, calls, a, b in rows:
+        lines.append(
+            f"| {label} | {mb:.1f} | {ex['seconds'] if ex else '-'} | {(ex.get('peak_rss_gb') or 'n/r') if ex else '-'} | "
+            f"{calls if calls is not None else '-'} | {a} | {b} |"
+        )
+    if ek_tg and w_tg:
+        ratio = statistics.mean(w_tg) / statistics.mean(ek_tg)
+        lines.append("")
+        lines.append(f"Wrapper / bare runner decode ratio on the same .pte: **{ratio:.3f}** (goal >= 0.97).")
+    return "\n".join(lines)
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def git_commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
+    return out.strip() + (" (+ uncommitted changes)" if dirty.strip() else "")
+
+
+def write_section(key: str, text: str) -> None:
+    """Replace (or add) ``### key`` inside the ``## ExecuTorch`` section of bench/RESULTS.md."""
+    path = HERE / "RESULTS.md"
+    doc = path.read_text() if path.exists() else "# Benchmark results\n"
+    start = doc.find("\n## ExecuTorch")
+    if start < 0:
+        doc = doc.rstrip("\n") + "\n\n## ExecuTorch\n\nMade by `bench/executorch_bench.py`.\n"
+        start = doc.find("\n## ExecuTorch")
+    end = doc.find("\n## ", start + 1)
+    end = len(doc) if end < 0 else end
+    section = doc[start:end]
+    sub = f"\n### {key}\n"
+    block = f"{sub}\n{text.strip()}\n"
+    i = section.find(sub)
+    if i < 0:
+        section = section.rstrip("\n") + "\n" + block
+    else:
+        j = section.find("\n### ", i + 1)
+        section = section[:i] + block + (section[j:] if j >= 0 else "")
+    path.write_text((doc[:start] + section.rstrip("\n") + "\n" + doc[end:]).rstrip("\n") + "\n")
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        kind, *args = sys.argv[2:]
+        {"edgekit": child_edgekit, "export_llm": child_export_llm}[kind](*args)
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", nargs="+", default=["builtin"], choices=["builtin", "350m"])
+    ap.add_argument("-r", "--reps", type=int, default=3)
+    ap.add_argument("-p", "--pp", type=int, default=512)
+    ap.add_argument("-n", "--tg", type=int, default=128)
+    ap.add_argument("--quality", action="store_true", help="also compare HQQ and affine 8da4w on the built-in model")
+    ap.add_argument("--write", action="store_true", help="write the tables into bench/RESULTS.md")
+    ap.add_argument("--render", action="store_true", help="only re-render tables from the last run's JSON")
+    a = ap.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    header = (
+        f"CPU: {cpu_model()} ({os.cpu_count()} threads, shared machine: absolute numbers are noisy, compare "
+        f"within a table); commit {git_commit()}; executorch {_version('executorch')}, torch {_version('torch')}, "
+        f"llama-cpp-python {_version('llama_cpp_python')}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."
+    )
+    labels = {"builtin": "built-in lfm2-tiny (trained)", "350m": "LFM2-350M architecture, random weights"}
+    for name in a.model:
+        if a.render:
+            r = json.loads((WORK / f"{name}.json").read_text())
+            header = r.get("header", header)
+        else:
+            r = run_model(name, a.reps, a.pp, a.tg)
+            r["header"] = header
+            (WORK / f"{name}.json").write_text(json.dumps(r, indent=2))
+        text = f"{header}\n\n{table(r, a.tg)}"
+        print(text, flush=True)
+        if a.write:
+            write_section(f"8da4w: edgekit vs export_llm vs GGUF Q4_0 — {labels[name]}", text)
+    if a.quality:
+        rows = quality(WORK)
+        (WORK / "quality.json").write_text(json.dumps(rows, indent=2))
+        lines = ["| 8da4w g32 scales | top-1 | mean KL | greedy prefix | quantise s | export+verify s |",
+                 "|---|---:|---:|---:|---:|---:|"]
+        for q in rows:
+            if "error" in q:
+                lines.append(f"| {q['algorithm']} | failed: {q['error'][:200]} | | | | |")
+            else:
+                lines.append(f"| {q['algorithm']} | {q['top1']:.4f} | {q['mean_kl']:.2e} | {q['greedy']}/32 | "
+                             f"{q['quantize_s']:.1f} | {q['export_s']:.0f} |")
+        text = f"{header}\n\nBuilt-in lfm2-tiny + LoRA (merged), verified against PyTorch:\n\n" + "\n".join(lines)
+        print(text)
+        if a.write:
+            write_section("8da4w scale choice: HQQ vs affine (quality and cost)", text)
+    return 0
+
+
+def _version(name: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name.replace("_", "-"))
+    except metadata.PackageNotFoundError:
+        return "-"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

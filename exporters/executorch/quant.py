@@ -1,0 +1,96 @@
+"""edgekit's ExecuTorch quantisations -> torchao configs (linears) and packed embedding tables.
+
+The one place where a ``QuantSpec`` becomes something torchao / ExecuTorch understands.  Linears use torchao's
+``Int8DynamicActivationIntxWeightConfig`` with the *unpacked* int8 layout: XNNPACK recognises its
+dequantise/linear pattern and runs it as a dynamically-quantised GEMM (the ``opaque_torchao_auto`` layout that
+export_llm's ``torchao:8da8w`` mode picks needs torchao's own kernel library, which the pip wheel lacks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+ALGORITHMS = ("affine", "hqq")
+
+
+@dataclass(frozen=True)
+class LinearQuant:
+    weight_bits: int  # 4 or 8
+    group_size: int | None  # None: one scale per output channel
+    algorithm: str = "affine"  # "hqq": torchao's HQQ scale search (slower, sometimes better at 4 bits)
+    head_bits: int | None = None  # the output projection (tied LM head) at other bits; None = weight_bits
+
+    def describe(self) -> str:
+        g = f"group {self.group_size}" if self.group_size else "per channel"
+        head = f", LM head int{self.head_bits}" if self.head else ""
+        return f"int8 dynamic activations, int{self.weight_bits} weights, {g}, {self.algorithm}{head}"
+
+    @property
+    def head(self) -> "LinearQuant | None":
+        """The LM head's own quantisation when it differs (XNNPACK's int8-weight GEMM is per-channel only)."""
+        if self.head_bits is None or self.head_bits == self.weight_bits:
+            return None
+        return LinearQuant(self.head_bits, None if self.head_bits == 8 else self.group_size, self.algorithm)
+
+    def config(self):
+        from torchao.quantization import Int8DynamicActivationIntxWeightConfig
+        from torchao.quantization.granularity import PerAxis, PerGroup
+
+        return Int8DynamicActivationIntxWeightConfig(
+            weight_dtype=getattr(torch, f"int{self.weight_bits}"),
+            weight_granularity=PerGroup(self.group_size) if self.group_size else PerAxis(0),
+            intx_choose_qparams_algorithm="hqq_scale_only" if self.algorithm == "hqq" else "affine",
+        )
+
+
+def quantize_linears(model: nn.Module, q: LinearQuant) -> None:
+    """Quantise every base linear in place; LoRA A/B stay float32 (tiny, and kept exact for a separate adapter)."""
+    from torchao.quantization import quantize_
+
+    head = q.head
+
+    def wanted(m: nn.Module, fqn: str) -> bool:
+        if not isinstance(m, nn.Linear) or ".lora_" in f".{fqn}" or (head is not None and fqn == "lm_head"):
+            return False
+        return q.group_size is None or m.in_features % q.group_size == 0
+
+    quantize_(model, q.config(), filter_fn=wanted)
+    if head is not None:
+        quantize_(model, head.config(), filter_fn=lambda m, fqn: fqn == "lm_head")
+
+
+class QuantizedEmbedding(nn.Module):
+    """Weight-only 4/8-bit symmetric embedding, per row groups, run by ExecuTorch's quantized kernels
+    (``quantized_decomposed.embedding_4bit`` / ``embedding_byte``): a gather has nothing to gain from XNNPACK."""
+
+    def __init__(self, weight: torch.Tensor, bits: int, group_size: int) -> None:
+        super().__init__()
+        vocab, dim = weight.shape
+        if dim % group_size:
+            group_size = dim
+        self.bits, self.group_size = bits, group_size
+        qmax = (1 << (bits - 1)) - 1  # 7 or 127; symmetric, so -8 / -128 are never produced
+        w = weight.float().view(vocab, dim // group_size, group_size)
+        scale = (w.abs().amax(-1, keepdim=True) / qmax).clamp(min=1e-12)
+        q = torch.clamp(torch.round(w / scale), -qmax, qmax).to(torch.int8).view(vocab, dim)
+        if bits == 4:
+            u = (q + 8).to(torch.uint8).view(vocab, dim // 2, 2)
+            q = (u[..., 0] << 4) | u[..., 1]  # the kernel's nibble order: even column in the high nibble
+        self.register_buffer("qweight", q.contiguous())
+        self.register_buffer("scales", scale.view(vocab, -1).contiguous())
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.bits == 4:
+            return torch.ops.quantized_decomposed.embedding_4bit.dtype(
+                self.qweight, self.scales, None, -8, 7, tokens, dtype=torch.float32
+            )
+        return torch.ops.quantized_decomposed.embedding_byte.dtype(
+            self.qweight, self.scales, None, -128, 127, tokens, dtype=torch.float32
+        )
+
+
+def quantize_embedding(model: nn.Module, bits: int, group_size: int = 32) -> None:
+    model.embed_tokens = QuantizedEmbedding(model.embed_tokens.weight.detach(), bits, group_size)

@@ -1,0 +1,381 @@
+"""ExecuTorch exporter and runtime: params derivation, parity per quant (real .pte, real ExecuTorch runtime),
+separate LoRA, direct loading without edgekit, the C++ runner on the same file, and bad input.
+
+Exports run the teacher-forced parity check and raise when a threshold is missed; the tests re-read the
+manifest.  Built-in-model tests skip until ``python -m edgekit.builtin.train`` has produced the checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("executorch")
+
+from factory import make_lfm2, make_lora  # noqa: E402
+
+from edgekit.builtin import ROOT as BUILTIN  # noqa: E402
+from edgekit.bundle import read_manifest, write_manifest  # noqa: E402
+from edgekit.errors import BundleError, EdgekitError, UnsupportedError  # noqa: E402
+from edgekit.exporters import EXPORTERS  # noqa: E402
+from edgekit.plan import Target  # noqa: E402
+
+ET = EXPORTERS[Target.EXECUTORCH]
+REPO = Path(__file__).resolve().parents[1]
+HAVE_BUILTIN = (BUILTIN / "lfm2-tiny" / "model.safetensors").is_file() and (
+    BUILTIN / "lfm2-tiny-lora" / "adapter_model.safetensors"
+).is_file()
+needs_builtin = pytest.mark.skipif(not HAVE_BUILTIN, reason="built-in checkpoints not trained yet")
+CTX = 512  # small KV cache: faster exports, and verification windows are 512 tokens anyway
+
+
+def _export(
+    cache: dict, source: str, quant: str, adapter: str | None = None, verify: bool = True, **options
+) -> Path:
+    from edgekit.export import export, make_plan
+
+    options.setdefault("max_context", CTX)
+    key = ("et", str(source), adapter, quant, verify, tuple(sorted(options.items())))
+    if key not in cache:
+        out = cache["root"] / f"et{len(cache)}-{quant}"
+        export(make_plan(source, "executorch", quant, adapter, options), out, verify=verify, progress=lambda _m: None)
+        cache[key] = out
+    return cache[key]
+
+
+def _check_report(bundle: Path, quant: str) -> dict:
+    m = read_manifest(bundle)
+    v = m["verification"]
+    t = ET.thresholds[quant]
+    assert v["passed"], v["failures"]
+    assert v["metrics"]["tokens"] >= 2000
+    assert v["metrics"]["top1"] >= t.min_top1 and v["metrics"]["mean_kl"] <= t.max_mean_kl
+    if t.max_abs_logit is not None:
+        assert v["metrics"]["max_abs_logit"] <= t.max_abs_logit
+    return m
+
+
+# -- params.json derivation ----------------------------------------------------------------------------------
+def test_params_full_size_lfm2_350m():
+    from edgekit.exporters.executorch.params import params_from_hf
+
+    cfg = json.loads((REPO / "bench/configs/lfm2-350m.json").read_text())
+    p = params_from_hf(cfg)
+    assert p["hidden_dim"] == 4608  # 6656 auto-adjusted: int(2 * 6656 / 3) = 4437 -> next multiple of 256
+    assert (p["dim"], p["n_layers"], p["n_heads"], p["n_kv_heads"], p["vocab_size"]) == (1024, 16, 16, 8, 65536)
+    assert [i for i, t in enumerate(p["layer_types"]) if t == "full_attention"] == [2, 5, 8, 10, 12, 14]
+    assert p["rope_theta"] == 1e6 and p["norm_eps"] == 1e-5
+    assert p["use_hf_rope"] and p["use_qk_norm"] and p["qk_norm_before_rope"]
+
+
+@pytest.mark.parametrize(
+    "overrides, hidden_dim",
+    [
+        ({}, 512),  # the built-in shape: 768 -> int(512) -> 512
+        ({"intermediate_size": 1000}, 768),  # int(666.6) = 666 -> 768
+        ({"block_auto_adjust_ff_dim": False, "intermediate_size": 1000}, 1000),
+        ({"block_ffn_dim_multiplier": 1.5, "intermediate_size": 768}, 768),  # 512 * 1.5 = 768
+    ],
+)
+def test_params_feed_forward_auto_adjust(overrides, hidden_dim):
+    from edgekit.exporters.executorch.params import params_from_hf
+
+    cfg = {
+        "hidden_size": 256, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "vocab_size": 4096, "norm_eps": 1e-5, "conv_L_cache": 3, "intermediate_size": 768,
+        "block_auto_adjust_ff_dim": True, "block_multiple_of": 256, "block_ffn_dim_multiplier": 1.0,
+        "layer_types": ["full_attention", "conv", "conv"],
+    }
+    cfg.update(overrides)
+    assert params_from_hf(cfg)["hidden_dim"] == hidden_dim
+
+
+def test_params_load_into_executorch_model_args():
+    """export_llm's own ModelArgs takes the file as is and keeps our hidden_dim (it recomputes only when absent)."""
+    from executorch.examples.models.llama.model_args import ModelArgs
+
+    from edgekit.exporters.executorch.params import params_from_hf
+
+    cfg = json.loads((REPO / "bench/configs/lfm2-350m.json").read_text())
+    args = ModelArgs(**params_from_hf(cfg))
+    assert args.hidden_dim == 4608 and args.head_dim == 64 and args.rope_freq_base == 1e6
+
+
+def test_params_reject_other_conv_kernel():
+    from edgekit.exporters.executorch.params import params_from_hf
+
+    cfg = json.loads((REPO / "bench/configs/lfm2-350m.json").read_text())
+    with pytest.raises(UnsupportedError, match="conv_L_cache"):
+        params_from_hf({**cfg, "conv_L_cache": 4})
+
+
+# -- bad plans (cheap: nothing is exported) ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "quant, options, match",
+    [
+        ("int4", {}, "valid: fp32, 8da8w, 8da4w"),
+        ("8da8w", {"group_size": 32}, "per-channel only"),
+        ("8da4w", {"group_size": 48}, "valid: 32, 64, 128, 256"),
+        ("fp32", {"group_size": 32}, "8da4w only"),
+        ("8da4w", {"embedding_quant": "2"}, "valid: none, 8, 4"),
+        ("8da4w", {"lora_mode": "both"}, "valid: merged, separate"),
+        ("8da4w", {"head_bits": 6}, "valid: 4, 8"),
+        ("8da8w", {"head_bits": 4}, "8da4w only"),
+    ],
+)
+def test_bad_quant_options(rand_lfm2, tmp_path, quant, options, match):
+    from edgekit.export import export, make_plan
+
+    with pytest.raises(UnsupportedError, match=match):
+        prep = make_plan(rand_lfm2, "executorch", quant, None, options)
+        export(prep, tmp_path / "out", verify=False, progress=lambda _m: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_context_beyond_model(rand_lfm2, tmp_path):
+    from edgekit.export import export, make_plan
+
+    prep = make_plan(rand_lfm2, "executorch", "fp32", None, {"max_context": 4096})  # the model has 2048
+    with pytest.raises(UnsupportedError, match="exceeds the model's context length 2048"):
+        export(prep, tmp_path / "out", progress=lambda _m: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_separate_lora_needs_adapter(rand_lfm2, tmp_path):
+    from edgekit.export import export, make_plan
+
+    prep = make_plan(rand_lfm2, "executorch", "fp32", None, {"lora_mode": "separate"})
+    with pytest.raises(UnsupportedError, match="needs --adapter"):
+        export(prep, tmp_path / "out", progress=lambda _m: None)
+
+
+# -- parity: a random attention-first model (float only: random weights say nothing about quantisation) -------
+@pytest.fixture(scope="session")
+def rand_fp32(export_cache, rand_lfm2) -> Path:
+    return _export(export_cache, str(rand_lfm2), "fp32")
+
+
+def test_random_attention_first_fp32(rand_fp32):
+    m = _check_report(rand_fp32, "fp32")
+    art = m["artifact"]
+    assert art["dynamic_shapes"] and art["max_context"] == CTX
+    assert json.loads((rand_fp32 / "params.json").read_text())["layer_types"][0] == "full_attention"
+    # the graph improvements: all norms, RoPE and the conv inside XNNPACK -> a few partitions per attention layer
+    assert art["delegated_partitions"] <= 2 * 1 + 2
+
+
+def test_prefill_is_one_call_and_matches_stepwise(rand_fp32):
+    """One forward over the prompt (dynamic shapes) gives the logits token-by-token decoding gives."""
+    import numpy as np
+
+    from edgekit import runtimes
+
+    s = runtimes.load(rand_fp32)
+    try:
+        toks = s.tokenize("def main(argv):\n    return 0\n")
+        stepwise = s.logits(toks)[-1]
+        s.reset()
+        one_call = s._run(toks).numpy().reshape(-1)
+        assert np.abs(one_call - stepwise).max() < 1e-4
+        # a second sequence from position 0 starts clean (conv state zeroed in the graph)
+        again = s.logits(toks)[-1]
+        assert np.abs(again - stepwise).max() < 1e-5
+    finally:
+        s.close()
+
+
+# -- parity: the built-in trained model, every quant, with its adapter --------------------------------------
+@needs_builtin
+@pytest.mark.parametrize("quant", list(ET.quants))
+def test_builtin_with_adapter(export_cache, quant):
+    bundle = _export(export_cache, "builtin:lfm2-tiny", quant, adapter="builtin:lfm2-tiny-lora")
+    m = _check_report(bundle, quant)
+    assert m["adapter"]["target_modules"] == sorted(["in_proj", "out_proj", "q_proj", "k_proj", "v_proj", "w1", "w2", "w3"])
+    assert m["artifact"]["lora_mode"] == "merged" and not m["artifact"]["data_files"]
+
+
+@needs_builtin
+def test_builtin_separate_lora(export_cache):
+    bundle = _export(export_cache, "builtin:lfm2-tiny", "8da4w", adapter="builtin:lfm2-tiny-lora", lora_mode="separate")
+    m = _check_report(bundle, "8da4w")
+    assert m["artifact"]["data_files"] == ["adapter.ptd"] and (bundle / "adapter.ptd").is_file()
+
+
+def test_random_separate_lora_fp32(export_cache, rand_lfm2, tmp_path_factory):
+    """Separate LoRA in float: the program + adapter.ptd must equal the merged reference almost exactly."""
+    lora = make_lora(rand_lfm2, tmp_path_factory.mktemp("lora") / "a", ["in_proj", "q_proj", "w2"], r=4, alpha=8)
+    bundle = _export(export_cache, str(rand_lfm2), "fp32", adapter=str(lora), lora_mode="separate")
+    m = _check_report(bundle, "fp32")
+    assert m["artifact"]["data_files"] == ["adapter.ptd"]
+    # plain executorch.runtime runs the pair (program + adapter data), as an app that swaps adapters would
+    import torch
+    import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401
+    import executorch.kernels.quantized  # noqa: F401
+    from executorch.runtime import Runtime
+
+    program = Runtime.get().load_program(bundle / "model.pte", data_path=bundle / "adapter.ptd")
+    out = program.load_method("forward").execute([torch.tensor([[1, 2, 3]]), torch.tensor([0])])[0]
+    assert torch.isfinite(out).all()
+
+
+# -- ExecuTorch's own tools on the bundle -------------------------------------------------------------------
+def _bundle_for_direct_use(export_cache, rand_fp32) -> Path:
+    if HAVE_BUILTIN:
+        return _export(export_cache, "builtin:lfm2-tiny", "8da4w", adapter="builtin:lfm2-tiny-lora")
+    return rand_fp32
+
+
+def test_executorch_runtime_loads_bundle_directly(export_cache, rand_fp32):
+    """Plain executorch.runtime, no edgekit: metadata methods and a forward call."""
+    import torch
+    import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401
+    import executorch.kernels.quantized  # noqa: F401
+    from executorch.runtime import Runtime
+
+    bundle = _bundle_for_direct_use(export_cache, rand_fp32)
+    m = read_manifest(bundle)
+    program = Runtime.get().load_program(bundle / "model.pte")
+    meta = {n: program.load_method(n).execute([])[0] for n in program.method_names if n != "forward"}
+    assert meta["get_vocab_size"] == m["model"]["vocab_size"]
+    assert meta["get_max_context_len"] == CTX and meta["get_max_seq_len"] == CTX - 1
+    assert meta["use_kv_cache"] and meta["enable_dynamic_shape"]
+    eos = meta["get_eos_ids"]  # a one-element list comes back as a scalar
+    assert meta["get_bos_id"] == m["model"]["bos_id"] and (eos if isinstance(eos, list) else [eos]) == m["model"]["eos_ids"]
+    logits = program.load_method("forward").execute([torch.tensor([[1, 2, 3, 4]]), torch.tensor([0])])[0]
+    assert tuple(logits.shape) == (1, m["model"]["vocab_size"]) and torch.isfinite(logits).all()
+
+
+def test_executorch_text_runner_runs_bundle(export_cache, rand_fp32):
+    """ExecuTorch's C++ TextLLMRunner runs the bundle unchanged (tokenizer.json + metadata methods)."""
+    from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+
+    bundle = _bundle_for_direct_use(export_cache, rand_fp32)
+    runner = TextLLMRunner(str(bundle / "model.pte"), str(bundle / "tokenizer.json"))
+    stats = []
+    runner.generate(
+        "def main(argv):\n", GenerationConfig(max_new_tokens=16, temperature=0.0, echo=False),
+        None, lambda s: stats.append(s.num_generated_tokens),
+    )
+    assert stats and stats[-1] >= 8
+
+
+# -- runtime wrapper ----------------------------------------------------------------------------------------
+def test_session_generate_and_stream(rand_fp32):
+    from edgekit import runtimes
+    from edgekit.runtimes import SamplingParams, StreamResult
+
+    s = runtimes.load(rand_fp32)
+    try:
+        g = s.generate("import os\n", SamplingParams(max_tokens=12, stop_at_eos=False))
+        assert len(g.tokens) == 12 and g.timing.decode_tps > 0 and g.timing.prefill_tps > 0
+        result = StreamResult()
+        text = "".join(s.stream("import os\n", SamplingParams(max_tokens=12, stop_at_eos=False), result))
+        assert result.tokens == g.tokens and text == g.text
+        sampled = s.generate("import os\n", SamplingParams(max_tokens=8, temperature=0.8, seed=3, stop_at_eos=False))
+        again = s.generate("import os\n", SamplingParams(max_tokens=8, temperature=0.8, seed=3, stop_at_eos=False))
+        assert sampled.tokens == again.tokens
+        with pytest.raises(EdgekitError, match="exceeds the context"):
+            s.generate("x", SamplingParams(max_tokens=CTX + 1))
+    finally:
+        s.close()
+
+
+def test_stream_holds_back_split_utf8(rand_fp32, monkeypatch):
+    """A byte-level token that ends inside a multi-byte character must not raise or print U+FFFD."""
+    from edgekit import runtimes
+    from edgekit.runtimes import SamplingParams
+
+    s = runtimes.load(rand_fp32)
+    try:
+        text = "naïve café → 中文 ✓"
+        ids = s.tokenize(text, add_special=False)
+        pieces = [s._piece(t) for t in ids]
+        assert b"".join(pieces) == text.encode("utf-8")
+        split = [p for p in pieces if _partial_utf8(p)]
+        assert split, "the test text should contain a token that splits a character"
+
+        def fake_tokens(prompt, params, result):
+            for t in ids:
+                result.tokens.append(t)
+                yield t
+
+        monkeypatch.setattr(s, "_tokens", fake_tokens)
+        out = list(s.stream("x", SamplingParams(max_tokens=len(ids))))
+        assert "".join(out) == text and "\ufffd" not in "".join(out)
+    finally:
+        s.close()
+
+
+def _partial_utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+        return False
+    except UnicodeDecodeError:
+        return True
+
+
+# -- bad bundles: clear errors, no crash --------------------------------------------------------------------
+_LOAD = """
+import sys
+from edgekit import runtimes
+from edgekit.errors import EdgekitError
+try:
+    runtimes.load(sys.argv[1]).close()
+except EdgekitError as exc:
+    print("EDGEKIT_ERROR", exc)
+    sys.exit(3)
+print("LOADED")
+"""
+
+
+def _load_in_subprocess(bundle: Path) -> subprocess.CompletedProcess:
+    # a subprocess, so that a crash in native code would show as a signal instead of killing pytest
+    return subprocess.run([sys.executable, "-c", _LOAD, str(bundle)], capture_output=True, text=True, timeout=300)
+
+
+def _copy_with(bundle: Path, dest: Path, pte: bytes) -> Path:
+    shutil.copytree(bundle, dest)
+    (dest / "model.pte").write_bytes(pte)
+    write_manifest(dest, read_manifest(dest))  # sizes and digests re-recorded: only the runtime can notice
+    return dest
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "flipped"])
+def test_corrupt_pte_is_a_clear_error(rand_fp32, tmp_path, damage):
+    data = bytearray((rand_fp32 / "model.pte").read_bytes())
+    if damage == "garbage":
+        data = bytearray(b"\x13" * len(data))
+    elif damage == "truncated":
+        data = data[: len(data) // 3]
+    else:  # damage the flatbuffer header region
+        for i in range(8, 200):
+            data[i] ^= 0x5A
+    bundle = _copy_with(rand_fp32, tmp_path / "b", bytes(data))
+    proc = _load_in_subprocess(bundle)
+    assert proc.returncode == 3, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "EDGEKIT_ERROR" in proc.stdout and "model.pte" in proc.stdout
+
+
+def test_pte_from_another_model_is_a_clear_error(export_cache, rand_lfm2, rand_fp32, tmp_path):
+    other = make_lfm2(tmp_path / "other", hidden=128, intermediate=256, layer_types=("conv", "full_attention"),
+                      heads=2, kv_heads=1, vocab_pad=64)
+    foreign = _export(export_cache, str(other), "fp32", verify=False)
+    bundle = _copy_with(rand_fp32, tmp_path / "b", (foreign / "model.pte").read_bytes())
+    with pytest.raises(BundleError, match="another model"):
+        from edgekit import runtimes
+
+        runtimes.load(bundle)
+
+
+def test_missing_kernel_library_message():
+    """The wrapper imports ExecuTorch's custom and quantized kernels itself (no 'Missing operator')."""
+    from edgekit.runtimes import executorch as et
+
+    torch, runtime = et._kernels()
+    ops = runtime.Runtime.get().operator_registry.operator_names
+    assert any("custom_sdpa" in o for o in ops) and any("embedding_4bit" in o for o in ops)
