@@ -15,8 +15,9 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import BundleError, EdgekitError, require
-from .protocol import Generation, Prompt, SamplingParams, StreamResult, Timing, utf8_text
+from ..errors import BundleError, ContextLengthError, require
+from .decoding import TextCodec, check_fits, decode
+from .protocol import Generation, Prompt, SamplingParams, StreamResult, generate_via_stream, utf8_text
 
 _METADATA = ("get_max_seq_len", "get_max_context_len", "get_vocab_size")
 
@@ -61,9 +62,7 @@ class ExecuTorchSession:
         self._check_metadata()
         self.n_ctx = min(self._max_context, int(n_ctx)) if n_ctx else self._max_context
         self.eos_ids = set(self.model.get("eos_ids") or [])
-        from tokenizers import Tokenizer
-
-        self._tok = Tokenizer.from_file(str(self.root / "tokenizer.json"))
+        self._codec = TextCodec(self.root / "tokenizer.json")
         self._pos = 0
 
     def _open(self, runtime: Any, data: Path | None) -> tuple[Any, Any]:
@@ -100,28 +99,10 @@ class ExecuTorchSession:
 
     # -- text ---------------------------------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=add_special).ids
+        return self._codec.encode(text, add_special)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        return self._tok.decode([int(t) for t in tokens], skip_special_tokens=False)
-
-    def _piece(self, token: int) -> bytes:
-        """The bytes of one token (byte-level BPE: one vocabulary char per byte)."""
-        piece = self._tok.id_to_token(token)
-        if piece is None:
-            return b""
-        if piece in self._special:
-            return piece.encode("utf-8")
-        try:
-            return bytes(_BYTE_DECODER[c] for c in piece)
-        except KeyError:  # not a byte-level piece (added token or another pre-tokenizer)
-            return self._tok.decode([token], skip_special_tokens=False).encode("utf-8")
-
-    @property
-    def _special(self) -> set[str]:
-        if not hasattr(self, "_special_cache"):
-            self._special_cache = {t.content for t in self._tok.get_added_tokens_decoder().values()}
-        return self._special_cache
+        return self._codec.decode(tokens)
 
     # -- stepping (also protocol.SteppableSession, used by the profiler) -----------------------------------
     def reset(self) -> None:
@@ -132,7 +113,7 @@ class ExecuTorchSession:
         torch = self._torch
         n = len(tokens)
         if self._pos + n > self.n_ctx:
-            raise EdgekitError(f"{self._pos} cached + {n} new tokens exceed the context of {self.n_ctx}")
+            raise ContextLengthError(f"{self._pos} cached + {n} new tokens exceed the context of {self.n_ctx}")
         out = None
         for start in range(0, n, self._max_seq):  # prompts longer than one call's bound go in chunks
             chunk = torch.tensor([list(tokens[start : start + self._max_seq])], dtype=torch.long)
@@ -146,61 +127,33 @@ class ExecuTorchSession:
         return time.perf_counter() - t0
 
     # -- generation ---------------------------------------------------------------------------------------
-    def _prompt_tokens(self, prompt: Prompt) -> list[int]:
-        tokens = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
-        if not tokens:
-            raise EdgekitError("empty prompt")
-        return tokens
-
     def _tokens(self, prompt: Prompt, params: SamplingParams, result: StreamResult) -> Iterator[int]:
-        tokens = self._prompt_tokens(prompt)
-        if len(tokens) + params.max_tokens > self.n_ctx:
-            raise EdgekitError(
-                f"prompt ({len(tokens)} tokens) + max_tokens ({params.max_tokens}) exceeds the context of {self.n_ctx}"
-            )
-        sampler = _Sampler(params)
+        tokens = self._codec.prompt(prompt)
+        check_fits(len(tokens), params, self.n_ctx)
         execute = self._forward.execute
         # one token and one position tensor reused for every step: the loop allocates nothing per token
         tok, pos = self._torch.zeros((1, 1), dtype=self._torch.long), self._torch.zeros((1,), dtype=self._torch.long)
-        start = time.perf_counter()
-        self.reset()
-        logits = self._run(tokens)
-        prefill_s = time.perf_counter() - start
-        ttft, decode_s, steps = 0.0, 0.0, 0
-        try:
-            while True:
-                token = sampler(logits)
-                if not result.tokens and not ttft:
-                    ttft = time.perf_counter() - start
-                if params.stop_at_eos and token in self.eos_ids:
-                    break
-                result.tokens.append(token)
-                yield token
-                if len(result.tokens) >= params.max_tokens:
-                    break
-                t = time.perf_counter()
-                tok[0, 0], pos[0] = token, self._pos
-                logits = execute([tok, pos])[0]
-                decode_s += time.perf_counter() - t
-                self._pos += 1
-                steps += 1
-        finally:
-            result.timing = Timing(
-                prompt_tokens=len(tokens), prefill_s=prefill_s, generated_tokens=steps, decode_s=decode_s, ttft_s=ttft
-            )
+
+        def prefill(ids: Sequence[int]) -> Any:
+            self.reset()
+            return self._run(ids)
+
+        def step(token: int) -> Any:
+            tok[0, 0], pos[0] = token, self._pos
+            self._pos += 1
+            return execute([tok, pos])[0]
+
+        return decode(prefill, step, tokens, params, result, self.eos_ids)
 
     def stream(
         self, prompt: Prompt, params: SamplingParams = SamplingParams(), result: StreamResult | None = None
     ) -> Iterator[str]:
         """Yield text as it is generated; bytes of a character split across tokens are held back until whole."""
         result = result if result is not None else StreamResult()
-        yield from utf8_text(self._piece(t) for t in self._tokens(prompt, params, result))
+        yield from utf8_text(self._codec.piece(t) for t in self._tokens(prompt, params, result))
 
     def generate(self, prompt: Prompt, params: SamplingParams = SamplingParams()) -> Generation:
-        result = StreamResult()
-        text = "".join(self.stream(prompt, params, result))
-        eos = params.stop_at_eos and len(result.tokens) < params.max_tokens
-        return Generation(text=text, tokens=result.tokens, timing=result.timing, stopped_at_eos=eos)
+        return generate_via_stream(self, prompt, params)
 
     # -- scoring ------------------------------------------------------------------------------------------
     def logits(self, tokens: Sequence[int]) -> np.ndarray:
@@ -208,7 +161,7 @@ class ExecuTorchSession:
         a runner needs), so each position is one decode step: this checks the same path generation uses."""
         tokens = [int(t) for t in tokens]
         if len(tokens) > self.n_ctx:
-            raise EdgekitError(f"{len(tokens)} tokens exceed the context of {self.n_ctx}")
+            raise ContextLengthError(f"{len(tokens)} tokens exceed the context of {self.n_ctx}")
         self.reset()
         out = np.empty((len(tokens), int(self.model.get("vocab_size") or 0) or 1), dtype=np.float32)
         for i, t in enumerate(tokens):
@@ -220,40 +173,3 @@ class ExecuTorchSession:
 
     def close(self) -> None:
         self._forward = self._program = None
-
-
-class _Sampler:
-    """Greedy, or temperature + top-k + top-p sampling over one logits row."""
-
-    def __init__(self, params: SamplingParams) -> None:
-        self.p = params
-        self.rng = np.random.default_rng(params.seed)
-
-    def __call__(self, logits: Any) -> int:
-        row = logits.numpy().reshape(-1) if hasattr(logits, "numpy") else np.asarray(logits).reshape(-1)
-        if self.p.greedy:
-            return int(row.argmax())
-        z = row.astype(np.float64) / self.p.temperature
-        k = min(self.p.top_k, z.shape[0]) if self.p.top_k > 0 else z.shape[0]
-        idx = np.argpartition(-z, k - 1)[:k]
-        idx = idx[np.argsort(-z[idx])]
-        probs = np.exp(z[idx] - z[idx[0]])
-        probs /= probs.sum()
-        keep = int(np.searchsorted(np.cumsum(probs), self.p.top_p) + 1)
-        probs = probs[:keep] / probs[:keep].sum()
-        return int(idx[self.rng.choice(keep, p=probs)])
-
-
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2 byte-level BPE's char -> byte table (the visible stand-ins for bytes 0-255)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars, n = list(keep), 0
-    for b in range(256):
-        if b not in keep:
-            keep.append(b)
-            chars.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(keep, chars)}
-
-
-_BYTE_DECODER = _byte_decoder()

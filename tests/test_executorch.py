@@ -294,7 +294,7 @@ def test_stream_holds_back_split_utf8(rand_fp32, monkeypatch):
     try:
         text = "naïve café → 中文 ✓"
         ids = s.tokenize(text, add_special=False)
-        pieces = [s._piece(t) for t in ids]
+        pieces = [s._codec.piece(t) for t in ids]
         assert b"".join(pieces) == text.encode("utf-8")
         split = [p for p in pieces if _partial_utf8(p)]
         assert split, "the test text should contain a token that splits a character"
