@@ -257,6 +257,15 @@ class OnnxSession:
         self._session.run_with_iobinding(b)
         return logits[0].astype(np.float32, copy=True)
 
+    # -- stepping (protocol.SteppableSession: the profiler's llama-bench method, depth included) ----------
+    def reset(self) -> None:
+        self._state.reset()
+
+    def feed(self, tokens: Sequence[int]) -> float:
+        t0 = time.perf_counter()
+        self.forward([int(t) for t in tokens], self._state)
+        return time.perf_counter() - t0
+
     # -- text ---------------------------------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return self.codec.encode(text, add_special)

@@ -91,12 +91,13 @@ def test_gguf_weight_bytes_cover_the_tensor_data(q8: Path) -> None:
 
 
 # -- the method against real llama.cpp ----------------------------------------------------------------------
-def test_steppable_session_measures_depth(q8: Path) -> None:
+@pytest.mark.parametrize("fmt, quant", [("gguf", "q8_0"), ("onnx", "int4")])
+def test_steppable_session_measures_depth(rand_lfm2: Path, export_cache: dict, fmt: str, quant: str) -> None:
     import edgekit
     from edgekit.profiling.method import run_case
     from edgekit.runtimes.protocol import SteppableSession
 
-    s = edgekit.load(q8, n_threads=1)
+    s = edgekit.load(exported(export_cache, str(rand_lfm2), fmt, quant, verify=False), n_threads=1)
     try:
         assert isinstance(s, SteppableSession)
         for case in (Case(PP, 16, 8), Case(TG, 4, 8)):
