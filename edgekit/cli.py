@@ -181,7 +181,7 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")
-    for name in ("torch", "torchao", "transformers", "peft", "gguf"):
+    for name in ("torch", "torch.utils._pytree", "torchao", "transformers", "peft", "gguf"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
