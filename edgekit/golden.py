@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .errors import BundleError
+from .verify import greedy_prefix
 
 GOLDEN = "golden.json"
 SCHEMA = 1
@@ -145,15 +146,6 @@ def window_metrics(got: np.ndarray, top_ids: Sequence[Sequence[int]], top_logits
     }
 
 
-def prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def compare(session: Any, golden: Mapping[str, Any]) -> DeviceCheck:
     """Run ``session`` on the golden windows and check the bundle's thresholds (numpy only)."""
     from .runtimes import SamplingParams
@@ -174,10 +166,10 @@ def compare(session: Any, golden: Mapping[str, Any]) -> DeviceCheck:
         "mean_kl": totals["kl_sum"] / totals["n"],
         "max_abs_logit": totals["max_abs"],
         "tokens": int(totals["n"]),
-        "greedy_prefix": prefix(g["reference"], got_greedy),
+        "greedy_prefix": greedy_prefix(g["reference"], got_greedy),
         "greedy_tokens": len(g["reference"]),
         "host_top1": host_agree / totals["n"],  # agreement with the host engine on the same bundle
-        "host_greedy_prefix": prefix(golden["host_engine"]["greedy"], got_greedy),
+        "host_greedy_prefix": greedy_prefix(golden["host_engine"]["greedy"], got_greedy),
         "tokenizer_match": session.tokenize(tok["text"], add_special=False) == tok["ids"],
     }
     t = golden["thresholds"]
