@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -28,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from common import cpu_name, git_commit, random_350m  # noqa: E402  (bench/ is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -123,33 +123,7 @@ def run_child(*args: str) -> dict[str, Any]:
 def checkpoint(name: str) -> Path:
     from edgekit.builtin import ROOT
 
-    if name == "builtin":
-        return ROOT / "lfm2-tiny"
-    out = WORK / "lfm2-350m-random"
-    if (out / "model.safetensors").exists():
-        return out
-    import torch
-    from transformers import Lfm2Config, Lfm2ForCausalLM
-
-    cfg = json.loads((HERE / "configs" / "lfm2-350m.json").read_text())
-    cfg.pop("transformers_version", None)
-    torch.manual_seed(0)
-    model = Lfm2ForCausalLM(Lfm2Config(**cfg)).to(torch.bfloat16)
-    model.save_pretrained(out, safe_serialization=True)
-    padded_tokenizer(ROOT / "lfm2-tiny" / "tokenizer.json", out / "tokenizer.json", int(cfg["vocab_size"]))
-    shutil.copy(ROOT / "lfm2-tiny" / "tokenizer_config.json", out / "tokenizer_config.json")
-    return out
-
-
-def padded_tokenizer(src: Path, dst: Path, vocab: int) -> None:
-    """The built-in tokenizer with unused entries up to ``vocab``, so that every id a random-weight model samples
-    decodes (ExecuTorch's runner stops on an id its tokenizer does not know)."""
-    tok = json.loads(src.read_text())
-    table = tok["model"]["vocab"]
-    n = max(table.values()) + 1
-    for i in range(n, vocab):
-        table[f"<unused{i}>"] = i
-    dst.write_text(json.dumps(tok))
+    return ROOT / "lfm2-tiny" if name == "builtin" else random_350m(WORK)
 
 
 # -- speed --------------------------------------------------------------------------------------------------
@@ -331,19 +305,6 @@ def table(r: dict[str, Any], tg: int) -> str:
     return "\n".join(lines)
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
-    return out.strip() + (" (+ uncommitted changes)" if dirty.strip() else "")
-
-
 def write_section(key: str, text: str) -> None:
     """Replace (or add) ``### key`` inside the ``## ExecuTorch`` section of bench/RESULTS.md."""
     path = HERE / "RESULTS.md"
@@ -382,7 +343,7 @@ def main() -> int:
     a = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     header = (
-        f"CPU: {cpu_model()} ({os.cpu_count()} threads, shared machine: absolute numbers are noisy, compare "
+        f"CPU: {cpu_name()} ({os.cpu_count()} threads, shared machine: absolute numbers are noisy, compare "
         f"within a table); commit {git_commit()}; executorch {_version('executorch')}, torch {_version('torch')}, "
         f"llama-cpp-python {_version('llama_cpp_python')}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."
     )

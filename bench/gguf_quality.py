@@ -9,7 +9,6 @@ max |Δlogit|, greedy prefix, file size and the tensor types actually in the fil
 from __future__ import annotations
 
 import argparse
-import platform
 import subprocess
 import tempfile
 from pathlib import Path
@@ -18,13 +17,7 @@ from edgekit.bundle import read_manifest
 from edgekit.export import export, make_plan
 from edgekit.exporters import EXPORTERS
 from edgekit.plan import Target
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+from common import cpu_name  # noqa: E402  (bench/ is on sys.path)
 
 
 def main() -> None:

@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -34,6 +32,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from onnx_common import open_builder  # noqa: E402
+from common import cpu_name, git_commit, random_350m  # noqa: E402  (bench/ is on sys.path)
 
 WORK = Path(os.environ.get("EDGEKIT_BENCH_DIR", "/tmp/edgekit-bench-onnx"))
 
@@ -55,44 +54,13 @@ class Row:
         return f"{statistics.mean(xs):.1f} ± {sd:.1f}"
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
-        return out.stdout.strip() + (" (+ uncommitted changes)" if dirty.strip() else "")
-    except OSError:
-        return "unknown"
-
-
 def checkpoint(name: str) -> Path:
     """An HF directory for the builder and for edgekit (tokenizer.json included: both read it)."""
     from edgekit.builtin import ROOT
 
     if name == "builtin":
         return ROOT / "lfm2-tiny"
-    if name != "350m":
-        return Path(name)
-    out = WORK / "lfm2-350m-random"
-    if (out / "model.safetensors").exists():
-        return out
-    import torch
-    from transformers import Lfm2Config, Lfm2ForCausalLM
-
-    cfg = json.loads((HERE / "configs" / "lfm2-350m.json").read_text())
-    cfg.pop("transformers_version", None)
-    torch.manual_seed(0)
-    model = Lfm2ForCausalLM(Lfm2Config(**cfg)).to(torch.bfloat16)
-    model.save_pretrained(out, safe_serialization=True)
-    for f in ("tokenizer.json", "tokenizer_config.json"):  # the built-in tokenizer: prompts are random ids anyway
-        shutil.copy(ROOT / "lfm2-tiny" / f, out / f)
-    return out
+    return random_350m(WORK) if name == "350m" else Path(name)
 
 
 def build_builder(src: Path, quant: str, out: Path) -> Path:
@@ -305,7 +273,7 @@ def main() -> int:
     import onnxruntime_genai
 
     header = (
-        f"CPU: {cpu_model()}, {args.threads} threads; commit {git_commit()}; onnxruntime {onnxruntime.__version__}, "
+        f"CPU: {cpu_name()}, {args.threads} threads; commit {git_commit()}; onnxruntime {onnxruntime.__version__}, "
         f"onnxruntime-genai {onnxruntime_genai.__version__}; {args.reps} repetitions after a warm-up "
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})."
     )

@@ -15,51 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from common import cpu_name, random_350m  # noqa: E402  (bench/ is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 WORK = Path(os.environ.get("EDGEKIT_BENCH_DIR", "/tmp/edgekit-bench-profile"))
 LLAMA_BENCH = Path(os.environ.get("LLAMA_BENCH", Path.home() / ".cache/edgekit/llama-bench/bin/llama-bench"))
 SECTION = "## Profiler"
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def random_350m() -> Path:
-    """A random-weight LFM2 with the full-size 350M architecture (bench/configs), built-in tokenizer padded."""
-    out = WORK / "lfm2-350m-random"
-    if (out / "model.safetensors").exists():
-        return out
-    import torch
-    from transformers import Lfm2Config, Lfm2ForCausalLM
-
-    from edgekit.builtin import ROOT
-
-    cfg = json.loads((HERE / "configs" / "lfm2-350m.json").read_text())
-    cfg.pop("transformers_version", None)
-    torch.manual_seed(0)
-    Lfm2ForCausalLM(Lfm2Config(**cfg)).to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
-    tok = json.loads((ROOT / "lfm2-tiny" / "tokenizer.json").read_text())
-    table = tok["model"]["vocab"]
-    for i in range(max(table.values()) + 1, int(cfg["vocab_size"])):
-        table[f"<unused{i}>"] = i
-    (out / "tokenizer.json").write_text(json.dumps(tok))
-    shutil.copy(ROOT / "lfm2-tiny" / "tokenizer_config.json", out / "tokenizer_config.json")
-    return out
 
 
 def bundle(source: str, quant: str, name: str) -> Path:
@@ -190,7 +159,7 @@ def main() -> None:
     rows = []
     for model in args.model:
         src, name = sources[model]
-        src = src or str(random_350m())
+        src = src or str(random_350m(WORK))
         for quant in args.quants.split(","):
             b = bundle(src, quant, name)
             gguf = b / "model.gguf"
