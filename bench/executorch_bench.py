@@ -1,15 +1,18 @@
 """edgekit's ExecuTorch export vs ExecuTorch's own export_llm (and GGUF Q4_0 from the same run), 8da4w.
 
 For each model (the built-in trained LFM2, and/or a random-weight full-size LFM2-350M) this exports
-  * edgekit  ``--format executorch --quant 8da4w`` (group 32, affine scales, context 2048),
+  * edgekit ``--format executorch --quant 8da4w`` (group 32, affine scales, context 2048) in three variants
+    (``VARIANTS``): the default (int8 LM head whose table the embedding shares, in model.ptd), ``--head-bits 4``
+    (export_llm's int4 head; fp32 gather table of its own), and ``--head-bits 4 --embedding-quant 4``,
   * export_llm with its LFM2 XNNPACK recipe (``lfm2_xnnpack_q8da4w.yaml``: extended ops, custom SDPA + KV cache,
     qmode 8da4w; group 32, HQQ on as by default; same context and params.json),
   * edgekit ``--format gguf --quant q4_0``,
 each in a child process (export seconds and peak RSS of that process), then measures pp512 / tg128 with
 llama-bench's method (warm-up, ``-r`` repetitions, mean ± sample stddev): the .pte files with ExecuTorch's own
-C++ ``TextLLMRunner`` (the "bare runner"), edgekit's .pte also through ``edgekit.load`` (wrapper/bare decode
-ratio), and the GGUF through ``edgekit.load`` (llama.cpp).  ``--quality`` adds the HQQ-vs-affine check on the
-built-in model (verified exports, top-1 / KL against PyTorch).
+C++ ``TextLLMRunner`` (the "bare runner"), edgekit's default .pte also through ``edgekit.load`` — greedy from a
+text prompt (its TextLLMRunner path) and from token ids (its Method API loop), interleaved with the bare runner
+for the decode ratios — and the GGUF through ``edgekit.load`` (llama.cpp).  ``--quality`` adds the
+HQQ-vs-affine check on the built-in model (verified exports, top-1 / KL against PyTorch).
 
     .venv/bin/python bench/executorch_bench.py --model builtin 350m -r 3 --write
 """
@@ -146,13 +149,15 @@ def prompt_text(tokenizer_json: Path, n: int) -> tuple[str, list[int]]:
     return text, tok.encode(text, add_special_tokens=False).ids
 
 
-def bare_runner(pte: Path, tokenizer: Path, text: str, tg: int, reps: int) -> tuple[list[float], list[float]]:
+def bare_runner(
+    pte: Path, tokenizer: Path, data: Path | None, text: str, tg: int, reps: int
+) -> tuple[list[float], list[float]]:
     """ExecuTorch's C++ TextLLMRunner: its own stats (prefill = encode end -> prompt eval end)."""
     import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (llama::custom_sdpa for the runner)
     import executorch.kernels.quantized  # noqa: F401
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
 
-    runner = TextLLMRunner(str(pte), str(tokenizer))
+    runner = TextLLMRunner(str(pte), str(tokenizer), str(data) if data else None)
     pp, dec = [], []
     for rep in range(reps + 1):
         stats: list[Any] = []
@@ -168,26 +173,28 @@ def bare_runner(pte: Path, tokenizer: Path, text: str, tg: int, reps: int) -> tu
     return pp, dec
 
 
-def wrapper(bundle: Path, ids: list[int], tg: int, reps: int) -> tuple[list[float], list[float], float]:
-    """edgekit.load: prefill = feed(prompt) (engine time), decode = generated tokens / wall time after prefill."""
+def wrapper(bundle: Path, prompt: str | list[int], tg: int, reps: int, **load_options: Any) -> tuple[list[float], list[float], float]:
+    """edgekit.load, greedy: prefill = feed(prompt ids) (engine time); decode = the generation's own decode rate.
+    A text prompt stops at EOS as the bare runner does (ExecuTorch: this is the TextLLMRunner path); a token-id
+    prompt runs ``tg`` tokens regardless (ExecuTorch: the Method API loop)."""
     from edgekit import load
     from edgekit.runtimes import SamplingParams
 
     t = time.perf_counter()
-    s = load(bundle)
+    s = load(bundle, **load_options)
     load_s = time.perf_counter() - t
+    ids = s.tokenize(prompt) if isinstance(prompt, str) else prompt
+    params = SamplingParams(max_tokens=tg, stop_at_eos=isinstance(prompt, str))
     pp, dec = [], []
     try:
         for rep in range(reps + 1):
             s.reset()
             secs = s.feed(ids)
-            t = time.perf_counter()
-            g = s.generate(ids, SamplingParams(max_tokens=tg, stop_at_eos=False))
-            wall = time.perf_counter() - t
+            g = s.generate(prompt, params)
             if rep == 0:
                 continue
             pp.append(len(ids) / secs)
-            dec.append(len(g.tokens) / (wall - g.timing.prefill_s))
+            dec.append(g.timing.decode_tps)
     finally:
         s.close()
     return pp, dec, load_s
@@ -233,62 +240,72 @@ def quality(reps_dir: Path) -> list[dict[str, Any]]:
 
 
 # -- the run ------------------------------------------------------------------------------------------------
+# edgekit variants: key, label, export options (on top of context and group size)
+VARIANTS = (
+    ("edgekit", "edgekit 8da4w g32, int8 head, shared embedding (default)", {}),
+    ("edgekit_h4", "edgekit 8da4w g32, int4 head (export_llm's choice)", {"head_bits": 4}),
+    ("edgekit_h4e4", "edgekit 8da4w g32, int4 head + 4-bit embedding", {"head_bits": 4, "embedding_quant": "4"}),
+)
+
+
+def data_file(bundle: Path) -> Path | None:
+    """The bundle's .ptd (shared embedding table), if it has one."""
+    files = json.loads((bundle / "edgekit.json").read_text())["artifact"].get("data_files") or []
+    return bundle / files[0] if files else None
+
+
 def run_model(name: str, reps: int, pp_n: int, tg: int) -> dict[str, Any]:
     src = checkpoint(name)
     base = WORK / name
     base.mkdir(parents=True, exist_ok=True)
-    opts = json.dumps({"max_context": CONTEXT, "group_size": GROUP})
     res: dict[str, Any] = {"model": name}
-    print(f"[{name}] edgekit executorch 8da4w export", flush=True)
-    res["edgekit_export"] = run_child("edgekit", str(src), str(base / "edgekit-8da4w"), "executorch", "8da4w", opts)
-    print(f"[{name}] edgekit executorch 8da4w + 4-bit embedding export", flush=True)
-    opts4 = json.dumps({"max_context": CONTEXT, "group_size": GROUP, "embedding_quant": "4"})
-    res["edgekit_emb4_export"] = run_child("edgekit", str(src), str(base / "edgekit-8da4w-emb4"), "executorch", "8da4w", opts4)
+    for key, label, extra in VARIANTS:
+        print(f"[{name}] {label}: export", flush=True)
+        opts = json.dumps({"max_context": CONTEXT, "group_size": GROUP, **extra})
+        res[f"{key}_export"] = run_child("edgekit", str(src), str(base / key), "executorch", "8da4w", opts)
     print(f"[{name}] export_llm 8da4w export", flush=True)
     res["export_llm_export"] = run_child("export_llm", str(src), str(base / "export_llm-8da4w"), "hqq")
     print(f"[{name}] edgekit gguf q4_0 export", flush=True)
     res["gguf_export"] = run_child("edgekit", str(src), str(base / "gguf-q4_0"), "gguf", "q4_0", "{}")
 
-    ek, el, gg = base / "edgekit-8da4w", base / "export_llm-8da4w", base / "gguf-q4_0"
-    e4 = base / "edgekit-8da4w-emb4"
+    el, gg = base / "export_llm-8da4w", base / "gguf-q4_0"
     text, ids = prompt_text(src / "tokenizer.json", pp_n)
     print(f"[{name}] speed ({len(ids)} prompt tokens, {tg} generated, {reps} reps)", flush=True)
-    res["export_llm_runner"] = bare_runner(el / "model.pte", el / "tokenizer.json", text, tg, reps)
-    res["edgekit_emb4_runner"] = bare_runner(e4 / "model.pte", e4 / "tokenizer.json", text, tg, reps)
+    res["export_llm_runner"] = bare_runner(el / "model.pte", el / "tokenizer.json", None, text, tg, reps)
+    for key, _label, _extra in VARIANTS[1:]:
+        b = base / key
+        res[f"{key}_runner"] = bare_runner(b / "model.pte", b / "tokenizer.json", data_file(b), text, tg, reps)
     # bare runner and wrapper on the same .pte, one repetition each in turn: the ratio sees the same load
-    runs = [(bare_runner(ek / "model.pte", ek / "tokenizer.json", text, tg, 1), wrapper(ek, ids, tg, 1))
-            for _ in range(reps)]
+    ek = base / "edgekit"
+    runs = [(bare_runner(ek / "model.pte", ek / "tokenizer.json", data_file(ek), text, tg, 1), wrapper(ek, text, tg, 1),
+             wrapper(ek, ids, tg, 1)) for _ in range(reps)]
     res["edgekit_runner"] = ([r[0][0][0] for r in runs], [r[0][1][0] for r in runs])
     res["edgekit_wrapper"] = ([r[1][0][0] for r in runs], [r[1][1][0] for r in runs], runs[0][1][2])
+    res["edgekit_wrapper_ids"] = ([r[2][0][0] for r in runs], [r[2][1][0] for r in runs], runs[0][2][2])
     res["gguf_wrapper"] = wrapper(gg, ids, tg, reps)
-    res["sizes_mb"] = {
-        "edgekit": size_mb(ek), "edgekit_emb4": size_mb(e4), "export_llm": size_mb(el / "model.pte"), "gguf": size_mb(gg)
-    }
-    res["delegate_calls"] = {
-        "edgekit": delegate_calls(ek / "model.pte"), "edgekit_emb4": delegate_calls(e4 / "model.pte"),
-        "export_llm": delegate_calls(el / "model.pte"),
-    }
+    res["sizes_mb"] = {key: size_mb(base / key) for key, _l, _e in VARIANTS}
+    res["sizes_mb"].update(export_llm=size_mb(el / "model.pte"), gguf=size_mb(gg))
+    res["delegate_calls"] = {key: delegate_calls(base / key / "model.pte") for key, _l, _e in VARIANTS}
+    res["delegate_calls"]["export_llm"] = delegate_calls(el / "model.pte")
     res["prompt_tokens"] = len(ids)
     return res
 
 
 def table(r: dict[str, Any], tg: int) -> str:
-    ek_pp, ek_tg = r["edgekit_runner"]
-    el_pp, el_tg = r["export_llm_runner"]
-    e4_pp, e4_tg = r["edgekit_emb4_runner"]
-    w_pp, w_tg, _ = r["edgekit_wrapper"]
-    g_pp, g_tg, _ = r["gguf_wrapper"]
+    def row(label: str, key: str, export_key: str | None, speed: Any) -> tuple:
+        ex = r[export_key] if export_key else None
+        return (label, r["sizes_mb"][key], ex, r["delegate_calls"].get(key) if export_key else None,
+                stat(speed[0]), stat(speed[1]))
+
+    rows = [row("export_llm 8da4w g32 (HQQ, int4 head), bare runner", "export_llm", "export_llm_export",
+                r["export_llm_runner"])]
+    rows += [row(f"{label}, bare runner", key, f"{key}_export", r[f"{key}_runner"]) for key, label, _e in VARIANTS]
+    rows.append(row("edgekit 8da4w default, edgekit.load, text prompt (TextLLMRunner inside)", "edgekit", None,
+                    r["edgekit_wrapper"]))
+    rows.append(row("edgekit 8da4w default, edgekit.load, token-id prompt (Method API loop)", "edgekit", None,
+                    r["edgekit_wrapper_ids"]))
+    rows.append(row("GGUF Q4_0 (edgekit export), edgekit.load", "gguf", "gguf_export", r["gguf_wrapper"]))
     pp = r["prompt_tokens"]
-    rows = [
-        ("export_llm 8da4w g32 (HQQ), bare runner", r["sizes_mb"]["export_llm"], r["export_llm_export"],
-         r["delegate_calls"]["export_llm"], stat(el_pp), stat(el_tg)),
-        ("edgekit 8da4w g32 (affine), bare runner", r["sizes_mb"]["edgekit"], r["edgekit_export"],
-         r["delegate_calls"]["edgekit"], stat(ek_pp), stat(ek_tg)),
-        ("edgekit 8da4w g32 + 4-bit embedding, bare runner", r["sizes_mb"]["edgekit_emb4"], r["edgekit_emb4_export"],
-         r["delegate_calls"]["edgekit_emb4"], stat(e4_pp), stat(e4_tg)),
-        ("edgekit 8da4w g32, edgekit.load wrapper", r["sizes_mb"]["edgekit"], None, None, stat(w_pp), stat(w_tg)),
-        ("GGUF Q4_0 (edgekit export), edgekit.load", r["sizes_mb"]["gguf"], r["gguf_export"], None, stat(g_pp), stat(g_tg)),
-    ]
     lines = [
         f"| program | size MB | export s | export peak RSS GB | XNNPACK calls | pp{pp} t/s | tg{tg} t/s |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -298,10 +315,11 @@ def table(r: dict[str, Any], tg: int) -> str:
             f"| {label} | {mb:.1f} | {ex['seconds'] if ex else '-'} | {(ex.get('peak_rss_gb') or 'n/r') if ex else '-'} | "
             f"{calls if calls is not None else '-'} | {a} | {b} |"
         )
-    if ek_tg and w_tg:
-        ratio = statistics.mean(w_tg) / statistics.mean(ek_tg)
-        lines.append("")
-        lines.append(f"Wrapper / bare runner decode ratio on the same .pte: **{ratio:.3f}** (goal >= 0.97).")
+    ek_tg = r["edgekit_runner"][1]
+    lines.append("")
+    for key, what in (("edgekit_wrapper", "text prompt"), ("edgekit_wrapper_ids", "token-id prompt")):
+        ratio = statistics.mean(r[key][1]) / statistics.mean(ek_tg)
+        lines.append(f"Wrapper ({what}) / bare runner decode ratio on the same .pte: **{ratio:.3f}** (goal >= 0.97).  ")
     return "\n".join(lines)
 
 

@@ -44,6 +44,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         "embedding_quant": args.embedding_quant,
         "max_context": args.max_context,
         "lora_mode": args.lora_mode,
+        "shared_embedding": args.shared_embedding,
     }
     prep = make_plan(args.source, args.format, args.quant, args.adapter, options)
     progress = _progress(args.quiet)
@@ -102,7 +103,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"format      {m['format']} / {plan['quant']['name']} (engine {m['engine']})",
         f"source      {m['source']['path']}",
         f"adapter     {m['adapter']['path'] if m.get('adapter') else '-'}",
-        f"files       " + ", ".join(f"{k} ({v['size'] / 1e6:.2f} MB)" for k, v in m["files"].items()),
+        "files       " + ", ".join(f"{k} ({v['size'] / 1e6:.2f} MB)" for k, v in m["files"].items()),
         f"tensors     {m['artifact'].get('tensor_types', '-')}",
     ]
     v = m.get("verification")
@@ -146,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--embedding-quant", choices=["none", "8", "4"], help="ExecuTorch only: quantise the token embedding table (default none)")
     e.add_argument("--max-context", type=int, help="ExecuTorch only: KV cache length in tokens (default min(2048, the model's))")
     e.add_argument("--lora-mode", choices=["merged", "separate"], help="ExecuTorch only: fold the adapter in (default) or keep it in adapter.ptd")
+    e.add_argument("--shared-embedding", choices=["auto", "on", "off"], help="ExecuTorch only: store the tied "
+                   "embedding / LM head table once, in model.ptd (on; auto, the default, = on for fp32 and 8da4w) or "
+                   "keep one self-contained model.pte (off)")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     e.set_defaults(func=cmd_export)
 

@@ -51,6 +51,7 @@ class Report:
             ("max |Δlogit|", f"{m['max_abs_logit']:.2e}", f"<= {t['max_abs_logit']}" if t["max_abs_logit"] else "-"),
             ("greedy prefix", f"{m['greedy_prefix']}/{m['greedy_tokens']}", f">= {t['min_greedy_prefix']}"),
             ("tokenizer match", str(m["tokenizer_match"]), "True"),
+            ("text prompt match", str(m.get("text_prompt_match", "-")), "True"),
         ]
         lines = [f"{'metric':<18} {'measured':>12}  {'threshold':<12}"]
         lines += [f"{a:<18} {b:>12}  {c:<12}" for a, b, c in rows]
@@ -103,6 +104,8 @@ def check(metrics: dict[str, Any], t: Thresholds) -> list[str]:
         fails.append(f"greedy tokens diverge at {metrics['greedy_prefix']} < {t.min_greedy_prefix}")
     if not metrics["tokenizer_match"]:
         fails.append("the engine tokenizes the held-out text differently from the checkpoint's tokenizer")
+    if not metrics.get("text_prompt_match", True):
+        fails.append("greedy generation from the text prompt differs from generation from its token ids")
     return fails
 
 
@@ -140,6 +143,11 @@ def run(
 
     ref_greedy = ref_mod.greedy(reference, prompt, GREEDY_TOKENS)
     got = session.generate(prompt, SamplingParams(max_tokens=GREEDY_TOKENS, stop_at_eos=False)).tokens
+    # an engine may generate from text on another path (ExecuTorch: its C++ runner); both must agree
+    prompt_text = tok.decode(wins[0][1 if bos is not None else 0 : GREEDY_PROMPT])
+    greedy = SamplingParams(max_tokens=GREEDY_TOKENS)
+    from_text = session.generate(prompt_text, greedy).tokens
+    from_ids = session.generate(session.tokenize(prompt_text), greedy).tokens
     sample = text[:4000]
     metrics = {
         "top1": totals["agree"] / totals["n"],
@@ -151,6 +159,7 @@ def run(
         "greedy_tokens": GREEDY_TOKENS,
         "reference_greedy": ref_greedy,
         "engine_greedy": list(got),
+        "text_prompt_match": from_text == from_ids,
         "tokenizer_match": session.tokenize(sample, add_special=False) == tok.encode(sample, add_special_tokens=False).ids,
         "text_sha256": hashlib.sha256(text.encode()).hexdigest(),
     }

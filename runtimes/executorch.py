@@ -1,15 +1,17 @@
 """ExecuTorch engine for ``.pte`` bundles, through ``executorch.runtime`` (Program -> Method).
 
 ExecuTorch's Python runtime links libtorch, so torch is imported here (DESIGN §5: the one engine that needs it).
-The decode loop runs here rather than in ``TextLLMRunner``: that runner takes text only (verification needs
-token prompts) and its per-token text callback raises on a byte-level token that splits a UTF-8 character.
-A step is one ``Method.execute`` plus an argmax over the logits; bench/executorch_speed.py measures this loop
-against the bare C++ runner on the same .pte.
+Greedy generation from a text prompt runs in ExecuTorch's own C++ ``TextLLMRunner`` (``executorch_runner.py``):
+no Python per token beyond a callback.  Everything else — token-id prompts, sampling, ``feed`` / ``reset`` for the
+profiler, teacher-forced ``logits`` for verification — runs the Method API: one ``Method.execute`` per token plus
+an argmax or a sample.  bench/executorch_bench.py measures both against the bare runner on the same .pte.
+Only one of the two holds the program's weights at a time (each packs its own XNNPACK copy).
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -17,7 +19,7 @@ import numpy as np
 
 from ..errors import BundleError, ContextLengthError, require
 from .decoding import TextCodec, check_fits, decode
-from .protocol import Generation, Prompt, SamplingParams, StreamResult, generate_via_stream, utf8_text
+from .protocol import Generation, Prompt, SamplingParams, StreamResult, Timing, generate_via_stream, utf8_text
 
 _METADATA = ("get_max_seq_len", "get_max_context_len", "get_vocab_size")
 
@@ -41,7 +43,8 @@ class ExecuTorchSession:
     engine = "executorch"
 
     def __init__(
-        self, root: Path, manifest: Mapping[str, Any], n_threads: int | None = None, n_ctx: int | None = None
+        self, root: Path, manifest: Mapping[str, Any], n_threads: int | None = None, n_ctx: int | None = None,
+        use_runner: bool = True,
     ) -> None:
         self._torch, runtime = _kernels()
         self.root = Path(root)
@@ -52,14 +55,16 @@ class ExecuTorchSession:
         data = [self.root / f for f in art.get("data_files", [])]
         if len(data) > 1:
             raise BundleError(f"{self.root}: more than one .ptd file ({', '.join(map(str, data))}); expected at most one")
+        self._runtime, self._data = runtime, (data[0] if data else None)
+        self._use_runner = use_runner
+        self._runner: Any = None
         if n_threads:
             from executorch.extension.pybindings import portable_lib
 
             portable_lib._unsafe_reset_threadpool(int(n_threads))
         t0 = time.perf_counter()
-        self._program, self._forward = self._open(runtime, data[0] if data else None)
+        self._program, self._forward = self._open(runtime, self._data)
         self.load_s = time.perf_counter() - t0
-        self._check_metadata()
         self.n_ctx = min(self._max_context, int(n_ctx)) if n_ctx else self._max_context
         self.eos_ids = set(self.model.get("eos_ids") or [])
         self._codec = TextCodec(self.root / "tokenizer.json")
@@ -71,6 +76,8 @@ class ExecuTorchSession:
             program = runtime.Runtime.get().load_program(self.path, data_path=data)
             if "forward" not in program.method_names:
                 raise BundleError(f"{self.path}: the program has no 'forward' method; it is not an LLM export")
+            self._program = program
+            self._check_metadata()  # before forward loads: a foreign .pte is named as such, not as a data mismatch
             method = program.load_method("forward")
         except BundleError:
             raise
@@ -97,6 +104,25 @@ class ExecuTorchSession:
                 "the .pte is from another export"
             )
 
+    def _method(self) -> Any:
+        """The forward Method (loaded again if the runner took over)."""
+        if self._forward is None:
+            self._program, self._forward = self._open(self._runtime, self._data)
+        return self._forward
+
+    def _text_runner(self) -> Any:
+        """ExecuTorch's C++ runner over the same files, or None where it does not fit this bundle."""
+        if self._runner is None and self._use_runner:
+            from .executorch_runner import RunnerUnsuitable, TextRunner
+
+            try:
+                self._runner = TextRunner(self.path, self._data, self.root / "tokenizer.json")
+            except RunnerUnsuitable:
+                self._use_runner = False
+                return None
+            self._forward = None  # one XNNPACK copy of the weights at a time
+        return self._runner
+
     # -- text ---------------------------------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return self._codec.encode(text, add_special)
@@ -117,7 +143,7 @@ class ExecuTorchSession:
         out = None
         for start in range(0, n, self._max_seq):  # prompts longer than one call's bound go in chunks
             chunk = torch.tensor([list(tokens[start : start + self._max_seq])], dtype=torch.long)
-            out = self._forward.execute([chunk, torch.tensor([self._pos], dtype=torch.long)])[0]
+            out = self._method().execute([chunk, torch.tensor([self._pos], dtype=torch.long)])[0]
             self._pos += chunk.shape[1]
         return out
 
@@ -130,7 +156,11 @@ class ExecuTorchSession:
     def _tokens(self, prompt: Prompt, params: SamplingParams, result: StreamResult) -> Iterator[int]:
         tokens = self._codec.prompt(prompt)
         check_fits(len(tokens), params, self.n_ctx)
-        execute = self._forward.execute
+        if isinstance(prompt, str) and params.greedy and params.stop_at_eos:
+            num_bos = self._leading_specials(prompt, tokens)
+            if num_bos is not None and self._text_runner() is not None:
+                return self._runner_tokens(prompt, tokens, num_bos, params, result)
+        execute = self._method().execute
         # one token and one position tensor reused for every step: the loop allocates nothing per token
         tok, pos = self._torch.zeros((1, 1), dtype=self._torch.long), self._torch.zeros((1,), dtype=self._torch.long)
 
@@ -144,6 +174,44 @@ class ExecuTorchSession:
             return execute([tok, pos])[0]
 
         return decode(prefill, step, tokens, params, result, self.eos_ids)
+
+    def _leading_specials(self, prompt: str, tokens: Sequence[int]) -> int | None:
+        """How many BOS tokens the tokenizer's post-processor puts before ``prompt`` (0 or 1), or None when it
+        adds anything else (the runner could not reproduce the prompt)."""
+        plain = self.tokenize(prompt, add_special=False)
+        bos = self.model.get("bos_id")
+        if list(tokens) == plain:
+            return 0
+        if bos is not None and list(tokens) == [int(bos), *plain]:
+            return 1
+        return None
+
+    def _runner_tokens(
+        self, prompt: str, tokens: Sequence[int], num_bos: int, params: SamplingParams, result: StreamResult
+    ) -> Iterator[int]:
+        runner = self._runner
+        try:
+            for token in runner.tokens(prompt, num_bos, params.max_tokens, self.eos_ids):
+                result.tokens.append(token)
+                yield token
+        finally:
+            st = runner.stats
+            result.timing = Timing(
+                prompt_tokens=len(tokens), prefill_s=st.prefill_s, generated_tokens=st.steps, decode_s=st.decode_s,
+                ttft_s=st.prefill_s,
+            )
+            if st.prompt_tokens and st.prompt_tokens != len(tokens):
+                warnings.warn(
+                    f"{self.root}: ExecuTorch's runner tokenised the prompt into {st.prompt_tokens} tokens, edgekit "
+                    f"into {len(tokens)}; later generations use the Method API loop", RuntimeWarning, stacklevel=2,
+                )
+                self._use_runner = False
+                self.close_runner()
+
+    def close_runner(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
 
     def stream(
         self, prompt: Prompt, params: SamplingParams = SamplingParams(), result: StreamResult | None = None
@@ -172,4 +240,5 @@ class ExecuTorchSession:
         return out
 
     def close(self) -> None:
+        self.close_runner()
         self._forward = self._program = None

@@ -106,14 +106,6 @@ def test_params_load_into_executorch_model_args():
     assert args.hidden_dim == 4608 and args.head_dim == 64 and args.rope_freq_base == 1e6
 
 
-def test_params_reject_other_conv_kernel():
-    from edgekit.exporters.executorch.params import params_from_hf
-
-    cfg = json.loads((REPO / "bench/configs/lfm2-350m.json").read_text())
-    with pytest.raises(UnsupportedError, match="conv_L_cache"):
-        params_from_hf({**cfg, "conv_L_cache": 4})
-
-
 # -- bad plans (cheap: nothing is exported) ------------------------------------------------------------------
 @pytest.mark.parametrize(
     "quant, options, match",
@@ -126,6 +118,9 @@ def test_params_reject_other_conv_kernel():
         ("8da4w", {"lora_mode": "both"}, "valid: merged, separate"),
         ("8da4w", {"head_bits": 6}, "valid: 4, 8"),
         ("8da8w", {"head_bits": 4}, "8da4w only"),
+        ("8da4w", {"shared_embedding": "maybe"}, "valid: auto, on, off"),
+        ("8da4w", {"shared_embedding": "on", "head_bits": 4}, "LM head is int4"),
+        ("fp32", {"shared_embedding": "on", "embedding_quant": "4"}, "table of its own"),
     ],
 )
 def test_bad_quant_options(rand_lfm2, tmp_path, quant, options, match):
@@ -166,7 +161,8 @@ def test_random_attention_first_fp32(rand_fp32):
     assert art["dynamic_shapes"] and art["max_context"] == CTX
     assert json.loads((rand_fp32 / "params.json").read_text())["layer_types"][0] == "full_attention"
     # the graph improvements: all norms, RoPE and the conv inside XNNPACK -> a few partitions per attention layer
-    assert art["delegated_partitions"] <= 2 * 1 + 2
+    # (+1: the LM head, whose table the gather shares, is a partition of its own)
+    assert art["delegated_partitions"] <= 2 * 1 + 2 + 1
 
 
 def test_prefill_is_one_call_and_matches_stepwise(rand_fp32):
@@ -189,6 +185,20 @@ def test_prefill_is_one_call_and_matches_stepwise(rand_fp32):
         s.close()
 
 
+def test_shared_embedding_stores_the_table_once(export_cache, rand_lfm2, rand_fp32):
+    """fp32 default: the gather and the LM head read one float32 table, kept once in model.ptd."""
+    inline = _export(export_cache, str(rand_lfm2), "fp32", shared_embedding="off")
+    shared, own = read_manifest(rand_fp32), read_manifest(inline)
+    assert shared["artifact"]["shared_embedding"] and shared["artifact"]["data_files"] == ["model.ptd"]
+    assert not own["artifact"]["shared_embedding"] and own["artifact"]["data_files"] == []
+    table = shared["model"]["vocab_size"] * 256 * 4  # rand_lfm2: hidden 256, float32
+    total = lambda b: sum(f.stat().st_size for f in b.iterdir() if f.suffix in (".pte", ".ptd"))  # noqa: E731
+    saved = total(inline) - total(rand_fp32)
+    assert abs(saved - table) < 0.02 * table, (saved, table)
+    assert (rand_fp32 / "model.ptd").stat().st_size < 1.05 * table
+    _check_report(inline, "fp32")
+
+
 # -- parity: the built-in trained model, every quant, with its adapter --------------------------------------
 @needs_builtin
 @pytest.mark.parametrize("quant", list(ET.quants))
@@ -196,7 +206,9 @@ def test_builtin_with_adapter(export_cache, quant):
     bundle = _export(export_cache, "builtin:lfm2-tiny", quant, adapter="builtin:lfm2-tiny-lora")
     m = _check_report(bundle, quant)
     assert m["adapter"]["target_modules"] == sorted(["in_proj", "out_proj", "q_proj", "k_proj", "v_proj", "w1", "w2", "w3"])
-    assert m["artifact"]["lora_mode"] == "merged" and not m["artifact"]["data_files"]
+    shared = quant != "8da8w"  # the default: a float32 or 8da4w's int8 LM head table serves the gather too
+    assert m["artifact"]["lora_mode"] == "merged" and m["artifact"]["shared_embedding"] == shared
+    assert m["artifact"]["data_files"] == (["model.ptd"] if shared else [])
 
 
 @needs_builtin
@@ -230,6 +242,12 @@ def _bundle_for_direct_use(export_cache, rand_fp32) -> Path:
     return rand_fp32
 
 
+def _data_file(bundle: Path) -> Path:
+    """The bundle's one .ptd (the shared embedding table), which an app passes next to the program."""
+    (data,) = read_manifest(bundle)["artifact"]["data_files"]
+    return bundle / data
+
+
 def test_executorch_runtime_loads_bundle_directly(export_cache, rand_fp32):
     """Plain executorch.runtime, no edgekit: metadata methods and a forward call."""
     import torch
@@ -239,7 +257,7 @@ def test_executorch_runtime_loads_bundle_directly(export_cache, rand_fp32):
 
     bundle = _bundle_for_direct_use(export_cache, rand_fp32)
     m = read_manifest(bundle)
-    program = Runtime.get().load_program(bundle / "model.pte")
+    program = Runtime.get().load_program(bundle / "model.pte", data_path=_data_file(bundle))
     meta = {n: program.load_method(n).execute([])[0] for n in program.method_names if n != "forward"}
     assert meta["get_vocab_size"] == m["model"]["vocab_size"]
     assert meta["get_max_context_len"] == CTX and meta["get_max_seq_len"] == CTX - 1
@@ -255,7 +273,7 @@ def test_executorch_text_runner_runs_bundle(export_cache, rand_fp32):
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
 
     bundle = _bundle_for_direct_use(export_cache, rand_fp32)
-    runner = TextLLMRunner(str(bundle / "model.pte"), str(bundle / "tokenizer.json"))
+    runner = TextLLMRunner(str(bundle / "model.pte"), str(bundle / "tokenizer.json"), str(_data_file(bundle)))
     stats = []
     runner.generate(
         "def main(argv):\n", GenerationConfig(max_new_tokens=16, temperature=0.0, echo=False),
@@ -309,6 +327,42 @@ def test_stream_holds_back_split_utf8(rand_fp32, monkeypatch):
         assert "".join(out) == text and "\ufffd" not in "".join(out)
     finally:
         s.close()
+
+
+def test_text_generation_runs_in_the_cpp_runner(rand_fp32):
+    """Greedy generation from text goes through ExecuTorch's TextLLMRunner: same tokens and text as the Method
+    API loop, and a generated token that splits a UTF-8 character streams through intact."""
+    from edgekit import runtimes
+    from edgekit.runtimes import SamplingParams
+
+    prompt = "naïve café → 中文 ✓\n"
+    s, ref = runtimes.load(rand_fp32), runtimes.load(rand_fp32, use_runner=False)
+    try:
+        g = s.generate(prompt, SamplingParams(max_tokens=96))
+        assert s._runner is not None and s._forward is None  # the runner took over (one copy of the weights)
+        want = ref.generate(prompt, SamplingParams(max_tokens=96))
+        assert g.tokens == want.tokens and g.text == want.text
+        assert any(_partial_utf8(s._codec.piece(t)) for t in g.tokens), "no split character: the test proves nothing"
+        assert "".join(s.stream(prompt, SamplingParams(max_tokens=96))) == g.text
+        assert g.timing.prompt_tokens == len(s.tokenize(prompt)) and g.timing.decode_tps > 0
+        early = s.stream(prompt, SamplingParams(max_tokens=96))  # a consumer that stops early stops the runner
+        next(early)
+        early.close()
+        assert s.logits(s.tokenize("import os"))[-1].shape == (read_manifest(rand_fp32)["model"]["vocab_size"],)
+    finally:
+        s.close()
+        ref.close()
+
+
+def test_runner_needs_a_byte_level_tokenizer(tmp_path):
+    from edgekit.runtimes.executorch_runner import RunnerUnsuitable, _raw_tokenizer
+
+    tok = json.loads((BUILTIN / "lfm2-tiny" / "tokenizer.json").read_text())
+    raw, ids = _raw_tokenizer(BUILTIN / "lfm2-tiny" / "tokenizer.json")
+    assert raw["decoder"] is None and ids["<|startoftext|>"] == 1 and len(ids) >= len(tok["model"]["vocab"])
+    (tmp_path / "tokenizer.json").write_text(json.dumps({**tok, "decoder": {"type": "Metaspace"}}))
+    with pytest.raises(RunnerUnsuitable):
+        _raw_tokenizer(tmp_path / "tokenizer.json")
 
 
 def _partial_utf8(b: bytes) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..errors import CheckpointError, UnsupportedError
@@ -89,6 +90,47 @@ def describe(config: Mapping[str, Any]) -> dict[str, Any]:
         "eos_ids": eos if isinstance(eos, list) else ([eos] if eos is not None else []),
         "pad_id": config.get("pad_token_id"),
     }
+
+
+@dataclass(frozen=True)
+class Lfm2Shape:
+    """The numbers every exporter's LFM2 graph is built from (ONNX and ExecuTorch write their graphs by hand)."""
+
+    hidden: int
+    layer_types: tuple[str, ...]
+    ff: int  # SwiGLU width after the auto-adjust
+    heads: int
+    kv_heads: int
+    vocab: int
+    context: int  # positions the graph's RoPE table and KV cache cover
+    rope_theta: float
+    eps: float
+    conv_kernel: int  # conv_L_cache: the short convolution's kernel length
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "Lfm2Shape":
+        meta = describe(config)
+        return cls(
+            hidden=meta["hidden_size"],
+            layer_types=tuple(meta["layer_types"]),
+            ff=meta["feed_forward_size"],
+            heads=meta["num_heads"],
+            kv_heads=meta["num_kv_heads"],
+            vocab=meta["vocab_size"],
+            context=meta["context_length"],
+            rope_theta=meta["rope_theta"],
+            eps=meta["norm_eps"],
+            conv_kernel=meta["conv_L_cache"],
+        )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def conv_cache(self) -> int:
+        """Inputs a conv layer carries to the next call (kernel length - 1)."""
+        return self.conv_kernel - 1
 
 
 def build_reference(checkpoint: Any):

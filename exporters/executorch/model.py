@@ -19,51 +19,17 @@ torch is imported by this module: it is only used at export time.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...families.lfm2 import Lfm2Shape
+
 # registers llama::update_cache / llama::custom_sdpa for tracing
 from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
-
-
-@dataclass(frozen=True)
-class Lfm2Shape:
-    """What the graph needs from ``params_from_hf`` plus the export's context length."""
-
-    dim: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    vocab_size: int
-    hidden_dim: int
-    norm_eps: float
-    rope_theta: float
-    layer_types: tuple[str, ...]
-    max_context: int
-    conv_kernel: int = 3
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any], max_context: int) -> "Lfm2Shape":
-        return cls(
-            dim=params["dim"],
-            n_layers=params["n_layers"],
-            n_heads=params["n_heads"],
-            n_kv_heads=params["n_kv_heads"],
-            vocab_size=params["vocab_size"],
-            hidden_dim=params["hidden_dim"],
-            norm_eps=params["norm_eps"],
-            rope_theta=params["rope_theta"],
-            layer_types=tuple(params["layer_types"]),
-            max_context=max_context,
-        )
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
 
 
 @dataclass(frozen=True)
@@ -120,15 +86,15 @@ class Attention(nn.Module):
     def __init__(self, s: Lfm2Shape, lora: Mapping[str, LoraSpec]) -> None:
         super().__init__()
         hd = s.head_dim
-        self.n_heads, self.n_kv, self.hd = s.n_heads, s.n_kv_heads, hd
-        self.q_proj = Linear(s.dim, s.n_heads * hd, lora.get("q_proj"))
-        self.k_proj = Linear(s.dim, s.n_kv_heads * hd, lora.get("k_proj"))
-        self.v_proj = Linear(s.dim, s.n_kv_heads * hd, lora.get("v_proj"))
-        self.out_proj = Linear(s.n_heads * hd, s.dim, lora.get("out_proj"))
-        self.q_layernorm = RMSNorm(hd, s.norm_eps)
-        self.k_layernorm = RMSNorm(hd, s.norm_eps)
+        self.n_heads, self.n_kv, self.hd = s.heads, s.kv_heads, hd
+        self.q_proj = Linear(s.hidden, s.heads * hd, lora.get("q_proj"))
+        self.k_proj = Linear(s.hidden, s.kv_heads * hd, lora.get("k_proj"))
+        self.v_proj = Linear(s.hidden, s.kv_heads * hd, lora.get("v_proj"))
+        self.out_proj = Linear(s.heads * hd, s.hidden, lora.get("out_proj"))
+        self.q_layernorm = RMSNorm(hd, s.eps)
+        self.k_layernorm = RMSNorm(hd, s.eps)
         self.register_buffer("rot", rotate_half_matrix(hd), persistent=False)
-        cache = (1, s.max_context, s.n_kv_heads, hd)  # the [B, S, H, D] layout llama::custom_sdpa reads
+        cache = (1, s.context, s.kv_heads, hd)  # the [B, S, H, D] layout llama::custom_sdpa reads
         self.register_buffer("k_cache", torch.zeros(cache), persistent=False)
         self.register_buffer("v_cache", torch.zeros(cache), persistent=False)
 
@@ -150,7 +116,7 @@ class Attention(nn.Module):
 class ShortConv(nn.Module):
     def __init__(self, s: Lfm2Shape, lora: Mapping[str, LoraSpec]) -> None:
         super().__init__()
-        d, k = s.dim, s.conv_kernel
+        d, k = s.hidden, s.conv_kernel
         self.k = k
         # in_proj (d -> 3d, split B, C, x) as three linears: a split of a tensor with a dynamic dimension would
         # leave the delegate
@@ -173,9 +139,9 @@ class ShortConv(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, s: Lfm2Shape, lora: Mapping[str, LoraSpec]) -> None:
         super().__init__()
-        self.w1 = Linear(s.dim, s.hidden_dim, lora.get("w1"))
-        self.w3 = Linear(s.dim, s.hidden_dim, lora.get("w3"))
-        self.w2 = Linear(s.hidden_dim, s.dim, lora.get("w2"))
+        self.w1 = Linear(s.hidden, s.ff, lora.get("w1"))
+        self.w3 = Linear(s.hidden, s.ff, lora.get("w3"))
+        self.w2 = Linear(s.ff, s.hidden, lora.get("w2"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
@@ -185,8 +151,8 @@ class Block(nn.Module):
     def __init__(self, s: Lfm2Shape, kind: str, lora: Mapping[str, LoraSpec]) -> None:
         super().__init__()
         self.is_attention = kind == "full_attention"
-        self.operator_norm = RMSNorm(s.dim, s.norm_eps)
-        self.ffn_norm = RMSNorm(s.dim, s.norm_eps)
+        self.operator_norm = RMSNorm(s.hidden, s.eps)
+        self.ffn_norm = RMSNorm(s.hidden, s.eps)
         if self.is_attention:
             self.self_attn = Attention(s, lora)
         else:
@@ -205,12 +171,12 @@ class Lfm2(nn.Module):
         super().__init__()
         lora = lora or {}
         self.shape = s
-        self.embed_tokens = nn.Embedding(s.vocab_size, s.dim)
+        self.embed_tokens = nn.Embedding(s.vocab, s.hidden)
         self.layers = nn.ModuleList(Block(s, t, lora) for t in s.layer_types)
-        self.embedding_norm = RMSNorm(s.dim, s.norm_eps)
-        self.lm_head = nn.Linear(s.dim, s.vocab_size, bias=False)
+        self.embedding_norm = RMSNorm(s.hidden, s.eps)
+        self.lm_head = nn.Linear(s.hidden, s.vocab, bias=False)
         inv = 1.0 / (s.rope_theta ** (torch.arange(0, s.head_dim, 2, dtype=torch.float64) / s.head_dim))
-        ang = torch.outer(torch.arange(s.max_context, dtype=torch.float64), inv)
+        ang = torch.outer(torch.arange(s.context, dtype=torch.float64), inv)
         ang = torch.cat([ang, ang], dim=-1)  # rotate_half layout: the same angle for i and i + d/2
         self.register_buffer("rope_cos", ang.cos().float(), persistent=False)
         self.register_buffer("rope_sin", ang.sin().float(), persistent=False)
@@ -219,7 +185,7 @@ class Lfm2(nn.Module):
         n = tokens.shape[1]
         pos = input_pos[0].item()
         torch._check_is_size(pos)
-        torch._check(pos + n <= self.shape.max_context)
+        torch._check(pos + n <= self.shape.context)
         cos = self.rope_cos.narrow(0, pos, n).view(1, n, 1, -1)
         sin = self.rope_sin.narrow(0, pos, n).view(1, n, 1, -1)
         fresh = (input_pos > 0).to(torch.float32)  # 0 at the start of a sequence: drop stale conv state
@@ -252,7 +218,7 @@ def load_weights(model: Lfm2, weights: Mapping[str, np.ndarray]) -> None:
     """Copy HF-named float32 weights into ``model``; every parameter must be covered exactly once."""
     params = dict(model.named_parameters())
     seen: set[str] = set()
-    d = model.shape.dim
+    d = model.shape.hidden
     for hf, array in weights.items():
         if hf == "lm_head.weight" and "lm_head.weight" not in params:
             continue
@@ -277,7 +243,7 @@ def load_weights(model: Lfm2, weights: Mapping[str, np.ndarray]) -> None:
 def load_lora(model: Lfm2, tensors: Mapping[str, np.ndarray]) -> None:
     """PEFT names (``...<module>.lora_A.weight``) -> the separate LoRA branches; in_proj's B is split in three."""
     params = dict(model.named_parameters())
-    d = model.shape.dim
+    d = model.shape.hidden
     for key, array in tensors.items():
         module, ab = key.rsplit(".lora_", 1)
         module = module.removeprefix("base_model.model.")

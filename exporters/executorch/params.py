@@ -1,25 +1,24 @@
 """LFM2 Hugging Face config -> ExecuTorch's LLM ``params.json`` (the schema ``export_llm`` / ``ModelArgs`` read).
 
-edgekit's own export builds its program from these same values, so the file that ships in the bundle for
-ExecuTorch's tooling and the graph edgekit lowers can never disagree.
+The file ships in the bundle for ExecuTorch's own tooling; edgekit's graph does not need it.  It is written only
+when export_llm could rebuild the model from it (conv kernel 3): a file that silently meant another kernel length
+would be worse than none.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ...errors import UnsupportedError
 from ...families import lfm2
+
+# ExecuTorch's ShortConvBlock hard-codes this kernel length, so export_llm can only rebuild models that use it
+EXPORT_LLM_CONV_KERNEL = 3
 
 
 def params_from_hf(config: Mapping[str, Any]) -> dict[str, Any]:
     """ExecuTorch ``ModelArgs`` fields for an LFM2 config; ``hidden_dim`` is the SwiGLU width *after* LFM2's
     feed-forward auto-adjust (``ModelArgs`` would otherwise recompute it from ``dim`` and get it wrong)."""
     meta = lfm2.describe(config)
-    if meta["conv_L_cache"] != 3:
-        # ExecuTorch's ShortConvBlock hard-codes a kernel of 3; edgekit's graph does not, but the params file
-        # must stay loadable by export_llm, so refuse instead of writing a file that silently means L=3.
-        raise UnsupportedError(f"ExecuTorch export: conv_L_cache={meta['conv_L_cache']} is not supported (only 3)")
     return {
         "dim": meta["hidden_size"],
         "n_layers": meta["num_layers"],
@@ -34,3 +33,7 @@ def params_from_hf(config: Mapping[str, Any]) -> dict[str, Any]:
         "qk_norm_before_rope": True,
         "layer_types": meta["layer_types"],
     }
+
+
+def export_llm_can_rebuild(config: Mapping[str, Any]) -> bool:
+    return lfm2.describe(config)["conv_L_cache"] == EXPORT_LLM_CONV_KERNEL

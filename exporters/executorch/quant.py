@@ -66,12 +66,17 @@ class QuantizedEmbedding(nn.Module):
     """Weight-only 4/8-bit symmetric embedding, per row groups, run by ExecuTorch's quantized kernels
     (``quantized_decomposed.embedding_4bit`` / ``embedding_byte``): a gather has nothing to gain from XNNPACK."""
 
-    def __init__(self, weight: torch.Tensor, bits: int, group_size: int) -> None:
+    def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, bits: int) -> None:
         super().__init__()
+        self.bits = bits
+        self.register_buffer("qweight", qweight.contiguous())
+        self.register_buffer("scales", scales.contiguous())
+
+    @classmethod
+    def quantize(cls, weight: torch.Tensor, bits: int, group_size: int) -> "QuantizedEmbedding":
         vocab, dim = weight.shape
         if dim % group_size:
             group_size = dim
-        self.bits, self.group_size = bits, group_size
         qmax = (1 << (bits - 1)) - 1  # 7 or 127; symmetric, so -8 / -128 are never produced
         w = weight.float().view(vocab, dim // group_size, group_size)
         scale = (w.abs().amax(-1, keepdim=True) / qmax).clamp(min=1e-12)
@@ -79,8 +84,17 @@ class QuantizedEmbedding(nn.Module):
         if bits == 4:
             u = (q + 8).to(torch.uint8).view(vocab, dim // 2, 2)
             q = (u[..., 0] << 4) | u[..., 1]  # the kernel's nibble order: even column in the high nibble
-        self.register_buffer("qweight", q.contiguous())
-        self.register_buffer("scales", scale.view(vocab, -1).contiguous())
+        return cls(q, scale.view(vocab, -1), bits)
+
+    @classmethod
+    def from_int8_head(cls, head_weight: torch.Tensor) -> "QuantizedEmbedding":
+        """The gather table made of the int8 per-channel LM head's own bytes (torchao's unpacked int8 tensor):
+        the serialiser stores identical bytes once, so a tied model keeps one table for both uses."""
+        zero = getattr(head_weight, "zero_point", None)
+        if zero is not None and bool(zero.any()):
+            raise ValueError("the LM head is not symmetric int8; its table cannot serve the embedding")
+        q = head_weight.qdata.detach()
+        return cls(q.clone(), head_weight.scale.detach().float().reshape(q.shape[0], -1).clone(), 8)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.bits == 4:
@@ -93,4 +107,23 @@ class QuantizedEmbedding(nn.Module):
 
 
 def quantize_embedding(model: nn.Module, bits: int, group_size: int = 32) -> None:
-    model.embed_tokens = QuantizedEmbedding(model.embed_tokens.weight.detach(), bits, group_size)
+    model.embed_tokens = QuantizedEmbedding.quantize(model.embed_tokens.weight.detach(), bits, group_size)
+
+
+def head_bits(q: LinearQuant | None) -> int:
+    """Bits of the LM head's weights under ``q`` (32: float)."""
+    if q is None:
+        return 32
+    return q.head_bits or q.weight_bits
+
+
+def share_embedding_with_head(model: nn.Module, q: LinearQuant | None) -> None:
+    """Make the token embedding read the tied LM head's table (float32, or int8 per channel): after
+    serialisation one copy of the table serves both.  An int4 head has no gather kernel, so it cannot."""
+    bits = head_bits(q)
+    if bits == 32:
+        model.embed_tokens.weight = model.lm_head.weight
+    elif bits == 8:
+        model.embed_tokens = QuantizedEmbedding.from_int8_head(model.lm_head.weight)
+    else:
+        raise ValueError(f"an int{bits} LM head cannot share its table with the embedding")

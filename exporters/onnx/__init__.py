@@ -68,7 +68,7 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
         raise UnsupportedError(f"ONNX export of {plan.family.value} is not implemented; supported: lfm2")
     q = quantize.native(plan.quant.name, plan.options)
     meta = lfm2.describe(job.checkpoint.config)
-    shape = graph.Lfm2Shape.from_meta(meta)
+    shape = lfm2.Lfm2Shape.from_config(job.checkpoint.config)
     t0 = time.perf_counter()
     job.progress("building the ONNX graph (float32)")
     model = graph.build(job.weights, shape)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import EdgekitError
-from .graph import Lfm2Shape
+from ...families.lfm2 import Lfm2Shape
 
 # op types that must appear in the optimised graph (checked by op type -> minimum count)
 FUSED_FLOAT = {"SkipSimplifiedLayerNormalization": 1}

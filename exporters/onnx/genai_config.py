@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .graph import Lfm2Shape
+from ...families.lfm2 import Lfm2Shape
 
 # decoding defaults: greedy, like edgekit's SamplingParams
 SEARCH = {

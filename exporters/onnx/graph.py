@@ -18,10 +18,11 @@ makes it optional: engines that do not know it (onnxruntime-genai) get logits fo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
+
+from ...families.lfm2 import Lfm2Shape
 
 OPSET = 21
 MS_DOMAIN = "com.microsoft"
@@ -30,54 +31,20 @@ LOGITS_TO_KEEP = "logits_to_keep"
 LM_HEAD = "lm_head.MatMul.weight"
 
 
-@dataclass(frozen=True)
-class Lfm2Shape:
-    """The numbers the graph depends on (from ``edgekit.families.lfm2.describe``)."""
+def state_inputs(s: Lfm2Shape) -> dict[str, list[Any]]:
+    """State input name -> shape (symbolic dims as strings), in layer order."""
+    out: dict[str, list[Any]] = {}
+    for i, kind in enumerate(s.layer_types):
+        if kind == "full_attention":
+            for kv in ("key", "value"):
+                out[f"past_key_values.{i}.{kv}"] = ["batch_size", s.kv_heads, "past_sequence_length", s.head_dim]
+        else:
+            out[f"past.{i}.conv"] = ["batch_size", s.hidden, s.conv_cache]
+    return out
 
-    hidden: int
-    layer_types: tuple[str, ...]
-    ff: int
-    heads: int
-    kv_heads: int
-    vocab: int
-    context: int
-    rope_theta: float
-    eps: float
-    conv_cache: int  # L_cache - 1: inputs a conv layer carries to the next call
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
-
-    @classmethod
-    def from_meta(cls, meta: Mapping[str, Any]) -> "Lfm2Shape":
-        return cls(
-            hidden=meta["hidden_size"],
-            layer_types=tuple(meta["layer_types"]),
-            ff=meta["feed_forward_size"],
-            heads=meta["num_heads"],
-            kv_heads=meta["num_kv_heads"],
-            vocab=meta["vocab_size"],
-            context=meta["context_length"],
-            rope_theta=meta["rope_theta"],
-            eps=meta["norm_eps"],
-            conv_cache=meta["conv_L_cache"] - 1,
-        )
-
-    def state_inputs(self) -> dict[str, list[Any]]:
-        """State input name -> shape (symbolic dims as strings), in layer order."""
-        out: dict[str, list[Any]] = {}
-        for i, kind in enumerate(self.layer_types):
-            if kind == "full_attention":
-                for kv in ("key", "value"):
-                    out[f"past_key_values.{i}.{kv}"] = ["batch_size", self.kv_heads, "past_sequence_length", self.head_dim]
-            else:
-                out[f"past.{i}.conv"] = ["batch_size", self.hidden, self.conv_cache]
-        return out
-
-    @staticmethod
-    def present_name(past: str) -> str:
-        return past.replace("past_key_values.", "present.").replace("past.", "present.")
+def present_name(past: str) -> str:
+    return past.replace("past_key_values.", "present.").replace("past.", "present.")
 
 
 class _Builder:
@@ -118,7 +85,6 @@ def _rope_tables(shape: Lfm2Shape) -> tuple[np.ndarray, np.ndarray]:
 
 def build(weights: Mapping[str, np.ndarray], shape: Lfm2Shape) -> Any:
     """The float32 ModelProto (weights inside; the caller saves them as external data)."""
-    import onnx
     from onnx import TensorProto, helper
 
     b = _Builder()
@@ -186,10 +152,10 @@ def build(weights: Mapping[str, np.ndarray], shape: Lfm2Shape) -> Any:
     # declared with one position, as the builder declares a pruned LM head: onnxruntime-genai reads this
     # dimension to size its logits buffer (ONNX Runtime only notes the mismatch when logits_to_keep=0)
     outputs = [helper.make_tensor_value_info("logits", f32, ["batch_size", 1, s.vocab])]
-    for name, dims in s.state_inputs().items():
+    for name, dims in state_inputs(s).items():
         inputs.append(helper.make_tensor_value_info(name, f32, dims))
         out_dims = [("total_sequence_length" if d == "past_sequence_length" else d) for d in dims]
-        outputs.append(helper.make_tensor_value_info(s.present_name(name), f32, out_dims))
+        outputs.append(helper.make_tensor_value_info(present_name(name), f32, out_dims))
     inputs.append(helper.make_tensor_value_info(LOGITS_TO_KEEP, TensorProto.INT64, [1]))
 
     graph = helper.make_graph(b.nodes, "lfm2", inputs, outputs, initializer=b.inits)
