@@ -6,6 +6,8 @@ conv state inside, ``n`` dynamic (prefill is one call of up to ``get_max_seq_len
 methods ``get_bos_id``, ``get_eos_ids``, ``get_max_seq_len``, ``get_max_context_len``, ``get_vocab_size``,
 ``get_n_layers``, ``use_kv_cache``, ``use_sdpa_with_kv_cache``, ``enable_dynamic_shape``.  The tokenizer ships as
 ``tokenizer.json`` (read by ExecuTorch's HF tokenizer), and ``params.json`` (export_llm's schema) travels along.
+The tied embedding / LM head table is stored once, in ``model.ptd`` (the program's data file), where the head is
+float32 or int8 (``shares_embedding``).
 
 Thresholds were measured on the built-in trained model (see README.md, "Verification results").
 """
