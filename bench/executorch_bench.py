@@ -174,7 +174,8 @@ def bare_runner(
 
 
 def wrapper(bundle: Path, prompt: str | list[int], tg: int, reps: int, **load_options: Any) -> tuple[list[float], list[float], float]:
-    """edgekit.load, greedy: prefill = feed(prompt ids) (engine time); decode = the generation's own decode rate.
+    """edgekit.load, greedy: prefill and decode rates are the generation's own (engine time, from the call to the
+    first token and from there to the last).
     A text prompt stops at EOS as the bare runner does (ExecuTorch: this is the TextLLMRunner path); a token-id
     prompt runs ``tg`` tokens regardless (ExecuTorch: the Method API loop)."""
     from edgekit import load
@@ -183,17 +184,15 @@ def wrapper(bundle: Path, prompt: str | list[int], tg: int, reps: int, **load_op
     t = time.perf_counter()
     s = load(bundle, **load_options)
     load_s = time.perf_counter() - t
-    ids = s.tokenize(prompt) if isinstance(prompt, str) else prompt
     params = SamplingParams(max_tokens=tg, stop_at_eos=isinstance(prompt, str))
     pp, dec = [], []
     try:
         for rep in range(reps + 1):
             s.reset()
-            secs = s.feed(ids)
             g = s.generate(prompt, params)
             if rep == 0:
                 continue
-            pp.append(len(ids) / secs)
+            pp.append(g.timing.prefill_tps)
             dec.append(g.timing.decode_tps)
     finally:
         s.close()

@@ -349,6 +349,8 @@ def test_text_generation_runs_in_the_cpp_runner(rand_fp32):
         next(early)
         early.close()
         assert s.logits(s.tokenize("import os"))[-1].shape == (read_manifest(rand_fp32)["model"]["vocab_size"],)
+        assert s._runner is None and s._forward is not None  # and back: still one copy
+        assert s.generate(prompt, SamplingParams(max_tokens=96)).tokens == g.tokens
     finally:
         s.close()
         ref.close()
