@@ -9,7 +9,7 @@ For each model (the built-in trained LFM2, and/or a random-weight full-size LFM2
   * edgekit ``--format gguf --quant q4_0``,
 each in a child process (export seconds and peak RSS of that process), then measures pp512 / tg128 with
 llama-bench's method (warm-up, ``-r`` repetitions, mean ± sample stddev): the .pte files with ExecuTorch's own
-C++ ``TextLLMRunner`` (the "bare runner"), edgekit's default .pte also through ``edgekit.load`` — greedy from a
+C++ ``TextLLMRunner`` (the "bare runner", timed by a per-token callback exactly as the wrapper is), edgekit's default .pte also through ``edgekit.load`` — greedy from a
 text prompt (its TextLLMRunner path) and from token ids (its Method API loop), interleaved with the bare runner
 for the decode ratios — and the GGUF through ``edgekit.load`` (llama.cpp).  ``--quality`` adds the
 HQQ-vs-affine check on the built-in model (verified exports, top-1 / KL against PyTorch).
@@ -152,48 +152,58 @@ def prompt_text(tokenizer_json: Path, n: int) -> tuple[str, list[int]]:
 def bare_runner(
     pte: Path, tokenizer: Path, data: Path | None, text: str, tg: int, reps: int
 ) -> tuple[list[float], list[float]]:
-    """ExecuTorch's C++ TextLLMRunner: its own stats (prefill = encode end -> prompt eval end)."""
+    """ExecuTorch's C++ TextLLMRunner, timed the way edgekit's wrapper times it (a perf_counter stamp per token
+    in the token callback: prefill = call -> first token, decode = first -> last token), and quiet like the
+    wrapper (``warming=True``: no piece printed to stdout), so the two differ only in edgekit's own work."""
     import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (llama::custom_sdpa for the runner)
     import executorch.kernels.quantized  # noqa: F401
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
 
     runner = TextLLMRunner(str(pte), str(tokenizer), str(data) if data else None)
+    config = GenerationConfig(max_new_tokens=tg, temperature=0.0, echo=False, warming=True)
     pp, dec = [], []
     for rep in range(reps + 1):
+        stamps: list[float] = []
         stats: list[Any] = []
         runner.reset()
-        runner.generate(
-            text, GenerationConfig(max_new_tokens=tg, temperature=0.0, echo=False), lambda _s: None, stats.append
-        )
-        s = stats[-1]
+        start = time.perf_counter()
+        runner.generate(text, config, lambda _s: stamps.append(time.perf_counter()), stats.append)
         if rep == 0:
             continue  # warm-up
-        pp.append(s.num_prompt_tokens / max(s.prompt_eval_end_ms - s.inference_start_ms, 1) * 1e3)
-        dec.append(s.num_generated_tokens / max(s.inference_end_ms - s.prompt_eval_end_ms, 1) * 1e3)
+        pp.append(stats[-1].num_prompt_tokens / (stamps[0] - start))
+        dec.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
     return pp, dec
 
 
-def wrapper(bundle: Path, prompt: str | list[int], tg: int, reps: int, **load_options: Any) -> tuple[list[float], list[float], float]:
-    """edgekit.load, greedy: prefill and decode rates are the generation's own (engine time, from the call to the
-    first token and from there to the last).
+def wrapper(
+    bundle: Path, prompt: str | list[int], tg: int, reps: int, stream: bool = False
+) -> tuple[list[float], list[float], float]:
+    """edgekit.load, greedy ``generate`` (or ``stream``, consumed as it comes): prefill and decode rates are the
+    generation's own (engine time, from the call to the first token and from there to the last).
     A text prompt stops at EOS as the bare runner does (ExecuTorch: this is the TextLLMRunner path); a token-id
     prompt runs ``tg`` tokens regardless (ExecuTorch: the Method API loop)."""
     from edgekit import load
-    from edgekit.runtimes import SamplingParams
+    from edgekit.runtimes import SamplingParams, StreamResult
 
     t = time.perf_counter()
-    s = load(bundle, **load_options)
+    s = load(bundle)
     load_s = time.perf_counter() - t
     params = SamplingParams(max_tokens=tg, stop_at_eos=isinstance(prompt, str))
     pp, dec = [], []
     try:
         for rep in range(reps + 1):
             s.reset()
-            g = s.generate(prompt, params)
+            if stream:
+                result = StreamResult()
+                for _piece in s.stream(prompt, params, result):
+                    pass
+                timing = result.timing
+            else:
+                timing = s.generate(prompt, params).timing
             if rep == 0:
                 continue
-            pp.append(g.timing.prefill_tps)
-            dec.append(g.timing.decode_tps)
+            pp.append(timing.prefill_tps)
+            dec.append(timing.decode_tps)
     finally:
         s.close()
     return pp, dec, load_s
@@ -245,6 +255,12 @@ VARIANTS = (
     ("edgekit_h4", "edgekit 8da4w g32, int4 head (export_llm's choice)", {"head_bits": 4}),
     ("edgekit_h4e4", "edgekit 8da4w g32, int4 head + 4-bit embedding", {"head_bits": 4, "embedding_quant": "4"}),
 )
+# how edgekit.load runs the default .pte, each timed against the bare runner: (key, label, prompt kind, stream)
+WRAPPER_MODES = (
+    ("edgekit_wrapper", "text prompt, generate (TextLLMRunner inside)", "text", False),
+    ("edgekit_wrapper_stream", "text prompt, stream (TextLLMRunner in a thread)", "text", True),
+    ("edgekit_wrapper_ids", "token-id prompt (Method API loop)", "ids", False),
+)
 
 
 def data_file(bundle: Path) -> Path | None:
@@ -276,11 +292,13 @@ def run_model(name: str, reps: int, pp_n: int, tg: int) -> dict[str, Any]:
         res[f"{key}_runner"] = bare_runner(b / "model.pte", b / "tokenizer.json", data_file(b), text, tg, reps)
     # bare runner and wrapper on the same .pte, one repetition each in turn: the ratio sees the same load
     ek = base / "edgekit"
-    runs = [(bare_runner(ek / "model.pte", ek / "tokenizer.json", data_file(ek), text, tg, 1), wrapper(ek, text, tg, 1),
-             wrapper(ek, ids, tg, 1)) for _ in range(reps)]
+    prompts = {"text": text, "ids": ids}
+    runs = [(bare_runner(ek / "model.pte", ek / "tokenizer.json", data_file(ek), text, tg, 1),
+             *(wrapper(ek, prompts[kind], tg, 1, stream) for _k, _l, kind, stream in WRAPPER_MODES))
+            for _ in range(reps)]
     res["edgekit_runner"] = ([r[0][0][0] for r in runs], [r[0][1][0] for r in runs])
-    res["edgekit_wrapper"] = ([r[1][0][0] for r in runs], [r[1][1][0] for r in runs], runs[0][1][2])
-    res["edgekit_wrapper_ids"] = ([r[2][0][0] for r in runs], [r[2][1][0] for r in runs], runs[0][2][2])
+    for i, (key, _label, _kind, _stream) in enumerate(WRAPPER_MODES, start=1):
+        res[key] = ([r[i][0][0] for r in runs], [r[i][1][0] for r in runs], runs[0][i][2])
     res["gguf_wrapper"] = wrapper(gg, ids, tg, reps)
     res["sizes_mb"] = {key: size_mb(base / key) for key, _l, _e in VARIANTS}
     res["sizes_mb"].update(export_llm=size_mb(el / "model.pte"), gguf=size_mb(gg))
@@ -299,10 +317,8 @@ def table(r: dict[str, Any], tg: int) -> str:
     rows = [row("export_llm 8da4w g32 (HQQ, int4 head), bare runner", "export_llm", "export_llm_export",
                 r["export_llm_runner"])]
     rows += [row(f"{label}, bare runner", key, f"{key}_export", r[f"{key}_runner"]) for key, label, _e in VARIANTS]
-    rows.append(row("edgekit 8da4w default, edgekit.load, text prompt (TextLLMRunner inside)", "edgekit", None,
-                    r["edgekit_wrapper"]))
-    rows.append(row("edgekit 8da4w default, edgekit.load, token-id prompt (Method API loop)", "edgekit", None,
-                    r["edgekit_wrapper_ids"]))
+    rows += [row(f"edgekit 8da4w default, edgekit.load, {label}", "edgekit", None, r[key])
+             for key, label, _kind, _stream in WRAPPER_MODES if key in r]
     rows.append(row("GGUF Q4_0 (edgekit export), edgekit.load", "gguf", "gguf_export", r["gguf_wrapper"]))
     pp = r["prompt_tokens"]
     lines = [
@@ -316,9 +332,11 @@ def table(r: dict[str, Any], tg: int) -> str:
         )
     ek_tg = r["edgekit_runner"][1]
     lines.append("")
-    for key, what in (("edgekit_wrapper", "text prompt"), ("edgekit_wrapper_ids", "token-id prompt")):
-        ratio = statistics.mean(r[key][1]) / statistics.mean(ek_tg)
-        lines.append(f"Wrapper ({what}) / bare runner decode ratio on the same .pte: **{ratio:.3f}** (goal >= 0.97).  ")
+    for key, label, _kind, _stream in WRAPPER_MODES:
+        if key in r:
+            ratio = statistics.mean(r[key][1]) / statistics.mean(ek_tg)
+            lines.append(f"Wrapper ({label}) / bare runner decode ratio on the same .pte: **{ratio:.3f}** "
+                         "(goal >= 0.97).  ")
     return "\n".join(lines)
 
 

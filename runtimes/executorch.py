@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -156,13 +157,13 @@ class ExecuTorchSession:
         return time.perf_counter() - t0
 
     # -- generation ---------------------------------------------------------------------------------------
-    def _tokens(self, prompt: Prompt, params: SamplingParams, result: StreamResult) -> Iterator[int]:
+    def _tokens(self, prompt: Prompt, params: SamplingParams, result: StreamResult, live: bool) -> Iterator[int]:
         tokens = self._codec.prompt(prompt)
         check_fits(len(tokens), params, self.n_ctx)
         if isinstance(prompt, str) and params.greedy and params.stop_at_eos:
             num_bos = self._leading_specials(prompt, tokens)
             if num_bos is not None and self._text_runner() is not None:
-                return self._runner_tokens(prompt, tokens, num_bos, params, result)
+                return self._runner_tokens(prompt, tokens, num_bos, params, result, live)
         execute = self._method().execute
         # one token and one position tensor reused for every step: the loop allocates nothing per token
         tok, pos = self._torch.zeros((1, 1), dtype=self._torch.long), self._torch.zeros((1,), dtype=self._torch.long)
@@ -190,11 +191,12 @@ class ExecuTorchSession:
         return None
 
     def _runner_tokens(
-        self, prompt: str, tokens: Sequence[int], num_bos: int, params: SamplingParams, result: StreamResult
+        self, prompt: str, tokens: Sequence[int], num_bos: int, params: SamplingParams, result: StreamResult,
+        live: bool,
     ) -> Iterator[int]:
         runner = self._runner
         try:
-            for token in runner.tokens(prompt, num_bos, params.max_tokens, self.eos_ids):
+            for token in runner.tokens(prompt, num_bos, params.max_tokens, self.eos_ids, live):
                 result.tokens.append(token)
                 yield token
         finally:
@@ -217,14 +219,17 @@ class ExecuTorchSession:
             self._runner = None
 
     def stream(
-        self, prompt: Prompt, params: SamplingParams = SamplingParams(), result: StreamResult | None = None
+        self, prompt: Prompt, params: SamplingParams = SamplingParams(), result: StreamResult | None = None,
+        live: bool = True,
     ) -> Iterator[str]:
-        """Yield text as it is generated; bytes of a character split across tokens are held back until whole."""
+        """Yield text as it is generated; bytes of a character split across tokens are held back until whole.
+        ``live=False`` (what ``generate`` uses) lets the runner finish before the first piece is handled, so no
+        Python work competes with its decode threads."""
         result = result if result is not None else StreamResult()
-        yield from utf8_text(self._codec.piece(t) for t in self._tokens(prompt, params, result))
+        yield from utf8_text(self._codec.piece(t) for t in self._tokens(prompt, params, result, live))
 
     def generate(self, prompt: Prompt, params: SamplingParams = SamplingParams()) -> Generation:
-        return generate_via_stream(self, prompt, params)
+        return generate_via_stream(self, prompt, params, partial(self.stream, live=False))
 
     # -- scoring ------------------------------------------------------------------------------------------
     def logits(self, tokens: Sequence[int]) -> np.ndarray:

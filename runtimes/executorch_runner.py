@@ -8,7 +8,8 @@ Two things in the runner's Python binding need working around:
   tokenizer without its decoder: every piece is then the token's byte-level spelling — always valid UTF-8 —
   which maps back to the token id, whose exact bytes the caller reassembles into characters;
 * ``generate`` blocks until the last token (it releases the GIL), so streaming runs it in a thread and hands the
-  tokens over through a queue.  ``warming=True`` keeps it from printing every piece to the process's stdout
+  tokens over through a queue; a caller that wants the whole text at once runs it in its own thread instead, so
+  that no Python work per token competes with the runner's decode threads for the cores.  ``warming=True`` keeps it from printing every piece to the process's stdout
   (it changes nothing else: callbacks and stats still run).
 
 Only byte-level BPE tokenizers qualify (their pieces name the token uniquely); other bundles decode through the
@@ -74,9 +75,10 @@ class TextRunner:
         self._runner = TextLLMRunner(str(pte), str(path), str(data) if data else None)
         self.stats: RunnerStats | None = None
 
-    def tokens(self, text: str, num_bos: int, max_tokens: int, eos_ids: set[int]) -> Iterator[int]:
+    def tokens(self, text: str, num_bos: int, max_tokens: int, eos_ids: set[int], live: bool = True) -> Iterator[int]:
         """Greedy ids after ``num_bos`` BOS tokens + ``text`` (the runner does not apply tokenizer.json's
-        post-processor); stops at EOS, which is not yielded; ``stats`` is set when it ends."""
+        post-processor); stops at EOS, which is not yielded; ``stats`` is set when it ends.  ``live``: yield each
+        id as the runner makes it (runner in a thread), else only once the runner has finished."""
         from executorch.extension.llm.runner import GenerationConfig
 
         handoff: queue.SimpleQueue = queue.SimpleQueue()
@@ -98,8 +100,11 @@ class TextRunner:
                 handoff.put((None, _DONE))
 
         self._runner.reset()
-        worker = threading.Thread(target=work, name="edgekit-et-runner", daemon=True)
-        worker.start()
+        worker = threading.Thread(target=work, name="edgekit-et-runner", daemon=True) if live else None
+        if worker is None:
+            work()
+        else:
+            worker.start()
         times: list[float] = []
         done = False
         try:
@@ -122,7 +127,8 @@ class TextRunner:
                 self._runner.stop()
                 while handoff.get()[1] is not _DONE:
                     pass
-            worker.join()
+            if worker is not None:
+                worker.join()
             first, last = (times[0], times[-1]) if times else (start, start)
             self.stats = RunnerStats(
                 prompt_tokens=prompt_tokens[0] if prompt_tokens else 0,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import codecs
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -81,10 +81,13 @@ def utf8_text(pieces: Iterable[bytes]) -> Iterator[str]:
         yield tail
 
 
-def generate_via_stream(session: "LanguageSession", prompt: Prompt, params: SamplingParams) -> Generation:
-    """``generate`` for any session that implements ``stream``."""
+def generate_via_stream(
+    session: "LanguageSession", prompt: Prompt, params: SamplingParams,
+    stream: Callable[[Prompt, SamplingParams, StreamResult], Iterator[str]] | None = None,
+) -> Generation:
+    """``generate`` for any session that implements ``stream`` (or a variant of it passed as ``stream``)."""
     result = StreamResult()
-    text = "".join(session.stream(prompt, params, result))
+    text = "".join((stream or session.stream)(prompt, params, result))
     eos = params.stop_at_eos and len(result.tokens) < params.max_tokens
     return Generation(text=text, tokens=result.tokens, timing=result.timing, stopped_at_eos=eos)
 

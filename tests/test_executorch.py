@@ -317,7 +317,7 @@ def test_stream_holds_back_split_utf8(rand_fp32, monkeypatch):
         split = [p for p in pieces if _partial_utf8(p)]
         assert split, "the test text should contain a token that splits a character"
 
-        def fake_tokens(prompt, params, result):
+        def fake_tokens(prompt, params, result, live):
             for t in ids:
                 result.tokens.append(t)
                 yield t
