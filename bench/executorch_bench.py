@@ -10,8 +10,9 @@ For each model (the built-in trained LFM2, and/or a random-weight full-size LFM2
 each in a child process (export seconds and peak RSS of that process), then measures pp512 / tg128 with
 llama-bench's method (warm-up, ``-r`` repetitions, mean ± sample stddev): the .pte files with ExecuTorch's own
 C++ ``TextLLMRunner`` (the "bare runner", timed by a per-token callback exactly as the wrapper is), edgekit's default .pte also through ``edgekit.load`` — greedy from a
-text prompt (its TextLLMRunner path) and from token ids (its Method API loop), interleaved with the bare runner
-for the decode ratios — and the GGUF through ``edgekit.load`` (llama.cpp).  ``--quality`` adds the
+text prompt (its TextLLMRunner path; ``generate`` and ``stream``) and from token ids (its Method API loop), for
+the decode ratios all loaded in one process with a bare runner and alternated one generation each per round
+(``--ratio-rounds``) — and the GGUF through ``edgekit.load`` (llama.cpp).  ``--quality`` adds the
 HQQ-vs-affine check on the built-in model (verified exports, top-1 / KL against PyTorch).
 
     .venv/bin/python bench/executorch_bench.py --model builtin 350m -r 3 --write
@@ -149,64 +150,85 @@ def prompt_text(tokenizer_json: Path, n: int) -> tuple[str, list[int]]:
     return text, tok.encode(text, add_special_tokens=False).ids
 
 
-def bare_runner(
-    pte: Path, tokenizer: Path, data: Path | None, text: str, tg: int, reps: int
-) -> tuple[list[float], list[float]]:
+class BareRunner:
     """ExecuTorch's C++ TextLLMRunner, timed the way edgekit's wrapper times it (a perf_counter stamp per token
     in the token callback: prefill = call -> first token, decode = first -> last token), and quiet like the
     wrapper (``warming=True``: no piece printed to stdout), so the two differ only in edgekit's own work."""
-    import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (llama::custom_sdpa for the runner)
-    import executorch.kernels.quantized  # noqa: F401
-    from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
 
-    runner = TextLLMRunner(str(pte), str(tokenizer), str(data) if data else None)
-    config = GenerationConfig(max_new_tokens=tg, temperature=0.0, echo=False, warming=True)
-    pp, dec = [], []
-    for rep in range(reps + 1):
+    def __init__(self, pte: Path, tokenizer: Path, data: Path | None, tg: int) -> None:
+        import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (llama::custom_sdpa for the runner)
+        import executorch.kernels.quantized  # noqa: F401
+        from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+
+        self.runner = TextLLMRunner(str(pte), str(tokenizer), str(data) if data else None)
+        self.config = GenerationConfig(max_new_tokens=tg, temperature=0.0, echo=False, warming=True)
+
+    def run(self, text: str) -> tuple[float, float]:
+        """(prefill t/s, decode t/s) of one greedy generation."""
         stamps: list[float] = []
         stats: list[Any] = []
-        runner.reset()
+        self.runner.reset()
         start = time.perf_counter()
-        runner.generate(text, config, lambda _s: stamps.append(time.perf_counter()), stats.append)
-        if rep == 0:
-            continue  # warm-up
-        pp.append(stats[-1].num_prompt_tokens / (stamps[0] - start))
-        dec.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
-    return pp, dec
+        self.runner.generate(text, self.config, lambda _s: stamps.append(time.perf_counter()), stats.append)
+        return stats[-1].num_prompt_tokens / (stamps[0] - start), (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
 
-def wrapper(
-    bundle: Path, prompt: str | list[int], tg: int, reps: int, stream: bool = False
-) -> tuple[list[float], list[float], float]:
-    """edgekit.load, greedy ``generate`` (or ``stream``, consumed as it comes): prefill and decode rates are the
-    generation's own (engine time, from the call to the first token and from there to the last).
-    A text prompt stops at EOS as the bare runner does (ExecuTorch: this is the TextLLMRunner path); a token-id
-    prompt runs ``tg`` tokens regardless (ExecuTorch: the Method API loop)."""
-    from edgekit import load
+def bare_runner(pte: Path, tokenizer: Path, data: Path | None, text: str, tg: int, reps: int) -> tuple[list, list]:
+    runner = BareRunner(pte, tokenizer, data, tg)
+    runner.run(text)  # warm-up
+    pp, dec = zip(*(runner.run(text) for _ in range(reps)))
+    return list(pp), list(dec)
+
+
+def wrapper_run(session: Any, prompt: str | list[int], tg: int, stream: bool = False) -> tuple[float, float]:
+    """(prefill t/s, decode t/s) of one greedy ``generate`` (or ``stream``, consumed as it comes) through
+    edgekit.load: the generation's own engine timing.  A text prompt stops at EOS as the bare runner does
+    (ExecuTorch: the TextLLMRunner path); a token-id prompt runs ``tg`` tokens regardless (the Method API loop)."""
     from edgekit.runtimes import SamplingParams, StreamResult
 
-    t = time.perf_counter()
-    s = load(bundle)
-    load_s = time.perf_counter() - t
     params = SamplingParams(max_tokens=tg, stop_at_eos=isinstance(prompt, str))
-    pp, dec = [], []
+    session.reset()
+    if stream:
+        result = StreamResult()
+        for _piece in session.stream(prompt, params, result):
+            pass
+        timing = result.timing
+    else:
+        timing = session.generate(prompt, params).timing
+    return timing.prefill_tps, timing.decode_tps
+
+
+def wrapper(bundle: Path, prompt: str | list[int], tg: int, reps: int) -> tuple[list, list]:
+    from edgekit import load
+
+    s = load(bundle)
     try:
-        for rep in range(reps + 1):
-            s.reset()
-            if stream:
-                result = StreamResult()
-                for _piece in s.stream(prompt, params, result):
-                    pass
-                timing = result.timing
-            else:
-                timing = s.generate(prompt, params).timing
-            if rep == 0:
-                continue
-            pp.append(timing.prefill_tps)
-            dec.append(timing.decode_tps)
+        wrapper_run(s, prompt, tg)  # warm-up
+        pp, dec = zip(*(wrapper_run(s, prompt, tg) for _ in range(reps)))
     finally:
         s.close()
-    return pp, dec, load_s
+    return list(pp), list(dec)
+
+
+def ratio_rounds(bundle: Path, text: str, ids: list[int], tg: int, rounds: int) -> dict[str, tuple[list, list]]:
+    """The bare runner and every ``WRAPPER_MODES`` way of running the same .pte, all loaded in this process and
+    alternated one generation each per round, so that every ratio sees the same machine at the same moment."""
+    from edgekit import load
+
+    bare = BareRunner(bundle / "model.pte", bundle / "tokenizer.json", data_file(bundle), tg)
+    s = load(bundle)
+    prompts = {"text": text, "ids": ids}
+    runs: dict[str, list[tuple[float, float]]] = {"edgekit_runner": []} | {m[0]: [] for m in WRAPPER_MODES}
+    try:
+        for rnd in range(rounds + 1):  # round 0 warms every path up
+            speeds = {"edgekit_runner": bare.run(text)}
+            speeds |= {key: wrapper_run(s, prompts[kind], tg, stream) for key, _l, kind, stream in WRAPPER_MODES}
+            for key, speed in speeds.items():
+                if rnd:
+                    runs[key].append(speed)
+    finally:
+        s.close()
+    return {key: ([r[0] for r in v], [r[1] for r in v]) for key, v in runs.items()}
 
 
 def delegate_calls(pte: Path) -> int:
@@ -269,7 +291,7 @@ def data_file(bundle: Path) -> Path | None:
     return bundle / files[0] if files else None
 
 
-def run_model(name: str, reps: int, pp_n: int, tg: int) -> dict[str, Any]:
+def run_model(name: str, reps: int, pp_n: int, tg: int, ratio_rounds_n: int) -> dict[str, Any]:
     src = checkpoint(name)
     base = WORK / name
     base.mkdir(parents=True, exist_ok=True)
@@ -290,15 +312,7 @@ def run_model(name: str, reps: int, pp_n: int, tg: int) -> dict[str, Any]:
     for key, _label, _extra in VARIANTS[1:]:
         b = base / key
         res[f"{key}_runner"] = bare_runner(b / "model.pte", b / "tokenizer.json", data_file(b), text, tg, reps)
-    # bare runner and wrapper on the same .pte, one repetition each in turn: the ratio sees the same load
-    ek = base / "edgekit"
-    prompts = {"text": text, "ids": ids}
-    runs = [(bare_runner(ek / "model.pte", ek / "tokenizer.json", data_file(ek), text, tg, 1),
-             *(wrapper(ek, prompts[kind], tg, 1, stream) for _k, _l, kind, stream in WRAPPER_MODES))
-            for _ in range(reps)]
-    res["edgekit_runner"] = ([r[0][0][0] for r in runs], [r[0][1][0] for r in runs])
-    for i, (key, _label, _kind, _stream) in enumerate(WRAPPER_MODES, start=1):
-        res[key] = ([r[i][0][0] for r in runs], [r[i][1][0] for r in runs], runs[0][i][2])
+    res |= ratio_rounds(base / "edgekit", text, ids, tg, ratio_rounds_n)
     res["gguf_wrapper"] = wrapper(gg, ids, tg, reps)
     res["sizes_mb"] = {key: size_mb(base / key) for key, _l, _e in VARIANTS}
     res["sizes_mb"].update(export_llm=size_mb(el / "model.pte"), gguf=size_mb(gg))
@@ -370,6 +384,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", nargs="+", default=["builtin"], choices=["builtin", "350m"])
     ap.add_argument("-r", "--reps", type=int, default=3)
+    ap.add_argument("--ratio-rounds", type=int, default=15, help="rounds for the wrapper / bare runner ratios")
     ap.add_argument("-p", "--pp", type=int, default=512)
     ap.add_argument("-n", "--tg", type=int, default=128)
     ap.add_argument("--quality", action="store_true", help="also compare HQQ and affine 8da4w on the built-in model")
@@ -388,7 +403,7 @@ def main() -> int:
             r = json.loads((WORK / f"{name}.json").read_text())
             header = r.get("header", header)
         else:
-            r = run_model(name, a.reps, a.pp, a.tg)
+            r = run_model(name, a.reps, a.pp, a.tg, a.ratio_rounds)
             r["header"] = header
             (WORK / f"{name}.json").write_text(json.dumps(r, indent=2))
         text = f"{header}\n\n{table(r, a.tg)}"
