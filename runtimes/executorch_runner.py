@@ -63,7 +63,7 @@ class TextRunner:
     """One ``TextLLMRunner`` over a bundle's program; ``tokens`` streams greedy token ids for a text prompt."""
 
     def __init__(self, pte: Path, data: Path | None, tokenizer_json: Path) -> None:
-        from executorch.extension.llm.runner import TextLLMRunner
+        from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
 
         raw, self._ids = _raw_tokenizer(tokenizer_json)
         self._dir = tempfile.TemporaryDirectory(prefix="edgekit-et-runner-")
@@ -73,6 +73,13 @@ class TextRunner:
         if config.is_file():
             shutil.copy(config, path.with_name(config.name))
         self._runner = TextLLMRunner(str(pte), str(path), str(data) if data else None)
+        # the runner loads its program on first use: do it now, so a generation's prefill time is only prefill
+        try:
+            self._runner.prefill("a", GenerationConfig(num_bos=0, warming=True))
+        except RuntimeError as exc:
+            self._dir.cleanup()
+            raise EdgekitError(f"{pte}: ExecuTorch's runner could not load the program: {exc}") from None
+        self._runner.reset()
         self.stats: RunnerStats | None = None
 
     def tokens(self, text: str, num_bos: int, max_tokens: int, eos_ids: set[int], live: bool = True) -> Iterator[int]:
