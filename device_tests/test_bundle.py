@@ -18,7 +18,7 @@ def test_files_match_manifest(bundle: Path, manifest: dict[str, Any]) -> None:
 
 
 def test_golden_belongs_to_this_bundle(manifest: dict[str, Any], golden: dict[str, Any]) -> None:
-    artifact = manifest["artifact"]["artifact"]
+    artifact = manifest["artifact"]["file"]
     assert golden["artifact_sha256"] == manifest["files"][artifact]["sha256"], "golden.json is for another model file"
 
 

@@ -14,11 +14,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from .checkpoint import sha256_file
+from .hashing import sha256_file
 from .errors import BundleError, OutputExistsError
 
 MANIFEST = "edgekit.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: recipe-table layout (artifact.file, plan.format, model.config)
 
 
 def file_entries(root: Path) -> dict[str, dict[str, Any]]:

@@ -6,7 +6,6 @@ a message that names the file and what is wrong with it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -16,6 +15,7 @@ from typing import Any, Mapping
 from . import builtin, families
 from .errors import CheckpointError, UnsupportedError
 from .families import FamilySpec, ModelKind
+from .hashing import sha256_files
 
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
@@ -39,22 +39,6 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: {what} must be a JSON object")
     return data
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def sha256_files(paths: list[Path], root: Path) -> str:
-    """One digest over several files: the sorted (relative name, file digest) pairs."""
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        h.update(f"{p.relative_to(root).as_posix()}\0{sha256_file(p)}\n".encode())
-    return h.hexdigest()
 
 
 def weight_files(root: Path) -> list[Path]:
@@ -98,7 +82,8 @@ class Checkpoint:
     """A validated checkpoint directory."""
 
     path: Path
-    config: Mapping[str, Any]
+    config: Mapping[str, Any]  # the raw config file
+    model_config: Any  # the family's frozen config value, read from ``config``
     family: FamilySpec
     files: tuple[Path, ...]  # weight files
     shapes: Mapping[str, tuple[int, ...]]
@@ -106,6 +91,13 @@ class Checkpoint:
     @property
     def tokenizer_files(self) -> list[Path]:
         return [self.path / n for n in TOKENIZER_FILES if (self.path / n).is_file()]
+
+    @property
+    def bundle_files(self) -> list[Path]:
+        """Files copied into a bundle beside the artifact (the model kind decides: a tokenizer, or none)."""
+        from . import kinds
+
+        return kinds.behaviour(self.family.kind).bundle_files(self)
 
     @cached_property
     def sha256(self) -> str:
@@ -125,14 +117,6 @@ class Checkpoint:
     def chat_template(self) -> str | None:
         jinja = self.path / "chat_template.jinja"  # transformers 5 writes the template beside tokenizer_config
         return jinja.read_text(encoding="utf-8") if jinja.is_file() else self.tokenizer_config.get("chat_template")
-
-    def metadata(self) -> dict[str, Any]:
-        meta = self.family.describe(self.config)
-        gen_eos = self.generation_config.get("eos_token_id")
-        if gen_eos is not None:
-            extra = gen_eos if isinstance(gen_eos, list) else [gen_eos]
-            meta["eos_ids"] = sorted(set(meta["eos_ids"]) | set(extra))
-        return meta
 
 
 def embedding_rows(shapes: Mapping[str, tuple[int, ...]]) -> int | None:
@@ -173,7 +157,7 @@ def open_checkpoint(source: str | Path) -> Checkpoint:
         )
     config = read_json(root / "config.json", "config.json")
     spec = families.detect(config)
-    spec.validate_config(config)
+    model_config = spec.read_config(config)
     files = weight_files(root)
     shapes = tensor_shapes(files)
     if spec.kind is ModelKind.LANGUAGE:
@@ -185,4 +169,6 @@ def open_checkpoint(source: str | Path) -> Checkpoint:
                 f"{root}: config vocab_size {config['vocab_size']} does not match the embedding's {rows} rows"
             )
         check_tokenizer(root, rows)
-    return Checkpoint(path=root, config=config, family=spec, files=tuple(files), shapes=shapes)
+    return Checkpoint(
+        path=root, config=config, model_config=model_config, family=spec, files=tuple(files), shapes=shapes
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -10,7 +11,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from . import cli_profile
 from .errors import EdgekitError
@@ -27,29 +28,71 @@ def _progress(quiet: bool) -> Callable[[str], None]:
 
 
 def _quant_help() -> str:
-    from .exporters import EXPORTERS
+    from .recipes import RECIPES
 
-    return "; ".join(f"{t.value}: {', '.join(e.quants)} (default {e.default_quant})" for t, e in EXPORTERS.items())
+    return "; ".join(
+        f"{r.family.value} -> {r.format.value}: {', '.join(r.quants)} (default {r.default_quant})" for r in RECIPES
+    )
+
+
+def _option_fields() -> dict[str, tuple[Any, list[str]]]:
+    """Every option of every recipe: name -> (the dataclass field, its help texts).  One flag per name; the
+    recipes that share a name share its meaning, and each recipe's own ``Options.parse`` checks the value."""
+    from .recipes import RECIPES
+
+    out: dict[str, tuple[Any, list[str]]] = {}
+    for cls in RECIPES.options_classes():
+        for f in dataclasses.fields(cls):
+            field, helps = out.setdefault(f.name, (f, []))
+            if f.metadata.get("help") and f.metadata["help"] not in helps:
+                helps.append(f.metadata["help"])
+    return out
+
+
+def add_option_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("format options (generated from the recipe table; `edgekit formats` lists "
+                                      "which apply where)")
+    for name, (f, helps) in _option_fields().items():
+        choices = f.metadata.get("choices")
+        group.add_argument(
+            "--" + name.replace("_", "-"), dest=f"opt_{name}", metavar=None if choices else name.upper(),
+            choices=[str(c) for c in choices] if choices else None, help="; ".join(helps),
+        )
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export, make_plan
 
-    options = {
-        "pretokenizer": args.pretokenizer,
-        "block_size": args.block_size,
-        "accuracy_level": args.accuracy_level,
-        "head_bits": args.head_bits,
-        "group_size": args.group_size,
-        "embedding_quant": args.embedding_quant,
-        "max_context": args.max_context,
-        "lora_mode": args.lora_mode,
-        "shared_embedding": args.shared_embedding,
-    }
+    options = {k.removeprefix("opt_"): v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
     prep = make_plan(args.source, args.format, args.quant, args.adapter, options)
     progress = _progress(args.quiet)
-    progress(f"plan: {prep.plan.family.value} -> {prep.plan.target.value} {prep.plan.quant.name}")
+    progress(f"plan: {prep.plan.family.value} -> {prep.plan.format.value} {prep.plan.quant.name}")
     export(prep, args.output, force=args.force, verify=not args.no_verify, progress=progress)
+    return 0
+
+
+def cmd_formats(args: argparse.Namespace) -> int:
+    """The support matrix: which family exports to which format, with which quantisations and options."""
+    from .families import FAMILIES
+    from .plan import Format
+    from .recipes import RECIPES
+
+    rows = [r.describe() for r in RECIPES]
+    if args.json:
+        print(json.dumps({"recipes": rows}, indent=2))
+        return 0
+    lines = [f"{'family':<8} {'format':<11} {'quants (default first)':<58} options"]
+    for family in FAMILIES:
+        for fmt in Format:
+            try:
+                r = RECIPES.get(family, fmt)
+            except EdgekitError as exc:
+                lines.append(f"{family.value:<8} {fmt.value:<11} -  ({str(exc).split('; formats')[0]})")
+                continue
+            quants = [r.default_quant] + [q for q in r.quants if q != r.default_quant]
+            opts = ", ".join("--" + f.name.replace("_", "-") for f in dataclasses.fields(r.options)) or "-"
+            lines.append(f"{family.value:<8} {fmt.value:<11} {', '.join(quants):<58} {opts}")
+    print("\n".join(lines))
     return 0
 
 
@@ -108,11 +151,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     ]
     v = m.get("verification")
     if v:
-        mt = v["metrics"]
-        lines.append(
-            f"verified    {'PASS' if v['passed'] else 'FAIL'}: top-1 {mt['top1']:.4f}, mean KL {mt['mean_kl']:.2e}, "
-            f"max |Δlogit| {mt['max_abs_logit']:.2e}, greedy {mt['greedy_prefix']}/{mt['greedy_tokens']}"
-        )
+        from . import kinds
+
+        summary = kinds.behaviour(m["kind"]).summary(v["metrics"])
+        lines.append(f"verified    {'PASS' if v['passed'] else 'FAIL'}: {summary}")
     else:
         lines.append("verified    no (run: edgekit verify BUNDLE)")
     print("\n".join(lines))
@@ -121,7 +163,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .builtin import NAMES
-    from .exporters import EXPORTERS
+    from .plan import Format
 
     p = argparse.ArgumentParser(
         prog="edgekit",
@@ -134,22 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="export a checkpoint (+ LoRA adapter) to a verified bundle")
     e.add_argument("source", help=f"Hugging Face checkpoint directory, or builtin:NAME ({', '.join(NAMES)})")
     e.add_argument("--adapter", help="PEFT LoRA adapter directory (or builtin:NAME), merged before export")
-    e.add_argument("--format", required=True, choices=[t.value for t in EXPORTERS], help="output format")
+    e.add_argument("--format", required=True, choices=[t.value for t in Format], help="output format")
     e.add_argument("--quant", help=f"quantisation, case-insensitive. {_quant_help()}")
     e.add_argument("-o", "--output", required=True, type=Path, help="bundle directory to create")
     e.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     e.add_argument("--no-verify", action="store_true", help="skip the parity check against PyTorch")
-    e.add_argument("--pretokenizer", help="GGUF only: llama.cpp pre-tokenizer name when it cannot be derived")
-    e.add_argument("--block-size", type=int, help="ONNX int8/int4: weights per scale (16/32/64/128/256, default 32)")
-    e.add_argument("--accuracy-level", type=int, help="ONNX int8/int4: MatMulNBits compute type (4 = int8 activations, default)")
-    e.add_argument("--head-bits", type=int, help="ONNX int4 / ExecuTorch 8da4w only: bits of the tied embedding / LM head (4 or 8)")
-    e.add_argument("--group-size", type=int, help="ExecuTorch 8da4w only: weights per scale (32/64/128/256, 0 = per channel; default 32)")
-    e.add_argument("--embedding-quant", choices=["none", "8", "4"], help="ExecuTorch only: quantise the token embedding table (default none)")
-    e.add_argument("--max-context", type=int, help="ExecuTorch only: KV cache length in tokens (default min(2048, the model's))")
-    e.add_argument("--lora-mode", choices=["merged", "separate"], help="ExecuTorch only: fold the adapter in (default) or keep it in adapter.ptd")
-    e.add_argument("--shared-embedding", choices=["auto", "on", "off"], help="ExecuTorch only: store the tied "
-                   "embedding / LM head table once, in model.ptd (on; auto, the default, = on for fp32 and 8da4w) or "
-                   "keep one self-contained model.pte (off)")
+    add_option_flags(e)
     e.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     e.set_defaults(func=cmd_export)
 
@@ -170,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int)
     r.add_argument("--threads", type=int)
     r.set_defaults(func=cmd_run)
+
+    f = sub.add_parser("formats", help="print the support matrix: family x format, quantisations, options")
+    f.add_argument("--json", action="store_true", help="machine-readable, with the parity thresholds")
+    f.set_defaults(func=cmd_formats)
 
     i = sub.add_parser("info", help="show a bundle's manifest summary")
     i.add_argument("bundle", type=Path)

@@ -124,7 +124,9 @@ def run_device_tests(
 
 def _extra_of(bundle: Path) -> str:
     from .bundle import read_manifest
-    from .runtimes import ENGINES
+    from .runtimes.engines import ENGINES, Engine
 
-    engine = read_manifest(bundle).get("engine")
-    return ENGINES[engine][2] if engine in ENGINES else "all"
+    try:
+        return ENGINES[Engine(read_manifest(bundle).get("engine"))].extra
+    except ValueError:
+        return "all"

@@ -65,3 +65,12 @@ class DeviceError(EdgekitError):
 
 class RuntimeMissingError(DeviceError):
     """The device lacks the engine a bundle needs; the message gives the install command to run there."""
+
+
+class InternalError(EdgekitError):
+    """An edgekit bug: a state the code should never reach.  The message asks the user to report it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(
+            f"{message} — this is an edgekit bug; please report it with the command you ran and `pip freeze`"
+        )

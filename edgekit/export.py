@@ -1,4 +1,4 @@
-"""The export job: plan -> merged reference -> exporter -> bundle -> verification -> atomic commit."""
+"""The export job: plan -> merged reference -> the recipe's exporter -> bundle -> verification -> atomic commit."""
 
 from __future__ import annotations
 
@@ -13,57 +13,50 @@ from typing import Any, Callable, Mapping
 from . import __version__
 from .bundle import read_manifest, staging, write_manifest
 from .checkpoint import Checkpoint, open_checkpoint
-from .errors import BundleError, CheckpointError, ParityError, UnsupportedError, WriteError
+from .errors import BundleError, CheckpointError, ParityError, WriteError
 from .lora import Adapter, open_adapter
-from .plan import ExportPlan, Target
+from .plan import ExportPlan, Format
 
 LIBRARIES = ("torch", "transformers", "peft", "gguf", "llama_cpp_python", "tokenizers")
 
 
 @dataclass(frozen=True)
 class PreparedExport:
-    """A validated plan together with the opened checkpoint and adapter (nothing heavy loaded yet)."""
+    """A validated plan with its recipe and the opened checkpoint and adapter (nothing heavy loaded yet)."""
 
     plan: ExportPlan
+    recipe: Any  # edgekit.recipes.Recipe
     checkpoint: Checkpoint
     adapter: Adapter | None
 
     @property
-    def exporter(self) -> Any:
-        from . import exporters
-
-        return exporters.get(self.plan.target)
+    def thresholds(self) -> Any:
+        return self.recipe.thresholds[self.plan.quant.name]
 
 
 def make_plan(
     source: str | Path,
-    target: Target | str,
+    format: Format | str,
     quant: str | None = None,
     adapter: str | Path | None = None,
     options: Mapping[str, Any] | None = None,
 ) -> PreparedExport:
-    """Validate everything cheap first: format, quant, checkpoint files, adapter shapes, options."""
-    from . import exporters
+    """Validate everything cheap first: format, checkpoint files, the recipe row, quant, options, adapter shapes.
 
-    target = Target.parse(target) if isinstance(target, str) else target
-    exporter = exporters.get(target)
-    spec = exporter.quant(quant)
+    Raises ``UnsupportedError`` (format/quant/option), ``CheckpointError``, ``AdapterError``, each one line."""
+    from .recipes import RECIPES
+
+    fmt = Format.parse(format)
     ckpt = open_checkpoint(source)
-    family = ckpt.family.family
-    if target not in ckpt.family.targets or family not in exporter.families:
-        formats = ", ".join(t.value for t in ckpt.family.targets) or "none yet"
-        raise UnsupportedError(f"{family.value} cannot be exported to {target.value}; supported formats: {formats}")
-    opts = {k: v for k, v in (options or {}).items() if v is not None}
-    unknown = sorted(set(opts) - set(exporter.options))
-    if unknown:
-        raise UnsupportedError(f"{target.value} export has no option {unknown}; options: {', '.join(exporter.options) or 'none'}")
-    if exporter.check_options is not None:
-        exporter.check_options(spec.name, opts)
+    recipe = RECIPES.get(ckpt.family.family, fmt)
+    spec = recipe.quant(quant)
+    opts = recipe.options.parse(options or {}, spec)
     lora = open_adapter(adapter, ckpt) if adapter is not None else None
     plan = ExportPlan(
-        source=ckpt.path, family=family, target=target, quant=spec, adapter=lora.path if lora else None, options=opts
+        source=ckpt.path, family=ckpt.family.family, format=fmt, quant=spec, options=opts,
+        adapter=lora.path if lora else None,
     )
-    return PreparedExport(plan=plan, checkpoint=ckpt, adapter=lora)
+    return PreparedExport(plan=plan, recipe=recipe, checkpoint=ckpt, adapter=lora)
 
 
 def library_versions() -> dict[str, str]:
@@ -76,26 +69,17 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def model_metadata(ckpt: Checkpoint) -> dict[str, Any]:
-    from tokenizers import Tokenizer
-
-    meta = ckpt.metadata()
-    tok = Tokenizer.from_file(str(ckpt.path / "tokenizer.json"))
-    with_special = tok.encode("a", add_special_tokens=True).ids
-    plain = tok.encode("a", add_special_tokens=False).ids
-    meta["add_bos"] = meta.get("bos_id") is not None and with_special[: 1] == [meta["bos_id"]] and len(with_special) > len(plain)
-    meta["chat_template"] = ckpt.chat_template
-    return meta
-
-
 def manifest_for(prep: PreparedExport, artifact: dict[str, Any], export_s: float) -> dict[str, Any]:
-    exporter = prep.exporter
+    from . import kinds
+    from .runtimes.engines import ENGINE_OF
+
+    kind = kinds.behaviour(prep.checkpoint.family.kind)
     return {
         "edgekit_version": __version__,
         "family": prep.plan.family.value,
         "kind": prep.checkpoint.family.kind.value,
-        "format": prep.plan.target.value,
-        "engine": exporter.engine,
+        "format": prep.plan.format.value,
+        "engine": ENGINE_OF[prep.plan.format].value,
         "plan": prep.plan.to_dict(),
         "source": {"path": str(prep.checkpoint.path), "sha256": prep.checkpoint.sha256},
         "adapter": (
@@ -105,8 +89,8 @@ def manifest_for(prep: PreparedExport, artifact: dict[str, Any], export_s: float
         ),
         "libraries": library_versions(),
         "host": {"python": platform.python_version(), "machine": platform.machine()},
-        "model": model_metadata(prep.checkpoint),
-        "io": {"input": "token ids [n]", "output": "logits [n, vocab]", "state": "engine-managed"},
+        "model": kind.metadata(prep.checkpoint),
+        "io": kind.io(prep.checkpoint),
         "artifact": artifact,
         "export_seconds": round(export_s, 2),
         "verification": None,
@@ -137,45 +121,71 @@ def export(
 def _export_into(
     prep: PreparedExport, out: Path, force: bool, verify: bool, progress: Callable[[str], None]
 ) -> None:
-    from . import exporters, reference
+    from . import reference
+    from .exporters import ExportJob
 
     t0 = time.perf_counter()
     with staging(out, force=force) as tmp:
         progress(f"loading {prep.checkpoint.path}" + (f" + adapter {prep.adapter.path}" if prep.adapter else ""))
         model = reference.load_reference(prep.checkpoint, prep.adapter)
-        job = exporters.ExportJob(
-            plan=prep.plan, checkpoint=prep.checkpoint, weights=reference.state_dict(model), progress=progress
+        job = ExportJob(
+            plan=prep.plan, checkpoint=prep.checkpoint, reference=model, weights=reference.state_dict(model),
+            progress=progress,
         )
-        artifact = prep.exporter.export(job, tmp)
-        for f in prep.checkpoint.tokenizer_files:
+        artifact = prep.recipe.exporter().export(job, tmp)
+        for f in prep.checkpoint.bundle_files:
             shutil.copy2(f, tmp / f.name)
         write_manifest(tmp, manifest_for(prep, artifact, time.perf_counter() - t0))
         if verify:
-            report = verify_bundle_with(tmp, model, progress)
+            report = verify_bundle_with(tmp, model, prep.thresholds, progress)
             progress(report.table())
             if not report.passed:
                 raise ParityError(
-                    f"{prep.plan.target.value} {prep.plan.quant.name} failed verification: {'; '.join(report.failures)} "
-                    "(use --no-verify to keep the file anyway)"
+                    f"{prep.plan.format.value} {prep.plan.quant.name} failed verification: "
+                    f"{'; '.join(report.failures)} (use --no-verify to keep the file anyway)"
                 )
 
 
-def verify_bundle_with(root: Path, model: Any, progress: Callable[[str], None] = print) -> Any:
-    """Verify the bundle at ``root`` against an already loaded reference and record the report."""
-    from . import exporters, runtimes, verify
-    from .plan import Target
+def verify_bundle_with(root: Path, model: Any, thresholds: Any, progress: Callable[[str], None] = print) -> Any:
+    """Verify the bundle at ``root`` against an already loaded reference with its kind's check; record the report."""
+    from . import kinds, runtimes
 
     manifest = read_manifest(root)
-    exporter = exporters.get(Target(manifest["format"]))
-    thresholds = exporter.thresholds[manifest["plan"]["quant"]["name"]]
     session = runtimes.load(root)
     try:
-        report = verify.run(session, model, root / "tokenizer.json", thresholds, progress=progress)
+        report = kinds.behaviour(manifest["kind"]).verify(session, model, root, thresholds, progress=progress)
     finally:
         session.close()
     manifest["verification"] = report.to_dict()
     write_manifest(root, manifest)
     return report
+
+
+def recorded_reference(
+    manifest: Mapping[str, Any],
+    progress: Callable[[str], None],
+    source: str | Path | None = None,
+    adapter: str | Path | None = None,
+    what: str = "verification",
+) -> Any:
+    """The merged reference of a bundle, rebuilt from the checkpoint (and adapter) its manifest records, or from
+    ``source``/``adapter``; refuses a recorded file that changed since the export."""
+    from . import reference
+
+    src = source or manifest["source"]["path"]
+    ckpt = open_checkpoint(src)
+    if source is None and ckpt.sha256 != manifest["source"]["sha256"]:
+        raise CheckpointError(
+            f"{src}: the checkpoint changed since the export, so {what} would not match; pass --source with the original"
+        )
+    lora = None
+    recorded = manifest.get("adapter")
+    if adapter is not None or recorded:
+        lora = open_adapter(adapter or recorded["path"], ckpt)
+        if adapter is None and lora.sha256 != recorded["sha256"]:
+            raise BundleError(f"{lora.path}: the adapter changed since the export; pass --adapter with the original")
+    progress(f"loading reference {ckpt.path}" + (f" + adapter {lora.path}" if lora else ""))
+    return reference.load_reference(ckpt, lora)
 
 
 def verify_bundle(
@@ -184,21 +194,14 @@ def verify_bundle(
     adapter: str | Path | None = None,
     progress: Callable[[str], None] = print,
 ) -> Any:
-    """``edgekit verify``: rebuild the reference from the recorded source (and adapter) and check the bundle."""
-    from . import reference
+    """``edgekit verify``: rebuild the reference from the recorded source (and adapter) and check the bundle
+    against the thresholds of its recipe."""
+    from .families import Family
+    from .recipes import RECIPES
 
     root = Path(root)
     manifest = read_manifest(root)
-    src = source or manifest["source"]["path"]
-    ckpt = open_checkpoint(src)
-    if source is None and ckpt.sha256 != manifest["source"]["sha256"]:
-        raise CheckpointError(f"{src}: the checkpoint changed since the export; pass --source with the original")
-    lora = None
-    recorded = manifest.get("adapter")
-    if adapter is not None or recorded:
-        lora = open_adapter(adapter or recorded["path"], ckpt)
-        if adapter is None and lora.sha256 != recorded["sha256"]:
-            raise BundleError(f"{lora.path}: the adapter changed since the export; pass --adapter with the original")
-    progress(f"loading reference {ckpt.path}" + (f" + adapter {lora.path}" if lora else ""))
-    model = reference.load_reference(ckpt, lora)
-    return verify_bundle_with(root, model, progress)
+    recipe = RECIPES.get(Family(manifest["family"]), Format.parse(manifest["format"]))
+    thresholds = recipe.thresholds[recipe.quant(manifest["plan"]["quant"]["name"]).name]
+    model = recorded_reference(manifest, progress, source, adapter)
+    return verify_bundle_with(root, model, thresholds, progress)

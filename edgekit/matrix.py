@@ -1,4 +1,4 @@
-"""``edgekit bench``: export one model to every format x quantisation the exporter registry claims, profile all
+"""``edgekit bench``: export one model to every format x quantisation its recipes offer, profile all
 bundles in one run, and write the table a user reads to choose (markdown), a plot (PNG) and the raw JSON.
 
 Bundles are kept under ``OUT/bundles`` and reused when their plan and source are unchanged, so a second run
@@ -43,28 +43,30 @@ def export_all(
     source: str, adapter: str | None, out_dir: Path, formats: Sequence[str] | None, quants: Sequence[str] | None,
     verify: bool, progress: Callable[[str], None],
 ) -> list[MatrixEntry]:
+    from .checkpoint import open_checkpoint
     from .export import export, make_plan
-    from .exporters import EXPORTERS
+    from .recipes import RECIPES
 
     entries = []
-    for target, exporter in EXPORTERS.items():
-        if formats and target.value not in formats:
+    for recipe in RECIPES.for_family(open_checkpoint(source).family.family):
+        fmt = recipe.format.value
+        if formats and fmt not in formats:
             continue
-        for quant in exporter.quants:
+        for quant in recipe.quants:
             if quants and quant not in quants:
                 continue
-            out = out_dir / "bundles" / f"{target.value}-{quant}"
+            out = out_dir / "bundles" / f"{fmt}-{quant}"
             try:
-                prep = make_plan(source, target, quant, adapter)
+                prep = make_plan(source, recipe.format, quant, adapter)
                 if _reusable(out, prep):
                     progress(f"bench: reusing {out}")
                 else:
-                    progress(f"bench: exporting {target.value} {quant}")
+                    progress(f"bench: exporting {fmt} {quant}")
                     export(prep, out, force=True, verify=verify, progress=lambda _m: None)
-                entries.append(MatrixEntry(target.value, quant, out))
+                entries.append(MatrixEntry(fmt, quant, out))
             except EdgekitError as exc:
-                progress(f"bench: {target.value} {quant} failed: {exc}")
-                entries.append(MatrixEntry(target.value, quant, None, str(exc).splitlines()[0]))
+                progress(f"bench: {fmt} {quant} failed: {exc}")
+                entries.append(MatrixEntry(fmt, quant, None, str(exc).splitlines()[0]))
     return entries
 
 

@@ -1,73 +1,41 @@
-"""The exporter registry: one module per format, one row per format in ``EXPORTERS``.
+"""Exporters, one folder per format (installed as ``edgekit.exporters``).
 
-Installed as ``edgekit.exporters``.  Each exporter states the families and quantisations it supports and the
-parity thresholds it must meet; heavy libraries are imported only when an export runs.
+Each format folder holds only that format's mechanics — ``gguf/`` the GGUF writer, its quant types and the
+tokenizer section; ``onnx/`` graph-building helpers, ONNX Runtime's quantisers and the fused-kernel check;
+``executorch/`` quantisation by a module-name -> config map, export, lowering and serialisation — plus one file
+per (family, format) pair, ``<format>/<family>.py``, which the recipe table (``edgekit.recipes``) points at.
+A pair file exposes ``export(job, out_dir) -> dict`` (the manifest's ``artifact`` section, with ``file`` naming
+the main artifact).  The format folder's ``__init__`` declares the format's quantisations and option types and
+imports nothing heavy.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from ..checkpoint import Checkpoint
-from ..errors import UnsupportedError
-from ..families import Family
-from ..plan import ExportPlan, QuantSpec, Target, Thresholds
+from ..plan import ExportPlan
 
 
 @dataclass(frozen=True)
 class ExportJob:
-    """What an exporter gets: the validated plan, the source checkpoint and the merged float32 weights."""
+    """What a pair's ``export`` gets.
+
+    ``plan`` (validated; ``plan.options`` is the recipe's typed ``Options``), ``checkpoint`` (its
+    ``model_config`` is the family's frozen config), ``reference`` (the merged float32 torch model, eval mode),
+    ``weights`` (its state dict as float32 numpy arrays, keyed by the checkpoint's own tensor names) and
+    ``progress`` (one line per stage).
+    """
 
     plan: ExportPlan
     checkpoint: Checkpoint
+    reference: Any
     weights: Mapping[str, np.ndarray]
     progress: Callable[[str], None] = print
 
-
-@dataclass(frozen=True)
-class ExporterSpec:
-    target: Target
-    engine: str  # key of the runtime registry that runs this format
-    artifact: str  # main file name inside the bundle
-    families: frozenset[Family]
-    quants: Mapping[str, QuantSpec]
-    default_quant: str
-    thresholds: Mapping[str, Thresholds]
-    export: Callable[[ExportJob, Path], dict[str, Any]]  # writes into the bundle dir; returns manifest info
-    options: Mapping[str, str] = field(default_factory=dict)  # option name -> help text
-    # (quant name, options): raises UnsupportedError for bad values, before any work is done (result unused)
-    check_options: Callable[[str, Mapping[str, Any]], object] | None = None
-
-    def quant(self, name: str | None) -> QuantSpec:
-        key = (name or self.default_quant).strip().lower()
-        if key not in self.quants:
-            raise UnsupportedError(
-                f"unknown quantisation {name!r} for {self.target.value}; valid: {', '.join(self.quants)}"
-            )
-        return self.quants[key]
-
-
-def _registry() -> dict[Target, ExporterSpec]:
-    from . import executorch, gguf, onnx
-
-    table: dict[Target, ExporterSpec] = {}
-    for spec in (gguf.EXPORTER, onnx.EXPORTER, executorch.EXPORTER):
-        if spec.target in table:
-            raise RuntimeError(f"two exporters registered for {spec.target.value}")
-        table[spec.target] = spec
-    return table
-
-
-EXPORTERS: Mapping[Target, ExporterSpec] = _registry()
-
-
-def get(target: Target) -> ExporterSpec:
-    try:
-        return EXPORTERS[target]
-    except KeyError:
-        known = ", ".join(t.value for t in EXPORTERS)
-        raise UnsupportedError(f"format {target.value!r} has no exporter yet; available: {known}") from None
+    @property
+    def config(self) -> Any:
+        return self.checkpoint.model_config

@@ -1,41 +1,48 @@
-"""The runtime registry: engine name -> session factory.  Installed as ``edgekit.runtimes``.
+"""Sessions over bundles: ``load`` opens a bundle with the engine its manifest names, as a session of its model
+kind (``LanguageSession``: generate / stream / logits; ``SolverSession``: solve).  Installed as
+``edgekit.runtimes``.
 
-Importing this package imports no engine; ``load`` imports only the engine a bundle needs, and no torch.
+Importing this package imports no engine; ``load`` imports only the engine a bundle needs, and no torch (the
+ExecuTorch runtime aside, whose Python binding links libtorch).
 """
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..bundle import check_files, read_manifest
 from ..errors import BundleError
+from .engines import ENGINES, Engine
 from .protocol import Generation, LanguageSession, SamplingParams, SolverSession, StreamResult, Timing
 
-# engine name -> (module, factory attribute, pip extra that installs the engine)
-ENGINES: Mapping[str, tuple[str, str, str]] = {
-    "llama.cpp": ("llamacpp", "LlamaCppSession", "gguf"),
-    "onnxruntime": ("onnxruntime", "OnnxSession", "onnx"),
-    "executorch": ("executorch", "ExecuTorchSession", "executorch"),
-}
+
+def session_class(manifest: dict[str, Any], where: str = "bundle") -> type:
+    """The session class for a manifest's engine and model kind (imports that engine's module)."""
+    engine = Engine.parse(manifest.get("engine"), where)
+    kind = str(manifest.get("kind", "language"))
+    target = ENGINES[engine].sessions.get(kind)
+    if target is None:
+        raise BundleError(f"{where}: engine {engine.value} cannot run a {kind} model; re-export in another format")
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 
 def load(bundle: str | Path, **options: Any) -> LanguageSession | SolverSession:
-    """Open a bundle with the engine its manifest names.  ``options`` go to the engine (e.g. ``n_threads``)."""
+    """Open a bundle with the engine its manifest names.  ``options`` go to the engine (e.g. ``n_threads``).
+
+    Raises BundleError for a missing, incomplete or unknown bundle and MissingDependencyError when the engine
+    is not installed (the message names the pip extra)."""
     root = Path(bundle)
     manifest = read_manifest(root)
     check_files(root, manifest)
-    engine = manifest.get("engine")
-    if engine not in ENGINES:
-        raise BundleError(f"{root}: engine {engine!r} is unknown to this edgekit; known: {', '.join(ENGINES)}")
-    module, factory, _extra = ENGINES[engine]
-    cls = getattr(importlib.import_module(f"{__name__}.{module}"), factory)
-    return cls(root, manifest, **options)
+    return session_class(manifest, str(root))(root, manifest, **options)
 
 
 __all__ = [
     "ENGINES",
+    "Engine",
     "Generation",
     "LanguageSession",
     "SamplingParams",
@@ -43,4 +50,5 @@ __all__ = [
     "StreamResult",
     "Timing",
     "load",
+    "session_class",
 ]

@@ -52,7 +52,7 @@ class ExecuTorchSession:
         self.manifest = manifest
         self.model = manifest.get("model", {})
         art = manifest.get("artifact", {})
-        self.path = self.root / art.get("artifact", "model.pte")
+        self.path = self.root / art.get("file", "model.pte")
         data = [self.root / f for f in art.get("data_files", [])]
         if len(data) > 1:
             raise BundleError(f"{self.root}: more than one .ptd file ({', '.join(map(str, data))}); expected at most one")
@@ -92,7 +92,7 @@ class ExecuTorchSession:
         missing = [n for n in _METADATA if n not in names]
         if missing:
             raise BundleError(f"{self.path}: no {', '.join(missing)} method; not an ExecuTorch LLM program")
-        vocab = int(_constant(self._program, "get_vocab_size"))
+        vocab = self.vocab_size = int(_constant(self._program, "get_vocab_size"))
         self._max_context = int(_constant(self._program, "get_max_context_len"))
         self._max_seq = int(_constant(self._program, "get_max_seq_len"))
         want = self.model.get("vocab_size")
@@ -239,7 +239,7 @@ class ExecuTorchSession:
         if len(tokens) > self.n_ctx:
             raise ContextLengthError(f"{len(tokens)} tokens exceed the context of {self.n_ctx}")
         self.reset()
-        out = np.empty((len(tokens), int(self.model.get("vocab_size") or 0) or 1), dtype=np.float32)
+        out = np.empty((len(tokens), self.vocab_size), dtype=np.float32)
         for i, t in enumerate(tokens):
             row = self._run([t]).numpy().reshape(-1)
             if out.shape[1] != row.shape[0]:

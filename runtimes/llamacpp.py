@@ -32,7 +32,7 @@ class LlamaCppSession:
         self.root = Path(root)
         self.manifest = manifest
         self.model = manifest.get("model", {})
-        self.path = self.root / manifest["artifact"]["artifact"]
+        self.path = self.root / manifest["artifact"]["file"]
         self.n_ctx = n_ctx or min(int(self.model.get("context_length") or DEFAULT_CTX), DEFAULT_CTX)
         self.n_threads = n_threads or os.cpu_count() or 1  # llama-cpp-python's default is half the cores
         self.kv_type = KV_CACHE_TYPE.get(manifest.get("plan", {}).get("quant", {}).get("name", ""))
@@ -41,6 +41,7 @@ class LlamaCppSession:
         self.load_s = time.perf_counter() - t0
         self._scorer: Any = None
         self.eos_ids = set(self.model.get("eos_ids") or [self._llm.token_eos()])
+        self.vocab_size = int(self._llm.n_vocab())
 
     def _open(self, logits_all: bool, n_ctx: int | None = None) -> Any:
         try:

@@ -1,11 +1,13 @@
 """ONNX Runtime engine for ONNX bundles (the graph written by ``edgekit.exporters.onnx``).  No torch.
 
 The decoder state lives in buffers allocated once per session and bound to the graph with IOBinding, so a
-decode step moves one token in and one row of logits out instead of round-tripping every cache through Python:
+decode step moves one token in and one row of logits out instead of round-tripping every cache through Python.
+The manifest's ``artifact.state`` says, per state input, its present output, its shape (``"context"`` where the
+context length goes) and how it is updated — so this module knows no model family:
 
-- KV cache: one [1, kv_heads, n_ctx, head_dim] buffer per attention layer, bound as both the ``past`` input and
-  the ``present`` output; GroupQueryAttention sees the shared buffer and writes the new rows in place.
-- conv state: two [1, hidden, L_cache - 1] buffers per conv layer, bound crosswise and swapped after each call.
+- ``in_place``: one buffer bound as both the past input and the present output (a KV cache that
+  GroupQueryAttention appends to in place);
+- ``swap``: two buffers bound crosswise and swapped after each call (a rolling state such as LFM2's conv state).
 
 Tokenization, sampling and the prefill/decode loop are the ones shared by step-driven engines
 (``runtimes.decoding``); tokenization reads the bundle's ``tokenizer.json`` through the ``tokenizers`` library.
@@ -32,14 +34,14 @@ _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(i
 class OnnxState:
     """The decoder state of one sequence: KV buffers, conv buffers (current, next) and the tokens consumed."""
 
-    kv: dict[str, np.ndarray]  # past_key_values.{i}.key/value -> [1, kv_heads, n_ctx, head_dim]
-    conv: dict[str, list[np.ndarray]]  # past.{i}.conv -> [current, spare], each [1, hidden, L_cache - 1]
+    in_place: dict[str, np.ndarray]  # in-place state input -> its buffer (a KV cache: [1, kv_heads, n_ctx, head_dim])
+    swap: dict[str, list[np.ndarray]]  # swapped state input -> [current, spare] (LFM2: [1, hidden, L_cache - 1])
     position: int = 0
     _values: dict[int, Any] = field(default_factory=dict, repr=False)  # id(array) -> OrtValue over it
     _decode: dict[tuple[int, ...], Any] = field(default_factory=dict, repr=False)  # cached one-token bindings
 
     def reset(self) -> None:
-        for buffers in self.conv.values():
+        for buffers in self.swap.values():
             buffers[0].fill(0)  # the convolution reads its past inputs: a fresh sequence must see zeros
         self.position = 0  # KV rows past `position` are never read, so they need no clearing
 
@@ -60,14 +62,14 @@ class OnnxSession:
         self.manifest = manifest
         self.model = manifest.get("model", {})
         art = manifest.get("artifact", {})
-        self.path = self.root / art.get("artifact", "model.onnx")
+        self.path = self.root / art.get("file", "model.onnx")
         context = int(self.model.get("context_length") or DEFAULT_CTX)
         self.n_ctx = min(int(n_ctx), context) if n_ctx else min(context, DEFAULT_CTX)
         t0 = time.perf_counter()
         self._session = self._open(n_threads, providers, art.get("session_options", {}))
         self._inputs = {i.name: i for i in self._session.get_inputs()}
         self._check_signature(art)
-        self._head_dim = art.get("state", {}).get("head_dim")
+        self._state_spec: Mapping[str, Any] = art.get("state", {})
         self._shapes = self._state_shapes()
         self._state_dtype = self._state_type()
         self.codec = TextCodec(self.root / "tokenizer.json")
@@ -124,44 +126,45 @@ class OnnxSession:
                 "the file was replaced or the bundle is damaged: re-export it"
             )
         state = art.get("state", {})
-        for name, info in self._inputs.items():
-            if name.startswith("past.") and info.shape[1:] != [state.get("hidden_size"), state.get("conv_cache")]:
-                raise BundleError(f"{self.path}: conv state {name} has shape {info.shape}, inconsistent with the manifest")
-            if name.startswith("past_key_values.") and info.shape[1] != state.get("kv_heads"):
-                raise BundleError(f"{self.path}: KV state {name} has shape {info.shape}, inconsistent with the manifest")
+        for name, entry in state.items():
+            info = self._inputs.get(name)
+            dims = entry.get("shape", [])
+            fixed = [(k, d) for k, d in enumerate(dims) if isinstance(d, int) and k > 0]
+            if info is None or entry.get("update") not in ("in_place", "swap") or len(info.shape) != len(dims) or any(
+                isinstance(info.shape[k], int) and info.shape[k] != d for k, d in fixed
+            ):
+                raise BundleError(
+                    f"{self.path}: state {name} is {getattr(info, 'shape', 'absent')} in the file, the manifest "
+                    f"says {entry}; the bundle is damaged: re-export it"
+                )
 
     def _state_type(self) -> Any:
-        types = {self._inputs[n].type for n in self._inputs if n.startswith("past")}
+        types = {self._inputs[n].type for n in self._state_spec}
         if len(types) > 1 or not types <= set(_DTYPES):
             raise BundleError(f"{self.path}: unsupported state types {sorted(types)}")
         return _DTYPES[types.pop()] if types else np.float32
 
     # -- state --------------------------------------------------------------------------------------------
     def _state_shapes(self) -> dict[str, tuple[int, ...]]:
-        shapes: dict[str, tuple[int, ...]] = {}
-        for name, info in self._inputs.items():
-            if name.startswith("past_key_values."):
-                # the builder leaves head_dim symbolic ("kv_cache_dim"); the manifest records it
-                head_dim = info.shape[3] if isinstance(info.shape[3], int) else int(self._head_dim)
-                shapes[name] = (1, info.shape[1], self.n_ctx, head_dim)
-            elif name.startswith("past."):
-                shapes[name] = (1, info.shape[1], info.shape[2])
-        return shapes
+        return {
+            name: tuple(self.n_ctx if d == "context" else int(d) for d in entry["shape"])
+            for name, entry in self._state_spec.items()
+        }
 
     def new_state(self) -> OnnxState:
         """Fresh buffers for one sequence of up to ``n_ctx`` tokens."""
         kv: dict[str, np.ndarray] = {}
         conv: dict[str, list[np.ndarray]] = {}
         for name, shape in self._shapes.items():
-            if name.startswith("past_key_values."):
+            if self._state_spec[name]["update"] == "in_place":
                 kv[name] = np.zeros(shape, dtype=self._state_dtype)
             else:
                 conv[name] = [np.zeros(shape, self._state_dtype), np.zeros(shape, self._state_dtype)]
-        return OnnxState(kv=kv, conv=conv)
+        return OnnxState(in_place=kv, swap=conv)
 
     def _validate_state(self, state: OnnxState) -> None:
         want = self._shapes
-        got = {**{k: [v] for k, v in state.kv.items()}, **state.conv}
+        got = {**{k: [v] for k, v in state.in_place.items()}, **state.swap}
         if set(got) != set(want):
             raise StateError(f"state has tensors {sorted(got)}; this model needs {sorted(want)}")
         for name, arrays in got.items():
@@ -200,19 +203,20 @@ class OnnxSession:
             row = self._decode_step(int(ids[0, 0]), state, total)
         else:
             row = self._run(ids, state, total, all_logits)
-        for buffers in state.conv.values():
+        for buffers in state.swap.values():
             buffers.reverse()
         state.position = total
         return row
 
     def _bind_state(self, b: Any, state: OnnxState) -> None:
-        for name, arr in state.kv.items():
+        spec = self._state_spec
+        for name, arr in state.in_place.items():
             v = self._value(state, arr)
             b.bind_ortvalue_input(name, v)
-            b.bind_ortvalue_output(name.replace("past_key_values.", "present."), v)
-        for name, (cur, spare) in state.conv.items():
+            b.bind_ortvalue_output(spec[name]["present"], v)
+        for name, (cur, spare) in state.swap.items():
             b.bind_ortvalue_input(name, self._value(state, cur))
-            b.bind_ortvalue_output(name.replace("past.", "present."), self._value(state, spare))
+            b.bind_ortvalue_output(spec[name]["present"], self._value(state, spare))
 
     def _run(self, ids: np.ndarray, state: OnnxState, total: int, all_logits: bool) -> np.ndarray:
         n = ids.shape[1]
@@ -237,7 +241,7 @@ class OnnxSession:
     def _decode_step(self, token: int, state: OnnxState, total: int) -> np.ndarray:
         """One token: everything but the attention mask stays bound between steps (one binding per conv
         buffer parity), so the per-token Python work does not grow with the number of layers."""
-        key = tuple(id(a) for a in state.kv.values()) + tuple(id(c[0]) for c in state.conv.values())
+        key = tuple(id(a) for a in state.in_place.values()) + tuple(id(c[0]) for c in state.swap.values())
         entry = state._decode.get(key)
         if entry is None:
             ids = np.zeros((1, 1), dtype=np.int64)

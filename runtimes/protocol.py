@@ -96,6 +96,8 @@ def generate_via_stream(
 class LanguageSession(Protocol):
     engine: str
     manifest: Mapping[str, Any]
+    vocab_size: int  # rows of the logits
+    n_ctx: int  # tokens the session's state holds
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]: ...
 

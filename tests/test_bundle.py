@@ -59,12 +59,12 @@ def test_damaged_bundle_is_reported(tmp_path):
 
 
 def test_interrupted_export_leaves_nothing(tmp_path, monkeypatch):
-    from edgekit.exporters import gguf
+    from edgekit.exporters.gguf import writer
 
     def interrupt(*_a, **_k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(gguf.writer, "requantize", interrupt)
+    monkeypatch.setattr(writer, "requantize", interrupt)
     with pytest.raises(KeyboardInterrupt):
         export(make_plan("builtin:lfm2-tiny", "gguf", "q4_k_m"), tmp_path / "out", progress=lambda _m: None)
     assert leftovers(tmp_path) == []

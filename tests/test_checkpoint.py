@@ -19,9 +19,9 @@ def copy(src: Path, dst: Path) -> Path:
 def test_builtin_opens():
     ckpt = open_checkpoint("builtin:lfm2-tiny")
     assert ckpt.family.family.value == "lfm2"
-    meta = ckpt.metadata()
-    assert meta["feed_forward_size"] % 256 == 0 and meta["hidden_size"] % 256 == 0
-    assert "full_attention" in meta["layer_types"] and "conv" in meta["layer_types"]
+    cfg = ckpt.model_config
+    assert cfg.intermediate_size % 256 == 0 and cfg.hidden_size % 256 == 0
+    assert "full_attention" in cfg.layer_types and "conv" in cfg.layer_types
 
 
 def test_unknown_builtin():

@@ -19,7 +19,7 @@ from typing import Sequence
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..bundle import MANIFEST
-from ..checkpoint import sha256_file
+from ..hashing import sha256_file
 from ..errors import DeviceError, UnsupportedError
 from . import payload, request
 

@@ -1,82 +1,148 @@
-"""The model-family registry: one explicit table keyed by ``Family``.
+"""The model-family registry: one explicit table of ``FamilySpec`` rows keyed by ``Family``.
 
-A family entry says how to recognise a checkpoint's config, which modules a LoRA adapter may target, which
-export formats apply, and how to build the PyTorch reference model.  Adding a family is adding a module and
-one row to ``FAMILIES``.
+A family is a folder here (``lfm2/``, later ``bitnet/``, ``trm/``, ``hrm/``): its typed config read from the
+checkpoint's own config file, the checkpoint readers it accepts, and its PyTorch reference — never anything
+about a file format (that is ``exporters/<format>/<family>.py``).  The folder's ``__init__`` holds its
+``SPEC`` and imports only the standard library; the torch reference is named by a dotted path and imported when
+an export first needs it, so that ``edgekit.load`` on a device never imports torch through this registry.
+
+``Family`` is an open value, not a closed enum: the built-in families are constants on it, and a project may
+register a family of its own (``register``) without editing edgekit — see README, "Adding a family".
 """
 
 from __future__ import annotations
 
 import enum
+import importlib
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ClassVar, Iterator, Mapping
 
 from ..errors import CheckpointError, UnsupportedError
-from ..plan import Target
 
 
-class Family(str, enum.Enum):
-    LFM2 = "lfm2"
-    BITNET = "bitnet"
-    TRM = "trm"
-    HRM = "hrm"
+@dataclass(frozen=True, order=True)
+class Family:
+    """A model family's name (``lfm2``, ``bitnet``, ``trm``, ``hrm``, or a registered one)."""
+
+    value: str
+
+    LFM2: ClassVar["Family"]
+    BITNET: ClassVar["Family"]
+    TRM: ClassVar["Family"]
+    HRM: ClassVar["Family"]
+
+    def __str__(self) -> str:
+        return self.value
+
+
+Family.LFM2, Family.BITNET, Family.TRM, Family.HRM = (Family(n) for n in ("lfm2", "bitnet", "trm", "hrm"))
 
 
 class ModelKind(str, enum.Enum):
-    LANGUAGE = "language"  # tokenizer in, token logits out: generate / stream / score
+    """What a model does, which decides its session, verification and manifest ``io`` (``edgekit.kinds``)."""
+
+    LANGUAGE = "language"  # tokenizer in, token logits out: generate / stream / logits
     SOLVER = "solver"  # puzzle grid in, grid out (TRM/HRM): solve
 
 
 @dataclass(frozen=True)
 class FamilySpec:
+    """One family row.
+
+    ``read_config(raw)`` turns the checkpoint's config mapping into the family's frozen config value (raising
+    ``CheckpointError``/``UnsupportedError`` with one line when it is malformed or unsupported);
+    ``reference`` is ``"module:function"`` of ``function(checkpoint) -> torch.nn.Module`` (float32, eval), imported
+    only when called.
+    """
+
     family: Family
     kind: ModelKind
-    architectures: tuple[str, ...]  # Hugging Face ``architectures`` entries
+    architectures: tuple[str, ...]  # Hugging Face ``architectures`` entries this family recognises
     model_types: tuple[str, ...]  # Hugging Face ``model_type`` values
-    targets: tuple[Target, ...]  # formats with an exporter for this family
     lora_targets: frozenset[str]  # leaf module names an adapter may target
-    validate_config: Callable[[Mapping[str, Any]], None]
-    build_reference: Callable[..., Any]  # (checkpoint) -> torch.nn.Module, imports torch lazily
-    describe: Callable[[Mapping[str, Any]], dict[str, Any]]  # config -> manifest metadata
+    read_config: Callable[[Mapping[str, Any]], Any]
+    reference: str
+
+    def build_reference(self, checkpoint: Any) -> Any:
+        module, _, name = self.reference.partition(":")
+        return getattr(importlib.import_module(module), name)(checkpoint)
+
+    def recognises(self, config: Mapping[str, Any]) -> bool:
+        archs = config.get("architectures") or []
+        return any(a in self.architectures for a in archs) or config.get("model_type") in self.model_types
 
 
-def _registry() -> dict[Family, FamilySpec]:
+class Registry:
+    """The family table: rows are added explicitly (``register``); a duplicate is an error, never an override."""
+
+    def __init__(self) -> None:
+        self._rows: dict[Family, FamilySpec] = {}
+
+    def register(self, spec: FamilySpec) -> FamilySpec:
+        if spec.family in self._rows:
+            raise ValueError(f"family {spec.family.value!r} is registered already")
+        self._rows[spec.family] = spec
+        return spec
+
+    def unregister(self, family: Family) -> None:
+        """Remove a row (for tests that register a throwaway family)."""
+        self._rows.pop(family, None)
+
+    def __iter__(self) -> Iterator[Family]:
+        return iter(self._rows)
+
+    def __contains__(self, family: object) -> bool:
+        return family in self._rows
+
+    def values(self) -> Iterator[FamilySpec]:
+        return iter(list(self._rows.values()))
+
+    def names(self) -> str:
+        return ", ".join(f.value for f in self._rows)
+
+    def get(self, family: Family | str) -> FamilySpec:
+        key = family if isinstance(family, Family) else Family(str(family).strip().lower())
+        try:
+            return self._rows[key]
+        except KeyError:
+            raise UnsupportedError(
+                f"model family {key.value!r} is not supported yet; supported: {self.names()}"
+            ) from None
+
+    def detect(self, config: Mapping[str, Any]) -> FamilySpec:
+        """The family of a checkpoint config, by its ``architectures`` or ``model_type``."""
+        archs = config.get("architectures") or []
+        if not isinstance(archs, list):
+            raise CheckpointError(f"config.json: 'architectures' must be a list, got {type(archs).__name__}")
+        for spec in self._rows.values():
+            if spec.recognises(config):
+                return spec
+        seen = ", ".join(map(str, archs)) if archs else f"model_type={config.get('model_type')!r}"
+        known = ", ".join(a for s in self._rows.values() for a in s.architectures)
+        raise UnsupportedError(
+            f"unsupported architecture ({seen}); supported families: {self.names()} (architectures: {known})"
+        )
+
+
+def _builtin() -> Registry:
     from . import lfm2
 
-    table: dict[Family, FamilySpec] = {}
+    table = Registry()
     for spec in (lfm2.SPEC,):
-        if spec.family in table:
-            raise RuntimeError(f"family {spec.family.value} registered twice")
-        table[spec.family] = spec
+        table.register(spec)
     return table
 
 
-FAMILIES: Mapping[Family, FamilySpec] = _registry()
-
-
-def supported_names() -> str:
-    return ", ".join(f.value for f in FAMILIES)
+FAMILIES = _builtin()
 
 
 def get(family: Family | str) -> FamilySpec:
-    try:
-        return FAMILIES[Family(family)]
-    except (ValueError, KeyError):
-        name = family.value if isinstance(family, Family) else family
-        raise UnsupportedError(f"model family {name!r} is not supported yet; supported: {supported_names()}") from None
+    return FAMILIES.get(family)
 
 
 def detect(config: Mapping[str, Any]) -> FamilySpec:
-    """Pick the family of a Hugging Face config by its ``architectures`` or ``model_type``."""
-    archs = config.get("architectures") or []
-    if not isinstance(archs, list):
-        raise CheckpointError(f"config.json: 'architectures' must be a list, got {type(archs).__name__}")
-    model_type = config.get("model_type")
-    for spec in FAMILIES.values():
-        if any(a in spec.architectures for a in archs) or model_type in spec.model_types:
-            return spec
-    seen = ", ".join(archs) if archs else f"model_type={model_type!r}"
-    raise UnsupportedError(
-        f"unsupported architecture ({seen}); supported families: {supported_names()} "
-        f"(architectures: {', '.join(a for s in FAMILIES.values() for a in s.architectures)})"
-    )
+    return FAMILIES.detect(config)
+
+
+def supported_names() -> str:
+    return FAMILIES.names()

@@ -22,14 +22,6 @@ def random_tokens(rng: random.Random, vocab: int, n: int) -> list[int]:
     return [rng.randrange(vocab) for _ in range(n)]
 
 
-def _vocab(session: Any) -> int:
-    v = session.manifest.get("model", {}).get("vocab_size")
-    if v:
-        return int(v)
-    llm = getattr(session, "_llm", None)
-    return int(llm.n_vocab()) if llm is not None else 32000
-
-
 def _stepped(session: SteppableSession, case: Case, tokens: list[int], depth_tokens: list[int]) -> Sample:
     session.reset()
     if depth_tokens:
@@ -71,7 +63,7 @@ def run_case(
     threads: int | None,
     extras: Mapping[str, Any] | None = None,
 ) -> CaseResult:
-    vocab = _vocab(session)
+    vocab = session.vocab_size
     steppable = isinstance(session, SteppableSession)
 
     def once() -> Sample:

@@ -25,15 +25,6 @@ from typing import Any, Mapping
 
 from ..errors import EdgekitError
 
-# engine -> (importable modules it needs, the runtime extra that installs them)
-ENGINE_MODULES: Mapping[str, tuple[tuple[str, ...], str]] = {
-    "llama.cpp": (("numpy", "llama_cpp"), "gguf"),
-    "onnxruntime": (("numpy", "onnxruntime", "tokenizers"), "onnx"),
-    "onnxruntime-genai": (("numpy", "onnxruntime_genai"), "onnx-genai"),
-    "executorch": (("numpy", "executorch", "torch", "tokenizers"), "executorch"),
-}
-
-
 def emit(event: str, **fields: Any) -> None:
     sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
     sys.stdout.flush()
@@ -55,15 +46,18 @@ def peak_rss_mb() -> float:
 
 
 def missing_modules(engine: str) -> tuple[list[str], str]:
+    """(modules of ``engine`` that cannot be imported here, the pip extra that installs them)."""
     import importlib.util
 
-    modules, extra = ENGINE_MODULES.get(engine, (("numpy",), engine))
-    return [m for m in modules if importlib.util.find_spec(m) is None], extra
+    from ..runtimes.engines import ENGINES, Engine
+
+    spec = ENGINES[Engine.parse(engine, "profile request")]
+    return [m for m in spec.modules if importlib.util.find_spec(m) is None], spec.extra
 
 
 def op_profile(req: Mapping[str, Any]) -> None:
     from ..bundle import read_manifest
-    from ..runtimes import ENGINES, load
+    from ..runtimes import Engine, load
     from . import method, weights
     from .values import TG, ProfileSpec
 
@@ -79,8 +73,7 @@ def op_profile(req: Mapping[str, Any]) -> None:
     options: dict[str, Any] = {}
     if threads:
         options["n_threads"] = threads
-    factory = ENGINES.get(engine)
-    if factory and factory[0] == "llamacpp":  # the llama.cpp context must hold depth + test tokens
+    if engine == Engine.LLAMA_CPP.value:  # the llama.cpp context must hold depth + test tokens
         options["n_ctx"] = max(spec.max_context + 8, 512)
     files = manifest.get("files", {})
     try:

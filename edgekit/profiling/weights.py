@@ -17,7 +17,6 @@ GGUF_MAGIC = b"GGUF"
 # GGUF metadata value types -> struct format of a scalar (8 = string, 9 = array handled separately)
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
-KV_BYTES = {"llama.cpp": 2}  # KV cache element size per engine (llama.cpp keeps it in f16); others: fp32
 
 
 def _read(f: BinaryIO, fmt: str) -> Any:
@@ -79,7 +78,7 @@ def gguf_tensor_bytes(path: Path) -> dict[str, int]:
 
 def weight_bytes(root: Path, manifest: Mapping[str, Any]) -> int:
     """Bytes of weights read per decoded token (see the module docstring)."""
-    artifact = manifest.get("artifact", {}).get("artifact")
+    artifact = manifest.get("artifact", {}).get("file")
     if manifest.get("format") == "gguf" and artifact:
         sizes = gguf_tensor_bytes(Path(root) / artifact)
         total = sum(sizes.values())
@@ -96,17 +95,18 @@ def weight_bytes(root: Path, manifest: Mapping[str, Any]) -> int:
 
 
 def kv_bytes_per_position(manifest: Mapping[str, Any]) -> int:
-    """Bytes of K and V one context position holds across all attention layers (0 if unknown)."""
-    m = manifest.get("model", {})
+    """Bytes of K and V one context position holds across all attention layers (0 if unknown): the model kind
+    records the values per position; the engine table, the bytes per value of the engine's cache."""
+    from ..runtimes.engines import ENGINES, Engine
+
     try:
-        attn = sum(1 for t in m.get("layer_types", []) if "attention" in str(t))
-        head_dim = int(m["hidden_size"]) // int(m["num_heads"])
-        elem = KV_BYTES.get(str(manifest.get("engine")), 4)
-        if manifest.get("plan", {}).get("quant", {}).get("name") == "f32":
-            elem = 4  # edgekit runs F32 GGUF bundles with an F32 KV cache
-        return attn * 2 * int(m["num_kv_heads"]) * head_dim * elem
-    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        values = int(manifest.get("model", {}).get("kv_values_per_position") or 0)
+        elem = ENGINES[Engine(manifest.get("engine"))].kv_bytes
+    except (TypeError, ValueError):
         return 0
+    if manifest.get("plan", {}).get("quant", {}).get("name") == "f32":
+        elem = 4  # edgekit runs F32 GGUF bundles with an F32 KV cache
+    return values * elem
 
 
 def decode_bytes(weights: int, manifest: Mapping[str, Any], depth: int, n: int) -> int:

@@ -1,5 +1,5 @@
-"""Eager LFM2 module -> ``.pte``: quantise, torch.export with a dynamic token dimension, lower to XNNPACK,
-add the LLM runner's metadata methods, serialise (optionally with the LoRA weights in a separate ``.ptd``)."""
+"""An eager (already quantised) module -> ``.pte``: torch.export, lower to XNNPACK, add constant methods,
+serialise — optionally moving tagged constants to ``.ptd`` data files (a separate LoRA adapter, a shared table)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,6 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from . import model as M
-from .quant import LinearQuant, quantize_embedding, quantize_linears, share_embedding_with_head
-
-LORA_DATA = "adapter"  # -> adapter.ptd
-SHARED_DATA = "model"  # -> model.ptd: the tied embedding / LM head table, stored once
 
 
 @dataclass(frozen=True)
@@ -41,16 +36,20 @@ def _delegation(program: Any) -> tuple[int, dict[str, int]]:
 
 
 def lower(
-    eager: M.Lfm2,
+    module: torch.nn.Module,
+    example_inputs: tuple[Any, ...],
+    dynamic_shapes: Any,
     out_dir: Path,
     artifact: str,
-    linear: LinearQuant | None,
-    embedding_bits: int | None,
     metadata: Mapping[str, Any],
-    separate_lora: bool,
-    share_embedding: bool,
     progress: Callable[[str], None],
+    tag: Callable[[str], str | None] | None = None,
 ) -> Lowered:
+    """Export ``module`` (eval mode, quantised already) to ``out_dir/artifact``.
+
+    ``metadata``: constant methods (name -> value) for ExecuTorch's runners; ``tag(constant name)`` -> the
+    ``.ptd`` file stem a constant goes to, or None for inside the ``.pte`` (XNNPACK keeps the tag of the weights
+    it takes; the serialiser stores byte-identical tagged data once)."""
     # import here: executorch's kernels must be registered before export references them
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
@@ -59,49 +58,24 @@ def lower(
     from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
     import executorch.kernels.quantized  # noqa: F401  (quantized_decomposed.embedding_* for tracing)
 
-    def tag(name: str) -> str | None:
-        """The .ptd file a constant goes to (None: inside the .pte).  The shared table is tagged under both its
-        uses (gather and LM head); the serialiser stores byte-identical data once."""
-        if separate_lora and "lora_" in name:
-            return LORA_DATA
-        if share_embedding and ("embed_tokens" in name or "lm_head" in name):
-            return SHARED_DATA
-        return None
-
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    eager = eager.eval()
-    with torch.no_grad():
-        if embedding_bits is not None:
-            quantize_embedding(eager, embedding_bits)
-        if linear is not None:
-            progress(f"quantising linear layers ({linear.describe()})")
-            quantize_linears(eager, linear)
-        if share_embedding:
-            share_embedding_with_head(eager, linear)
-    seconds["quantize"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    s = eager.shape
-    tokens = torch.export.Dim("tokens", min=1, max=s.context - 1)
-    progress("torch.export (dynamic token dimension)")
+    progress("torch.export" + (" (dynamic shapes)" if dynamic_shapes else ""))
     with torch.no_grad(), torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
-        ep = torch.export.export(eager, M.example_inputs(), dynamic_shapes=({1: tokens}, {0: 1}), strict=True)
+        ep = torch.export.export(module, example_inputs, dynamic_shapes=dynamic_shapes, strict=True)
         ep = ep.run_decompositions({})  # unwraps torchao's tensor subclasses into dq/linear patterns
-        if separate_lora or share_embedding:
-            # tag the weights that go to a .ptd file; XNNPACK keeps the tag of the ones it takes
+        if tag is not None:
             unlifted = ep.module()
             delegate_external_constants_pass_unlifted(unlifted, lambda node: tag(f"{node.target} {node.name}"))
-            ep = torch.export.export(unlifted, M.example_inputs(), dynamic_shapes=({1: tokens}, {0: 1}), strict=True)
+            ep = torch.export.export(unlifted, example_inputs, dynamic_shapes=dynamic_shapes, strict=True)
     seconds["export"] = time.perf_counter() - t
 
     t = time.perf_counter()
     progress("lowering to XNNPACK")
     # one partitioner: its quantised-linear patterns and every float op it supports
-    partitioners = [XnnpackPartitioner()]
     edge = to_edge_transform_and_lower(
         ep,
-        partitioner=partitioners,
+        partitioner=[XnnpackPartitioner()],
         compile_config=EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True),
         constant_methods=dict(metadata),
     )
@@ -116,13 +90,13 @@ def lower(
             do_quant_fusion_and_const_prop=True,
             memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
             sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass(),
-            external_constants=(lambda node: tag(node.name)) if separate_lora or share_embedding else False,
+            external_constants=(lambda node: tag(node.name)) if tag is not None else False,
         )
     )
     files = [artifact]
     with open(out_dir / artifact, "wb") as f:
         program.write_to_file(f)
-    if separate_lora or share_embedding:
+    if tag is not None:
         before = set(p.name for p in out_dir.iterdir())
         program.write_tensor_data_to_file(str(out_dir))
         files += sorted(set(p.name for p in out_dir.iterdir()) - before)

@@ -1,6 +1,7 @@
-"""edgekit's ExecuTorch quantisations -> torchao configs (linears) and packed embedding tables.
+"""edgekit's ExecuTorch quantisations -> torchao configs (linears, by a module-name -> config map) and packed
+embedding tables.
 
-The one place where a ``QuantSpec`` becomes something torchao / ExecuTorch understands.  Linears use torchao's
+The one place where a ``QuantSpec`` becomes something torchao / ExecuTorch understands (``linear_quant``).  Linears use torchao's
 ``Int8DynamicActivationIntxWeightConfig`` with the *unpacked* int8 layout: XNNPACK recognises its
 dequantise/linear pattern and runs it as a dynamically-quantised GEMM (the ``opaque_torchao_auto`` layout that
 export_llm's ``torchao:8da8w`` mode picks needs torchao's own kernel library, which the pip wheel lacks).
@@ -10,10 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Mapping
+
 import torch
 from torch import nn
 
-ALGORITHMS = ("affine", "hqq")
+from ...plan import QuantSpec
+from . import LinearOptions
 
 
 @dataclass(frozen=True)
@@ -21,19 +25,14 @@ class LinearQuant:
     weight_bits: int  # 4 or 8
     group_size: int | None  # None: one scale per output channel
     algorithm: str = "affine"  # "hqq": torchao's HQQ scale search (slower, sometimes better at 4 bits)
-    head_bits: int | None = None  # the output projection (tied LM head) at other bits; None = weight_bits
 
     def describe(self) -> str:
         g = f"group {self.group_size}" if self.group_size else "per channel"
-        head = f", LM head int{self.head_bits}" if self.head else ""
-        return f"int8 dynamic activations, int{self.weight_bits} weights, {g}, {self.algorithm}{head}"
+        return f"int8 dynamic activations, int{self.weight_bits} weights, {g}, {self.algorithm}"
 
-    @property
-    def head(self) -> "LinearQuant | None":
-        """The LM head's own quantisation when it differs (XNNPACK's int8-weight GEMM is per-channel only)."""
-        if self.head_bits is None or self.head_bits == self.weight_bits:
-            return None
-        return LinearQuant(self.head_bits, None if self.head_bits == 8 else self.group_size, self.algorithm)
+    def at_bits(self, bits: int) -> "LinearQuant":
+        """The same scheme at other weight bits (XNNPACK's int8-weight GEMM is per-channel only)."""
+        return LinearQuant(bits, None if bits == 8 else self.group_size, self.algorithm)
 
     def config(self):
         from torchao.quantization import Int8DynamicActivationIntxWeightConfig
@@ -46,20 +45,29 @@ class LinearQuant:
         )
 
 
-def quantize_linears(model: nn.Module, q: LinearQuant) -> None:
-    """Quantise every base linear in place; LoRA A/B stay float32 (tiny, and kept exact for a separate adapter)."""
+def linear_quant(quant: QuantSpec, options: LinearOptions) -> LinearQuant | None:
+    """The plan's quant + validated options -> ``LinearQuant`` (None for float32)."""
+    if quant.is_float:
+        return None
+    return LinearQuant(int(quant.weight_bits), options.group(quant), options.weight_algorithm)
+
+
+def quantize_linears(model: nn.Module, q: LinearQuant, overrides: Mapping[str, LinearQuant] | None = None) -> None:
+    """Quantise every linear in place with ``q``, except the modules named in ``overrides`` (module name ->
+    its own config; e.g. a tied LM head at 8 bits).  LoRA A/B stay float32 (tiny, and kept exact for a separate
+    adapter); a linear whose input width is not a multiple of the group size stays float."""
     from torchao.quantization import quantize_
 
-    head = q.head
+    overrides = dict(overrides or {})
 
     def wanted(m: nn.Module, fqn: str) -> bool:
-        if not isinstance(m, nn.Linear) or ".lora_" in f".{fqn}" or (head is not None and fqn == "lm_head"):
+        if not isinstance(m, nn.Linear) or ".lora_" in f".{fqn}" or fqn in overrides:
             return False
         return q.group_size is None or m.in_features % q.group_size == 0
 
     quantize_(model, q.config(), filter_fn=wanted)
-    if head is not None:
-        quantize_(model, head.config(), filter_fn=lambda m, fqn: fqn == "lm_head")
+    for name, config in overrides.items():
+        quantize_(model, config.config(), filter_fn=lambda m, fqn, name=name: fqn == name)
 
 
 class QuantizedEmbedding(nn.Module):
@@ -106,24 +114,18 @@ class QuantizedEmbedding(nn.Module):
         )
 
 
-def quantize_embedding(model: nn.Module, bits: int, group_size: int = 32) -> None:
-    model.embed_tokens = QuantizedEmbedding.quantize(model.embed_tokens.weight.detach(), bits, group_size)
+def quantize_embedding(model: nn.Module, name: str, bits: int, group_size: int = 32) -> None:
+    """Replace the ``nn.Embedding`` child ``name`` of ``model`` by a 4/8-bit ``QuantizedEmbedding``."""
+    setattr(model, name, QuantizedEmbedding.quantize(getattr(model, name).weight.detach(), bits, group_size))
 
 
-def head_bits(q: LinearQuant | None) -> int:
-    """Bits of the LM head's weights under ``q`` (32: float)."""
-    if q is None:
-        return 32
-    return q.head_bits or q.weight_bits
-
-
-def share_embedding_with_head(model: nn.Module, q: LinearQuant | None) -> None:
-    """Make the token embedding read the tied LM head's table (float32, or int8 per channel): after
-    serialisation one copy of the table serves both.  An int4 head has no gather kernel, so it cannot."""
-    bits = head_bits(q)
+def share_embedding_with_head(model: nn.Module, embedding: str, head: str, bits: int) -> None:
+    """Make the child embedding ``embedding`` read the tied linear ``head``'s table (``bits`` 32: float32, or 8:
+    int8 per channel): after serialisation one copy of the table serves both.  An int4 head has no gather
+    kernel, so it cannot."""
     if bits == 32:
-        model.embed_tokens.weight = model.lm_head.weight
+        getattr(model, embedding).weight = getattr(model, head).weight
     elif bits == 8:
-        model.embed_tokens = QuantizedEmbedding.from_int8_head(model.lm_head.weight)
+        setattr(model, embedding, QuantizedEmbedding.from_int8_head(getattr(model, head).weight))
     else:
         raise ValueError(f"an int{bits} LM head cannot share its table with the embedding")

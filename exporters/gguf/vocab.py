@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from ...errors import CheckpointError, UnsupportedError
-from ...families import Family
 
 # The GPT-2 split regex, which the `tokenizers` ByteLevel pre-tokenizer applies when use_regex is true.
 GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
@@ -33,8 +32,6 @@ PRETOKENIZERS: dict[tuple[str, ...], str] = {
     (LLAMA3,): "llama-bpe",
     (QWEN2,): "qwen2",
 }
-# Where llama.cpp has a family-specific name for the same regex (it also sets that family's BPE options).
-FAMILY_NAMES: dict[tuple[Family, str], str] = {(Family.LFM2, "llama-bpe"): "lfm2"}
 KNOWN_NAMES = ("gpt-2", "llama-bpe", "lfm2", "qwen2", "default")
 
 
@@ -69,7 +66,9 @@ def split_regexes(tokenizer: dict[str, Any]) -> tuple[str, ...]:
     return tuple(regexes)
 
 
-def pretokenizer_name(tokenizer: dict[str, Any], family: Family, override: str | None = None) -> str:
+def pretokenizer_name(tokenizer: dict[str, Any], aliases: Mapping[str, str], override: str | None = None) -> str:
+    """llama.cpp's pre-tokenizer name; ``aliases`` maps a generic name to the family's own name for the same
+    split (llama.cpp also sets that family's BPE options by it), e.g. LFM2's ``llama-bpe`` -> ``lfm2``."""
     if override:
         return override
     regexes = split_regexes(tokenizer)
@@ -79,10 +78,12 @@ def pretokenizer_name(tokenizer: dict[str, Any], family: Family, override: str |
             f"tokenizer: split regex {regexes!r} matches no llama.cpp pre-tokenizer edgekit knows; "
             f"name one with --pretokenizer (e.g. {', '.join(KNOWN_NAMES)})"
         )
-    return FAMILY_NAMES.get((family, name), name)
+    return aliases.get(name, name)
 
 
-def build_vocab(tokenizer_path: Path, n_vocab: int, family: Family, override: str | None = None) -> Vocab:
+def build_vocab(
+    tokenizer_path: Path, n_vocab: int, aliases: Mapping[str, str], override: str | None = None
+) -> Vocab:
     import gguf
 
     try:
@@ -92,7 +93,7 @@ def build_vocab(tokenizer_path: Path, n_vocab: int, family: Family, override: st
     model = tokenizer.get("model") or {}
     if model.get("type") != "BPE":
         raise UnsupportedError(f"{tokenizer_path}: tokenizer model {model.get('type')!r}; GGUF export supports BPE")
-    pre = pretokenizer_name(tokenizer, family, override)
+    pre = pretokenizer_name(tokenizer, aliases, override)
     tokens: dict[int, tuple[str, int]] = {i: (t, gguf.TokenType.NORMAL) for t, i in model["vocab"].items()}
     for added in tokenizer.get("added_tokens", []):
         kind = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
@@ -110,8 +111,11 @@ def build_vocab(tokenizer_path: Path, n_vocab: int, family: Family, override: st
     return Vocab(tokens=out_tokens, types=out_types, pretokenizer=pre, padded=padded)
 
 
-def add_to_writer(writer: Any, checkpoint_dir: Path, vocab: Vocab, metadata: dict[str, Any]) -> None:
-    """Vocabulary, merges, special ids, add-bos flag and chat template."""
+def add_to_writer(
+    writer: Any, checkpoint_dir: Path, vocab: Vocab, bos: int | None, eos: Sequence[int], pad: int | None
+) -> None:
+    """Vocabulary, merges, special ids (the config's ``bos``/``eos``/``pad`` where the tokenizer files name none),
+    add-bos flag and chat template."""
     import gguf
 
     writer.add_tokenizer_model("gpt2")
@@ -122,9 +126,7 @@ def add_to_writer(writer: Any, checkpoint_dir: Path, vocab: Vocab, metadata: dic
     if not special.merges:
         raise CheckpointError(f"{checkpoint_dir}: tokenizer.json has no BPE merges")
     # Fall back to the config's ids where the tokenizer files do not name them.
-    for kind, key in (("bos", "bos_id"), ("pad", "pad_id")):
-        if kind not in special.special_token_ids and metadata.get(key) is not None:
-            special.special_token_ids[kind] = int(metadata[key])
-    if "eos" not in special.special_token_ids and metadata.get("eos_ids"):
-        special.special_token_ids["eos"] = int(metadata["eos_ids"][0])
+    for kind, value in (("bos", bos), ("pad", pad), ("eos", eos[0] if eos else None)):
+        if kind not in special.special_token_ids and value is not None:
+            special.special_token_ids[kind] = int(value)
     special.add_to_gguf(writer, quiet=True)

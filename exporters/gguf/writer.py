@@ -5,52 +5,50 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from ...errors import EdgekitError, UnsupportedError
 from ...plan import QuantSpec
 
-# quant name -> (tensor type edgekit writes, llama.cpp ftype that llama_model_quantize converts it to).
-# K-quants need llama.cpp's own quantiser (the gguf package has no K-quant encoder), so those are written
-# as F32 first and re-quantised: the same path llama.cpp's converter + llama-quantize take.
-GGML_PLAN: dict[str, tuple[str, str | None]] = {
-    "f32": ("F32", None),
-    "f16": ("F16", None),
-    "bf16": ("BF16", None),
-    "q8_0": ("Q8_0", None),
-    "q4_0": ("F32", "LLAMA_FTYPE_MOSTLY_Q4_0"),
-    "q4_k_m": ("F32", "LLAMA_FTYPE_MOSTLY_Q4_K_M"),
-    "q5_k_m": ("F32", "LLAMA_FTYPE_MOSTLY_Q5_K_M"),
-    "q6_k": ("F32", "LLAMA_FTYPE_MOSTLY_Q6_K"),
+from gguf import GGMLQuantizationType as Q
+from gguf import LlamaFileType as FT
+
+# quant name -> (tensor type edgekit writes, file type recorded in the header, llama.cpp file type that
+# llama_model_quantize converts the file to or None).  K-quants need llama.cpp's own quantiser (the gguf package
+# has no K-quant encoder), so those are written as F32 first and re-quantised: the same path llama.cpp's
+# converter + llama-quantize take.
+GGML_PLAN: dict[str, tuple[Q, FT, FT | None]] = {
+    "f32": (Q.F32, FT.ALL_F32, None),
+    "f16": (Q.F16, FT.MOSTLY_F16, None),
+    "bf16": (Q.BF16, FT.MOSTLY_BF16, None),
+    "q8_0": (Q.Q8_0, FT.MOSTLY_Q8_0, None),
+    "tq1_0": (Q.TQ1_0, FT.MOSTLY_TQ1_0, None),
+    "tq2_0": (Q.TQ2_0, FT.MOSTLY_TQ2_0, None),
+    "q4_0": (Q.F32, FT.ALL_F32, FT.MOSTLY_Q4_0),
+    "q4_k_m": (Q.F32, FT.ALL_F32, FT.MOSTLY_Q4_K_M),
+    "q5_k_m": (Q.F32, FT.ALL_F32, FT.MOSTLY_Q5_K_M),
+    "q6_k": (Q.F32, FT.ALL_F32, FT.MOSTLY_Q6_K),
 }
-FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}
-# llama.cpp keeps these in F32 whatever the file type (the depthwise conv kernel is [L_cache, hidden]).
-KEEP_F32 = ("shortconv.conv.weight",)
 
 
-def ggml_plan(spec: QuantSpec) -> tuple[Any, int | None]:
-    """Translate a QuantSpec to (GGMLQuantizationType written directly, llama.cpp ftype or None)."""
-    import gguf
-
+def ggml_plan(spec: QuantSpec) -> tuple[Q, FT, FT | None]:
+    """Translate a QuantSpec to (tensor type written directly, header file type, llama.cpp file type or None)."""
     if spec.name not in GGML_PLAN:
         raise UnsupportedError(f"GGUF cannot store quantisation {spec.name!r}; valid: {', '.join(GGML_PLAN)}")
-    direct, ftype = GGML_PLAN[spec.name]
-    if ftype is None:
-        return gguf.GGMLQuantizationType[direct], None
-    import llama_cpp
-
-    return gguf.GGMLQuantizationType[direct], int(getattr(llama_cpp, ftype))
+    return GGML_PLAN[spec.name]
 
 
-def tensor_type(name: str, array: np.ndarray, wanted: Any) -> Any:
-    """The type one tensor is written as: norms, the conv kernel and rows that do not fill a block stay float."""
+def tensor_type(name: str, array: np.ndarray, wanted: Any, keep_f32: tuple[str, ...] = ()) -> Any:
+    """The type one tensor is written as: norms, names ending in ``keep_f32`` (tensors llama.cpp's graph reads
+    as F32 whatever the file type) and rows that do not fill a block stay float."""
     import gguf
 
-    if array.ndim < 2 or name.endswith(KEEP_F32):
+    if array.ndim < 2 or name.endswith(keep_f32):
         return gguf.GGMLQuantizationType.F32
     block, _ = gguf.GGML_QUANT_SIZES[wanted]
     if array.shape[-1] % block:
@@ -73,8 +71,9 @@ def write_gguf(
     arch: str,
     metadata_writer: Any,
     tensors: Mapping[str, np.ndarray],
-    qtype: Any,
-    file_type: int | None,
+    qtype: Q,
+    file_type: FT,
+    keep_f32: tuple[str, ...] = (),
 ) -> None:
     """``metadata_writer(writer)`` adds the architecture and vocabulary keys; tensors use GGUF names."""
     import gguf
@@ -82,11 +81,10 @@ def write_gguf(
     writer = gguf.GGUFWriter(str(path), arch)
     try:
         metadata_writer(writer)
-        if file_type is not None:
-            writer.add_file_type(file_type)
+        writer.add_file_type(int(file_type))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         for name, array in tensors.items():
-            data, raw = encode(array, tensor_type(name, array, qtype))
+            data, raw = encode(array, tensor_type(name, array, qtype, keep_f32))
             writer.add_tensor(name, data, raw_dtype=raw)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -95,12 +93,45 @@ def write_gguf(
         writer.close()
 
 
-def requantize(src: Path, dst: Path, ftype: int, threads: int | None = None) -> None:
+def write(
+    out_dir: Path,
+    spec: QuantSpec,
+    arch: str,
+    metadata_writer: Callable[[Any], None],
+    tensors: Mapping[str, np.ndarray],
+    progress: Callable[[str], None],
+    keep_f32: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Write ``model.gguf`` into ``out_dir`` at quantisation ``spec``; returns the manifest's artifact section.
+
+    Types the ``gguf`` package encodes are written directly; the others are written as F32 to a staging file
+    and converted by llama.cpp's quantiser (the staging file is removed)."""
+    from . import ARTIFACT
+
+    qtype, file_type, ftype = ggml_plan(spec)
+    target = out_dir / ARTIFACT
+    staged = out_dir / "model-f32.gguf.partial" if ftype is not None else target
+    t0 = time.perf_counter()
+    progress(f"writing GGUF tensors as {qtype.name}")
+    write_gguf(staged, arch, metadata_writer, tensors, qtype, file_type, keep_f32)
+    if ftype is not None:
+        progress(f"quantising to {spec.name.upper()} with llama.cpp")
+        requantize(staged, target, ftype)
+        staged.unlink()
+    return {
+        "file": ARTIFACT,
+        "arch": arch,
+        "tensor_types": tensor_types(target),
+        "export_seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def requantize(src: Path, dst: Path, ftype: FT, threads: int | None = None) -> None:
     import llama_cpp
 
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp logs every tensor otherwise
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = ftype
+    params.ftype = int(ftype)
     params.nthread = threads or os.cpu_count() or 1
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:

@@ -11,11 +11,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ...errors import EdgekitError
-from ...families.lfm2 import Lfm2Shape
+from typing import Mapping
 
-# op types that must appear in the optimised graph (checked by op type -> minimum count)
-FUSED_FLOAT = {"SkipSimplifiedLayerNormalization": 1}
+from ...errors import InternalError
+
 # the kernel every weight matmul must end up in, per quant (a plain MatMul on a weight is a silent fallback)
 QUANT_KERNELS = {
     "int8": ("MatMulNBits",),
@@ -50,8 +49,10 @@ def tensor_types(path: Path) -> dict[str, int]:
     return dict(sorted(names.items()))
 
 
-def optimized_graph(path: Path, shape: Lfm2Shape, quant: str) -> dict[str, int]:
-    """Op-type counts of the graph ONNX Runtime runs after ORT_ENABLE_ALL; raises if a fused kernel is missing."""
+def optimized_graph(path: Path, required: Mapping[str, int], quant: str) -> dict[str, int]:
+    """Op-type counts of the graph ONNX Runtime runs after ORT_ENABLE_ALL.  ``required`` (op type -> minimum
+    count) comes from the family file; raises InternalError if a required kernel is missing, or if a weight
+    matmul of a quantised export did not end up in a quantised kernel."""
     import onnx
     import onnxruntime as ort
 
@@ -70,11 +71,6 @@ def optimized_graph(path: Path, shape: Lfm2Shape, quant: str) -> dict[str, int]:
         float_matmuls = [
             n.name for n in model.graph.node if n.op_type in ("MatMul", "FusedMatMul") and n.input[1] in init
         ]
-    required = dict(FUSED_FLOAT)
-    if "full_attention" in shape.layer_types:
-        required["GroupQueryAttention"] = shape.layer_types.count("full_attention")
-    if "conv" in shape.layer_types:
-        required["CausalConvWithState"] = shape.layer_types.count("conv")
     missing = [f"{op} (expected {n}, found {counts.get(op, 0)})" for op, n in required.items() if counts.get(op, 0) < n]
     if quant in QUANT_KERNELS:
         if not any(counts.get(op, 0) for op in QUANT_KERNELS[quant]):
@@ -82,8 +78,7 @@ def optimized_graph(path: Path, shape: Lfm2Shape, quant: str) -> dict[str, int]:
         if float_matmuls:
             missing.append(f"quantised kernels for {', '.join(float_matmuls[:4])}")
     if missing:
-        raise EdgekitError(
-            f"{path}: ONNX Runtime did not map the graph onto its fused CPU kernels: missing {'; '.join(missing)}. "
-            "This is an edgekit bug for this onnxruntime version; please report it with `pip show onnxruntime`."
+        raise InternalError(
+            f"{path}: ONNX Runtime did not map the graph onto its fused CPU kernels: missing {'; '.join(missing)}"
         )
     return dict(sorted(counts.items()))

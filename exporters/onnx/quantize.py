@@ -16,16 +16,27 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from ...errors import UnsupportedError
-from .graph import LM_HEAD
+from ...errors import InternalError, UnsupportedError
+from ...plan import QuantSpec
+from . import BLOCKWISE, OnnxOptions
 
-LM_HEAD_NODE = "lm_head/MatMul"
-BLOCKWISE = ("int8", "int4")
-EMBED_NODES = ("embed/Transpose", "embed/Gather")
+
+@dataclass(frozen=True)
+class TiedHead:
+    """Where a family graph keeps a tied embedding / LM head, so the quantiser can share the head's blocks.
+
+    ``weight``: the [hidden, vocab] initializer; ``node``: the LM head MatMul's name; ``embed_nodes``: the
+    nodes (a Transpose feeding a Gather) that read the float table for the embedding; ``gather``: the Gather's
+    name among them."""
+
+    weight: str
+    node: str
+    embed_nodes: tuple[str, ...]
+    gather: str
 
 
 @dataclass(frozen=True)
@@ -48,41 +59,25 @@ class OnnxQuant:
                 "head_bits": self.head_bits}
 
 
-def _int_option(options: Mapping[str, Any], key: str, default: int, allowed: tuple[int, ...]) -> int:
-    raw = options.get(key, default)
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        value = None
-    if value not in allowed:
-        raise UnsupportedError(f"onnx option {key}={raw!r} is not valid; choose one of {', '.join(map(str, allowed))}")
-    return value
-
-
-def native(name: str, options: Mapping[str, Any]) -> OnnxQuant:
-    """Validate the options against the quantisation they modify."""
-    blockwise = sorted(k for k in ("block_size", "accuracy_level") if k in options)
-    if name not in BLOCKWISE and blockwise:
-        raise UnsupportedError(f"onnx options {', '.join(blockwise)} apply to --quant int8 / int4 only, not {name}")
-    if name != "int4" and "head_bits" in options:
-        raise UnsupportedError(f"onnx option head_bits applies to --quant int4 only, not {name}")
+def native(quant: QuantSpec, options: OnnxOptions) -> OnnxQuant:
+    """The plan's quant and validated options in this exporter's native form (the only place they are mapped)."""
     return OnnxQuant(
-        name=name,
-        block_size=_int_option(options, "block_size", 32, (16, 32, 64, 128, 256)),
-        accuracy_level=_int_option(options, "accuracy_level", 4, (0, 1, 2, 3, 4)),
-        head_bits=_int_option(options, "head_bits", 4, (4, 8)) if name == "int4" else 8,
+        name=quant.name,
+        block_size=options.block_size,
+        accuracy_level=options.accuracy_level,
+        head_bits=(options.head_bits or 4) if quant.name == "int4" else 8,
     )
 
 
-def apply(model: Any, q: OnnxQuant) -> Any:
-    """The float32 ModelProto from ``graph.build`` -> the quantised ModelProto."""
+def apply(model: Any, q: OnnxQuant, head: TiedHead | None = None) -> Any:
+    """A float32 ModelProto -> the quantised ModelProto; ``head`` names a tied embedding / LM head to keep shared."""
     if q.name == "fp32":
         return model
     if q.name == "fp16":
         return _fp16(model)
     if q.name in BLOCKWISE:
-        return _blockwise(model, q)
-    raise UnsupportedError(f"onnx quantisation {q.name!r} has no implementation")
+        return _blockwise(model, q, head)
+    raise InternalError(f"onnx quantisation {q.name!r} has no implementation")
 
 
 def _fp16(model: Any) -> Any:
@@ -93,7 +88,7 @@ def _fp16(model: Any) -> Any:
     return convert_float_to_float16(model, keep_io_types=["logits"], disable_shape_infer=True, op_block_list=[])
 
 
-def _blockwise(model: Any, q: OnnxQuant) -> Any:
+def _blockwise(model: Any, q: OnnxQuant, head: TiedHead | None) -> Any:
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
@@ -110,17 +105,19 @@ def _blockwise(model: Any, q: OnnxQuant) -> Any:
         quant.process()
         return quant.model.model
 
-    model = run(model, q.bits, None, [LM_HEAD_NODE])
-    model = run(model, q.head_bits, [LM_HEAD_NODE], None)
-    return _tie_quantized_embedding(model, q)
+    if head is None:
+        return run(model, q.bits, None, None)
+    model = run(model, q.bits, None, [head.node])
+    model = run(model, q.head_bits, [head.node], None)
+    return _tie_quantized_embedding(model, q, head)
 
 
-def _tie_quantized_embedding(model: Any, q: OnnxQuant) -> Any:
+def _tie_quantized_embedding(model: Any, q: OnnxQuant, tied: TiedHead) -> Any:
     """Replace Transpose(lm_head float) -> Gather by GatherBlockQuantized over the LM head's quantised blocks."""
     from onnx import helper, numpy_helper
 
     g = model.graph
-    head = next((n for n in g.node if n.name.startswith(LM_HEAD_NODE) and n.op_type == "MatMulNBits"), None)
+    head = next((n for n in g.node if n.name.startswith(tied.node) and n.op_type == "MatMulNBits"), None)
     if head is None:
         raise UnsupportedError(f"{q.name}: the LM head was not quantised to MatMulNBits; cannot share it with the embedding")
     blocks, scales = head.input[1], head.input[2]
@@ -128,8 +125,8 @@ def _tie_quantized_embedding(model: Any, q: OnnxQuant) -> Any:
         raise UnsupportedError(f"{q.name}: asymmetric LM head blocks cannot be shared with GatherBlockQuantized")
     inits = {t.name: t for t in g.initializer}
     n_rows, n_blocks, blob = inits[blocks].dims  # [vocab, hidden / block, block * bits / 8]
-    old = [n for n in g.node if n.name in EMBED_NODES]
-    gather = next(n for n in old if n.op_type == "Gather")
+    old = [n for n in g.node if n.name in tied.embed_nodes]
+    gather = next(n for n in old if n.name == tied.gather)
     for n in old:
         g.node.remove(n)
     shape_name = "embed/packed_shape"
@@ -138,12 +135,12 @@ def _tie_quantized_embedding(model: Any, q: OnnxQuant) -> Any:
         # [vocab, blocks, blob] -> [vocab, hidden * bits / 8]: the row layout GatherBlockQuantized expects
         helper.make_node("Reshape", [blocks, shape_name], ["embed/packed"], name="embed/Reshape"),
         helper.make_node(
-            "GatherBlockQuantized", ["embed/packed", "input_ids", scales], [gather.output[0]], name="embed/Gather",
+            "GatherBlockQuantized", ["embed/packed", gather.input[1], scales], [gather.output[0]], name=tied.gather,
             domain="com.microsoft", bits=q.head_bits, block_size=q.block_size, gather_axis=0, quantize_axis=1,
         ),
     ]
     for k, n in enumerate(new):
         g.node.insert(k, n)
-    if not any(LM_HEAD in n.input for n in g.node):
-        g.initializer.remove(inits[LM_HEAD])
+    if not any(tied.weight in n.input for n in g.node):
+        g.initializer.remove(inits[tied.weight])
     return model

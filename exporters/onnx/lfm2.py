@@ -1,4 +1,4 @@
-"""The LFM2 decoder as an ONNX graph with explicit state, written directly from the merged float32 weights.
+"""LFM2 -> ONNX: the decoder as an ONNX graph with explicit state, written directly from the merged float32 weights.
 
 The graph is generated op by op (no tracing) so that it uses ONNX Runtime's fused CPU kernels from the start:
 ``GroupQueryAttention`` (rotary embedding and the KV cache append inside the kernel), ``CausalConvWithState``
@@ -18,28 +18,38 @@ makes it optional: engines that do not know it (onnxruntime-genai) get logits fo
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from ...families.lfm2 import Lfm2Shape
+from ...families.lfm2 import Lfm2Config
+from .. import ExportJob
+from . import ARTIFACT, DATA, builder, check, quantize
+from .builder import MS_DOMAIN, GraphBuilder
+from .quantize import TiedHead
 
-OPSET = 21
-MS_DOMAIN = "com.microsoft"
 LOGITS_TO_KEEP = "logits_to_keep"
-# names shared with the quantiser: the tied embedding / LM head matrix, stored once as [hidden, vocab]
-LM_HEAD = "lm_head.MatMul.weight"
+GENAI_CONFIG = "genai_config.json"
+# the tied embedding / LM head matrix, stored once as [hidden, vocab]; the quantiser keeps it shared
+TIED_HEAD = TiedHead(
+    weight="lm_head.MatMul.weight", node="lm_head/MatMul", embed_nodes=("embed/Transpose", "embed/Gather"),
+    gather="embed/Gather",
+)
+LM_HEAD = TIED_HEAD.weight
 
 
-def state_inputs(s: Lfm2Shape) -> dict[str, list[Any]]:
+def state_inputs(s: Lfm2Config) -> dict[str, list[Any]]:
     """State input name -> shape (symbolic dims as strings), in layer order."""
     out: dict[str, list[Any]] = {}
     for i, kind in enumerate(s.layer_types):
         if kind == "full_attention":
             for kv in ("key", "value"):
-                out[f"past_key_values.{i}.{kv}"] = ["batch_size", s.kv_heads, "past_sequence_length", s.head_dim]
+                out[f"past_key_values.{i}.{kv}"] = ["batch_size", s.num_key_value_heads, "past_sequence_length", s.head_dim]
         else:
-            out[f"past.{i}.conv"] = ["batch_size", s.hidden, s.conv_cache]
+            out[f"past.{i}.conv"] = ["batch_size", s.hidden_size, s.conv_cache]
     return out
 
 
@@ -47,50 +57,14 @@ def present_name(past: str) -> str:
     return past.replace("past_key_values.", "present.").replace("past.", "present.")
 
 
-class _Builder:
-    """Accumulates nodes and initializers; every intermediate gets a unique, readable name."""
-
-    def __init__(self) -> None:
-        import onnx
-
-        self.onnx = onnx
-        self.nodes: list[Any] = []
-        self.inits: list[Any] = []
-        self._consts: dict[str, str] = {}
-
-    def op(self, op_type: str, inputs: list[str], name: str, n_out: int = 1, outputs: list[str] | None = None,
-           domain: str = "", **attrs: Any) -> list[str]:
-        outs = outputs or [f"{name}/out{k}" for k in range(n_out)]
-        self.nodes.append(self.onnx.helper.make_node(op_type, inputs, outs, name=name, domain=domain, **attrs))
-        return outs
-
-    def init(self, name: str, array: np.ndarray) -> str:
-        self.inits.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array), name))
-        return name
-
-    def i64(self, values: list[int]) -> str:
-        key = "const/i64/" + "_".join(str(v) for v in values)
-        if key not in self._consts:
-            self._consts[key] = self.init(key, np.array(values, dtype=np.int64))
-        return self._consts[key]
-
-
-def _rope_tables(shape: Lfm2Shape) -> tuple[np.ndarray, np.ndarray]:
-    # HF's default RoPE (rotate-half layout, which is GroupQueryAttention's rotary_interleaved=0)
-    hd = shape.head_dim
-    inv_freq = 1.0 / (shape.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
-    angles = np.outer(np.arange(shape.context, dtype=np.float64), inv_freq)
-    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
-
-
-def build(weights: Mapping[str, np.ndarray], shape: Lfm2Shape) -> Any:
+def build(weights: Mapping[str, np.ndarray], shape: Lfm2Config) -> Any:
     """The float32 ModelProto (weights inside; the caller saves them as external data)."""
     from onnx import TensorProto, helper
 
-    b = _Builder()
+    b = GraphBuilder()
     w = weights
     s = shape
-    eps = float(s.eps)
+    eps = float(s.norm_eps)
 
     def matmul(x: str, hf_name: str, name: str) -> str:
         # HF stores Linear weights [out, in]; MatMul wants [in, out]
@@ -103,7 +77,7 @@ def build(weights: Mapping[str, np.ndarray], shape: Lfm2Shape) -> Any:
     total = b.op("Shape", ["attention_mask"], "mask/Shape")[0]
     total = b.op("Gather", [total, b.init("const/i64/scalar1", np.array(1, dtype=np.int64))], "mask/Gather", axis=0)[0]
     total_len = b.op("Cast", [total], "mask/total_len", to=TensorProto.INT32)[0]
-    cos, sin = _rope_tables(s)
+    cos, sin = s.rope_tables()
     cos_name, sin_name = b.init("cos_cache", cos), b.init("sin_cache", sin)
 
     # tied embedding: one [hidden, vocab] matrix; the Transpose feeding the Gather is constant-folded at load
@@ -151,25 +125,20 @@ def build(weights: Mapping[str, np.ndarray], shape: Lfm2Shape) -> Any:
     ]
     # declared with one position, as the builder declares a pruned LM head: onnxruntime-genai reads this
     # dimension to size its logits buffer (ONNX Runtime only notes the mismatch when logits_to_keep=0)
-    outputs = [helper.make_tensor_value_info("logits", f32, ["batch_size", 1, s.vocab])]
+    outputs = [helper.make_tensor_value_info("logits", f32, ["batch_size", 1, s.vocab_size])]
     for name, dims in state_inputs(s).items():
         inputs.append(helper.make_tensor_value_info(name, f32, dims))
         out_dims = [("total_sequence_length" if d == "past_sequence_length" else d) for d in dims]
         outputs.append(helper.make_tensor_value_info(present_name(name), f32, out_dims))
     inputs.append(helper.make_tensor_value_info(LOGITS_TO_KEEP, TensorProto.INT64, [1]))
 
-    graph = helper.make_graph(b.nodes, "lfm2", inputs, outputs, initializer=b.inits)
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)], producer_name="edgekit"
-    )
-    model.ir_version = 10  # readable by onnxruntime >= 1.16
-    return model
+    return b.model("lfm2", inputs, outputs)
 
 
-def _attention(b: _Builder, w: Mapping[str, np.ndarray], s: Lfm2Shape, i: int, x: str, seqlens_k: str,
+def _attention(b: GraphBuilder, w: Mapping[str, np.ndarray], s: Lfm2Config, i: int, x: str, seqlens_k: str,
                total_len: str, cos: str, sin: str, matmul: Any) -> str:
     p = f"model.layers.{i}.self_attn"
-    hd, nq, nkv = s.head_dim, s.heads * s.head_dim, s.kv_heads * s.head_dim
+    hd, nq, nkv = s.head_dim, s.num_attention_heads * s.head_dim, s.num_key_value_heads * s.head_dim
     # one [hidden, q+k+v] matmul instead of three: one weight stream and one kernel call per token
     qkv_w = np.concatenate([w[f"{p}.q_proj.weight"], w[f"{p}.k_proj.weight"], w[f"{p}.v_proj.weight"]], axis=0)
     qkv = b.op("MatMul", [x, b.init(f"{p}.qkv_proj.weight", qkv_w.T)], f"l{i}/attn/qkv_proj")[0]
@@ -179,7 +148,7 @@ def _attention(b: _Builder, w: Mapping[str, np.ndarray], s: Lfm2Shape, i: int, x
         # LFM2 normalises every head separately: [B, S, n*hd] -> [B, S*n, hd] -> RMSNorm -> back
         gamma = b.init(f"{p}.{which}.weight", w[f"{p}.{which}.weight"])
         r = b.op("Reshape", [t, b.i64([0, -1, hd])], f"l{i}/attn/{which}/Reshape1")[0]
-        n = b.op("SimplifiedLayerNormalization", [r, gamma], f"l{i}/attn/{which}", axis=-1, epsilon=float(s.eps),
+        n = b.op("SimplifiedLayerNormalization", [r, gamma], f"l{i}/attn/{which}", axis=-1, epsilon=float(s.norm_eps),
                  stash_type=1)[0]
         return b.op("Reshape", [n, b.i64([0, -1, width])], f"l{i}/attn/{which}/Reshape2")[0]
 
@@ -191,8 +160,8 @@ def _attention(b: _Builder, w: Mapping[str, np.ndarray], s: Lfm2Shape, i: int, x
         f"l{i}/attn/GroupQueryAttention",
         outputs=[f"l{i}/attn/out", f"present.{i}.key", f"present.{i}.value"],
         domain=MS_DOMAIN,
-        num_heads=s.heads,
-        kv_num_heads=s.kv_heads,
+        num_heads=s.num_attention_heads,
+        kv_num_heads=s.num_key_value_heads,
         scale=float(1.0 / np.sqrt(hd)),
         do_rotary=1,
         rotary_interleaved=0,
@@ -201,9 +170,9 @@ def _attention(b: _Builder, w: Mapping[str, np.ndarray], s: Lfm2Shape, i: int, x
     return matmul(attn, f"{p}.out_proj.weight", f"{p}.out_proj")
 
 
-def _short_conv(b: _Builder, w: Mapping[str, np.ndarray], s: Lfm2Shape, i: int, x: str, matmul: Any) -> str:
+def _short_conv(b: GraphBuilder, w: Mapping[str, np.ndarray], s: Lfm2Config, i: int, x: str, matmul: Any) -> str:
     p = f"model.layers.{i}.conv"
-    h = s.hidden
+    h = s.hidden_size
     proj = matmul(x, f"{p}.in_proj.weight", f"{p}.in_proj")
     # CausalConvWithState works channels-first: [B, S, 3H] -> [B, 3H, S]
     proj = b.op("Transpose", [proj], f"l{i}/conv/Transpose1", perm=[0, 2, 1])[0]
@@ -222,3 +191,117 @@ def _short_conv(b: _Builder, w: Mapping[str, np.ndarray], s: Lfm2Shape, i: int, 
     y = b.op("Mul", [gate_c, conv], f"l{i}/conv/Mul2")[0]
     y = b.op("Transpose", [y], f"l{i}/conv/Transpose2", perm=[0, 2, 1])[0]
     return matmul(y, f"{p}.out_proj.weight", f"{p}.out_proj")
+
+
+# decoding defaults: greedy, like edgekit's SamplingParams
+SEARCH = {
+    "diversity_penalty": 0.0,
+    "do_sample": False,
+    "early_stopping": True,
+    "length_penalty": 1.0,
+    "min_length": 0,
+    "no_repeat_ngram_size": 0,
+    "num_beams": 1,
+    "num_return_sequences": 1,
+    # the KV buffers are allocated once at max_length and written in place by GroupQueryAttention
+    "past_present_share_buffer": True,
+    "repetition_penalty": 1.0,
+    "temperature": 1.0,
+    "top_k": 50,
+    "top_p": 1.0,
+}
+
+
+def genai_config(shape: Lfm2Config) -> dict[str, Any]:
+    """``genai_config.json`` as onnxruntime-genai's own LFM2 builder writes it (model type ``lfm2``, per-layer
+    ``layer_types``, ``conv_cache_size``, name patterns of the state inputs and outputs)."""
+    eos = list(shape.eos_token_ids)
+    return {
+        "model": {
+            "bos_token_id": shape.bos_token_id,
+            "context_length": shape.max_position_embeddings,
+            "decoder": {
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "filename": ARTIFACT,
+                "head_size": shape.head_dim,
+                "hidden_size": shape.hidden_size,
+                "inputs": {
+                    "input_ids": "input_ids",
+                    "attention_mask": "attention_mask",
+                    "past_key_names": "past_key_values.%d.key",
+                    "past_value_names": "past_key_values.%d.value",
+                    "past_conv_names": "past.%d.conv",
+                },
+                "outputs": {
+                    "logits": "logits",
+                    "present_key_names": "present.%d.key",
+                    "present_value_names": "present.%d.value",
+                    "present_conv_names": "present.%d.conv",
+                },
+                "num_attention_heads": shape.num_attention_heads,
+                "num_hidden_layers": len(shape.layer_types),
+                "num_key_value_heads": shape.num_key_value_heads,
+                "layer_types": list(shape.layer_types),
+                "conv_cache_size": shape.conv_cache,
+            },
+            "eos_token_id": eos[0] if len(eos) == 1 else eos,
+            "pad_token_id": shape.pad_token_id if shape.pad_token_id is not None else (eos[0] if eos else 0),
+            "type": "lfm2",
+            "vocab_size": shape.vocab_size,
+        },
+        "search": {**SEARCH, "max_length": shape.max_position_embeddings},
+    }
+
+
+def state_manifest(s: Lfm2Config) -> dict[str, Any]:
+    """What the runtime allocates per state input, so it needs no knowledge of LFM2: the present output it
+    pairs with, the shape (``"context"`` where the context length goes) and how it is updated: ``in_place``
+    (one buffer bound as past and present; GroupQueryAttention appends the new KV rows into it) or ``swap``
+    (two buffers, present written into the spare, swapped after each call: the conv state)."""
+    out: dict[str, Any] = {}
+    for name, dims in state_inputs(s).items():
+        kv = name.startswith("past_key_values.")
+        shape = [1, *("context" if d == "past_sequence_length" else d for d in dims[1:])]
+        out[name] = {"present": present_name(name), "shape": shape, "update": "in_place" if kv else "swap"}
+    return out
+
+
+def required_kernels(s: Lfm2Config) -> dict[str, int]:
+    """Fused kernels the optimised graph must contain (op type -> minimum count)."""
+    required = {"SkipSimplifiedLayerNormalization": 1}
+    if s.attention_layers:
+        required["GroupQueryAttention"] = s.attention_layers
+    if s.layer_types.count("conv"):
+        required["CausalConvWithState"] = s.layer_types.count("conv")
+    return required
+
+
+def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
+    q = quantize.native(job.plan.quant, job.plan.options)
+    cfg = job.config
+    t0 = time.perf_counter()
+    job.progress("building the ONNX graph (float32)")
+    model = build(job.weights, cfg)
+    if q.name != "fp32":
+        job.progress(f"quantising to {q.name} with onnxruntime's tools")
+        model = quantize.apply(model, q, TIED_HEAD)
+    job.progress(f"writing {ARTIFACT}")
+    builder.save(model, out_dir)
+    del model
+    (out_dir / GENAI_CONFIG).write_text(json.dumps(genai_config(cfg), indent=4) + "\n", encoding="utf-8")
+    job.progress("checking the graph ONNX Runtime optimises it into (fused kernels)")
+    report = check.optimized_graph(out_dir / ARTIFACT, required_kernels(cfg), q.name)
+    return {
+        "file": ARTIFACT,
+        "external_data": DATA,
+        "genai_config": GENAI_CONFIG,
+        "quant": q.to_dict(),
+        "signature": check.signature(out_dir / ARTIFACT),
+        "tensor_types": check.tensor_types(out_dir / ARTIFACT),
+        "state": state_manifest(cfg),
+        "logits_to_keep": {"input": LOGITS_TO_KEEP, "default": 1, "all": 0},
+        "session_options": {"graph_optimization_level": "ORT_ENABLE_ALL"},
+        "optimized_ops": report,
+        "libraries": builder.versions(),
+        "export_seconds": round(time.perf_counter() - t0, 2),
+    }

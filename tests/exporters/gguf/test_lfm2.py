@@ -8,10 +8,11 @@ import pytest
 
 from conftest import exported
 from edgekit.bundle import read_manifest
-from edgekit.exporters import EXPORTERS
-from edgekit.plan import Target
+from edgekit.families import Family
+from edgekit.plan import Format
+from parity import quants, recipe
 
-GGUF = EXPORTERS[Target.GGUF]
+GGUF = recipe(Family.LFM2, Format.GGUF)
 # the tensor type each quant must actually put in the file (llama.cpp falls back silently otherwise)
 EXPECTED_TYPE = {
     "f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0",
@@ -19,7 +20,7 @@ EXPECTED_TYPE = {
 }
 
 
-@pytest.mark.parametrize("quant", list(GGUF.quants))
+@pytest.mark.parametrize("quant", quants(Family.LFM2, Format.GGUF))
 def test_builtin_with_adapter(export_cache, quant):
     bundle = exported(export_cache, "builtin:lfm2-tiny", "gguf", quant, adapter="builtin:lfm2-tiny-lora")
     m = read_manifest(bundle)

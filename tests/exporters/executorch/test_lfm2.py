@@ -22,11 +22,13 @@ from factory import make_lfm2, make_lora  # noqa: E402
 from edgekit.builtin import ROOT as BUILTIN  # noqa: E402
 from edgekit.bundle import read_manifest, write_manifest  # noqa: E402
 from edgekit.errors import BundleError, EdgekitError, UnsupportedError  # noqa: E402
-from edgekit.exporters import EXPORTERS  # noqa: E402
-from edgekit.plan import Target  # noqa: E402
+from edgekit.families import Family  # noqa: E402
+from edgekit.families.lfm2 import Lfm2Config  # noqa: E402
+from edgekit.plan import Format  # noqa: E402
+from parity import quants, recipe  # noqa: E402
 
-ET = EXPORTERS[Target.EXECUTORCH]
-REPO = Path(__file__).resolve().parents[1]
+ET = recipe(Family.LFM2, Format.EXECUTORCH)
+REPO = Path(__file__).resolve().parents[3]
 HAVE_BUILTIN = (BUILTIN / "lfm2-tiny" / "model.safetensors").is_file() and (
     BUILTIN / "lfm2-tiny-lora" / "adapter_model.safetensors"
 ).is_file()
@@ -62,10 +64,10 @@ def _check_report(bundle: Path, quant: str) -> dict:
 
 # -- params.json derivation ----------------------------------------------------------------------------------
 def test_params_full_size_lfm2_350m():
-    from edgekit.exporters.executorch.params import params_from_hf
+    from edgekit.exporters.executorch.lfm2 import params_json
 
     cfg = json.loads((REPO / "bench/configs/lfm2-350m.json").read_text())
-    p = params_from_hf(cfg)
+    p = params_json(Lfm2Config.from_hf(cfg))
     assert p["hidden_dim"] == 4608  # 6656 auto-adjusted: int(2 * 6656 / 3) = 4437 -> next multiple of 256
     assert (p["dim"], p["n_layers"], p["n_heads"], p["n_kv_heads"], p["vocab_size"]) == (1024, 16, 16, 8, 65536)
     assert [i for i, t in enumerate(p["layer_types"]) if t == "full_attention"] == [2, 5, 8, 10, 12, 14]
@@ -83,7 +85,7 @@ def test_params_full_size_lfm2_350m():
     ],
 )
 def test_params_feed_forward_auto_adjust(overrides, hidden_dim):
-    from edgekit.exporters.executorch.params import params_from_hf
+    from edgekit.exporters.executorch.lfm2 import params_json
 
     cfg = {
         "hidden_size": 256, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -92,17 +94,17 @@ def test_params_feed_forward_auto_adjust(overrides, hidden_dim):
         "layer_types": ["full_attention", "conv", "conv"],
     }
     cfg.update(overrides)
-    assert params_from_hf(cfg)["hidden_dim"] == hidden_dim
+    assert params_json(Lfm2Config.from_hf(cfg))["hidden_dim"] == hidden_dim
 
 
 def test_params_load_into_executorch_model_args():
     """export_llm's own ModelArgs takes the file as is and keeps our hidden_dim (it recomputes only when absent)."""
     from executorch.examples.models.llama.model_args import ModelArgs
 
-    from edgekit.exporters.executorch.params import params_from_hf
+    from edgekit.exporters.executorch.lfm2 import params_json
 
     cfg = json.loads((REPO / "bench/configs/lfm2-350m.json").read_text())
-    args = ModelArgs(**params_from_hf(cfg))
+    args = ModelArgs(**params_json(Lfm2Config.from_hf(cfg)))
     assert args.hidden_dim == 4608 and args.head_dim == 64 and args.rope_freq_base == 1e6
 
 
@@ -201,7 +203,7 @@ def test_shared_embedding_stores_the_table_once(export_cache, rand_lfm2, rand_fp
 
 # -- parity: the built-in trained model, every quant, with its adapter --------------------------------------
 @needs_builtin
-@pytest.mark.parametrize("quant", list(ET.quants))
+@pytest.mark.parametrize("quant", quants(Family.LFM2, Format.EXECUTORCH))
 def test_builtin_with_adapter(export_cache, quant):
     bundle = _export(export_cache, "builtin:lfm2-tiny", quant, adapter="builtin:lfm2-tiny-lora")
     m = _check_report(bundle, quant)

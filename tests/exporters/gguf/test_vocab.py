@@ -7,7 +7,7 @@ import pytest
 from edgekit.builtin import ROOT
 from edgekit.errors import UnsupportedError
 from edgekit.exporters.gguf import vocab
-from edgekit.families import Family
+from edgekit.exporters.gguf.lfm2 import PRETOKENIZER_ALIASES as LFM2
 
 
 def split(regex):
@@ -24,22 +24,22 @@ def split(regex):
 
 def test_builtin_tokenizer_is_gpt2():
     tok = json.loads((ROOT / "lfm2-tiny" / "tokenizer.json").read_text())
-    assert vocab.pretokenizer_name(tok, Family.LFM2) == "gpt-2"
+    assert vocab.pretokenizer_name(tok, LFM2) == "gpt-2"
 
 
 def test_llama3_regex_maps_to_lfm2_for_lfm2():
     # the split LFM2's published tokenizer uses; llama.cpp's "lfm2" pre-type implements it
-    assert vocab.pretokenizer_name(split(vocab.LLAMA3), Family.LFM2) == "lfm2"
+    assert vocab.pretokenizer_name(split(vocab.LLAMA3), LFM2) == "lfm2"
 
 
 def test_qwen2_regex():
-    assert vocab.pretokenizer_name(split(vocab.QWEN2), Family.LFM2) == "qwen2"
+    assert vocab.pretokenizer_name(split(vocab.QWEN2), LFM2) == "qwen2"
 
 
 def test_unknown_regex_fails_and_names_the_override():
     with pytest.raises(UnsupportedError, match="--pretokenizer"):
-        vocab.pretokenizer_name(split(r"\w+|\s+"), Family.LFM2)
-    assert vocab.pretokenizer_name(split(r"\w+|\s+"), Family.LFM2, override="gpt-2") == "gpt-2"
+        vocab.pretokenizer_name(split(r"\w+|\s+"), LFM2)
+    assert vocab.pretokenizer_name(split(r"\w+|\s+"), LFM2, override="gpt-2") == "gpt-2"
 
 
 def test_non_byte_level_is_refused():
@@ -50,5 +50,5 @@ def test_non_byte_level_is_refused():
 
 
 def test_padded_vocab_gets_placeholders():
-    v = vocab.build_vocab(ROOT / "lfm2-tiny" / "tokenizer.json", 4096 + 8, Family.LFM2)
+    v = vocab.build_vocab(ROOT / "lfm2-tiny" / "tokenizer.json", 4096 + 8, LFM2)
     assert v.padded == 8 and v.tokens[-1] == "[PAD4103]" and len(v.types) == 4104

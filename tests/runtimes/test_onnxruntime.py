@@ -116,11 +116,11 @@ def test_conv_state_shape_inconsistent_with_manifest(bundle, tmp_path):
     bad = tmp_path / "bad-state"
     shutil.copytree(bundle, bad)
     m = read_manifest(bad)
-    m["artifact"]["state"]["conv_cache"] = 3
+    m["artifact"]["state"]["past.0.conv"]["shape"][2] = 3
     write_manifest(bad, m)
     import edgekit
 
-    with pytest.raises(BundleError, match="conv state"):
+    with pytest.raises(BundleError, match="state past.0.conv"):
         edgekit.load(bad)
 
 

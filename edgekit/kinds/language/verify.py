@@ -9,15 +9,14 @@ checkpoint's own tokenizer does.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import EdgekitError
-from .plan import Thresholds
+from ...errors import EdgekitError
+from .. import Report
 
 WINDOW = 512
 MIN_TOKENS = 2048
@@ -27,36 +26,6 @@ GREEDY_PROMPT = 48
 
 def heldout_text() -> str:
     return resources.files("edgekit").joinpath("data/heldout.txt").read_text(encoding="utf-8")
-
-
-@dataclass(frozen=True)
-class Report:
-    metrics: dict[str, Any]
-    thresholds: dict[str, Any]
-    failures: list[str] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed}
-
-    def table(self) -> str:
-        t = self.thresholds
-        m = self.metrics
-        rows = [
-            ("top-1 agreement", f"{m['top1']:.4f}", f">= {t['min_top1']}"),
-            ("mean KL", f"{m['mean_kl']:.2e}", f"<= {t['max_mean_kl']:.0e}"),
-            ("max |Δlogit|", f"{m['max_abs_logit']:.2e}", f"<= {t['max_abs_logit']}" if t["max_abs_logit"] else "-"),
-            ("greedy prefix", f"{m['greedy_prefix']}/{m['greedy_tokens']}", f">= {t['min_greedy_prefix']}"),
-            ("tokenizer match", str(m["tokenizer_match"]), "True"),
-            ("text prompt match", str(m.get("text_prompt_match", "-")), "True"),
-        ]
-        lines = [f"{'metric':<18} {'measured':>12}  {'threshold':<12}"]
-        lines += [f"{a:<18} {b:>12}  {c:<12}" for a, b, c in rows]
-        lines.append(f"{m['tokens']} tokens in {m['windows']} windows: {'PASS' if self.passed else 'FAIL'}")
-        return "\n".join(lines)
 
 
 def compare_logits(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
@@ -92,40 +61,24 @@ def greedy_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def check(metrics: dict[str, Any], t: Thresholds) -> list[str]:
-    fails = []
-    if metrics["top1"] < t.min_top1:
-        fails.append(f"top-1 agreement {metrics['top1']:.4f} < {t.min_top1}")
-    if metrics["mean_kl"] > t.max_mean_kl:
-        fails.append(f"mean KL {metrics['mean_kl']:.3e} > {t.max_mean_kl:.1e}")
-    if t.max_abs_logit is not None and metrics["max_abs_logit"] > t.max_abs_logit:
-        fails.append(f"max |Δlogit| {metrics['max_abs_logit']:.3e} > {t.max_abs_logit}")
-    if metrics["greedy_prefix"] < t.min_greedy_prefix:
-        fails.append(f"greedy tokens diverge at {metrics['greedy_prefix']} < {t.min_greedy_prefix}")
-    if not metrics["tokenizer_match"]:
-        fails.append("the engine tokenizes the held-out text differently from the checkpoint's tokenizer")
-    if not metrics.get("text_prompt_match", True):
-        fails.append("greedy generation from the text prompt differs from generation from its token ids")
-    return fails
-
-
 def run(
     session: Any,
     reference: Any,
-    tokenizer_path: Path,
-    thresholds: Thresholds,
+    root: Path,
+    thresholds: Any,
     text: str | None = None,
     window: int = WINDOW,
     min_tokens: int = MIN_TOKENS,
     progress: Callable[[str], None] = print,
 ) -> Report:
-    """Compare ``session`` (any LanguageSession) with ``reference`` (the merged torch model)."""
+    """Compare ``session`` (any LanguageSession) with ``reference`` (the merged torch model, from the bundle at
+    ``root``, whose ``tokenizer.json`` is the checkpoint's); ``thresholds`` is a ``language.Thresholds``."""
     from tokenizers import Tokenizer
 
-    from . import reference as ref_mod
+    from ... import reference as ref_mod
 
     text = heldout_text() if text is None else text
-    tok = Tokenizer.from_file(str(tokenizer_path))
+    tok = Tokenizer.from_file(str(Path(root) / "tokenizer.json"))
     ids = tok.encode(text, add_special_tokens=False).ids
     bos = session.manifest.get("model", {}).get("bos_id") if session.manifest.get("model", {}).get("add_bos") else None
     window = min(window, int(getattr(session, "n_ctx", window)))
@@ -139,7 +92,7 @@ def run(
         totals = {k: max(totals[k], part[k]) if k == "max_abs" else totals[k] + part[k] for k in totals}
     prompt = wins[0][:GREEDY_PROMPT]
     progress(f"verify: {GREEDY_TOKENS} greedy tokens")
-    from .runtimes import SamplingParams
+    from ...runtimes import SamplingParams
 
     ref_greedy = ref_mod.greedy(reference, prompt, GREEDY_TOKENS)
     got = session.generate(prompt, SamplingParams(max_tokens=GREEDY_TOKENS, stop_at_eos=False)).tokens
@@ -163,4 +116,7 @@ def run(
         "tokenizer_match": session.tokenize(sample, add_special=False) == tok.encode(sample, add_special_tokens=False).ids,
         "text_sha256": hashlib.sha256(text.encode()).hexdigest(),
     }
-    return Report(metrics=metrics, thresholds=thresholds.to_dict(), failures=check(metrics, thresholds))
+    return Report(
+        metrics=metrics, thresholds=thresholds.to_dict(), failures=thresholds.check(metrics),
+        rows=thresholds.rows(metrics), summary=f"{metrics['tokens']} tokens in {metrics['windows']} windows",
+    )

@@ -12,17 +12,18 @@ import pytest
 
 from conftest import exported
 from edgekit.bundle import read_manifest
-from edgekit.exporters import EXPORTERS
-from edgekit.plan import Target
+from edgekit.families import Family
+from edgekit.plan import Format
 from factory import make_lfm2
+from parity import quants, recipe
 
-ONNX = EXPORTERS[Target.ONNX]
+ONNX = recipe(Family.LFM2, Format.ONNX)
 BASE, LORA = "builtin:lfm2-tiny", "builtin:lfm2-tiny-lora"
 # the kernel each quant must leave in the optimised graph (ONNX Runtime falls back to float silently otherwise)
 KERNEL = {"fp32": "MatMul", "fp16": "MatMul", "int8": "MatMulNBits", "int4": "MatMulNBits"}
 
 
-@pytest.mark.parametrize("quant", list(ONNX.quants))
+@pytest.mark.parametrize("quant", quants(Family.LFM2, Format.ONNX))
 def test_builtin_with_adapter(export_cache, quant):
     bundle = exported(export_cache, BASE, "onnx", quant, adapter=LORA)
     m = read_manifest(bundle)

@@ -1,0 +1,68 @@
+"""The model-kind layer: what a language model and a solver each mean for verification, golden outputs, the
+manifest's ``model``/``io`` sections and the session a bundle opens as.
+
+One explicit table, ``KINDS``, maps each ``ModelKind`` to the module implementing it.  Every kind module exposes
+the same names: ``Thresholds`` (a frozen value with ``check(metrics) -> failures``), ``metadata(checkpoint)``
+and ``io(checkpoint)`` (manifest sections), ``bundle_files(checkpoint)`` (files copied into the bundle beside
+the artifact), ``verify(session, reference, root, thresholds, progress) -> Report``, and ``write_golden`` /
+``compare_golden`` for on-device checks.  Kind modules import numpy at most at the top; torch only inside the
+functions that run the reference.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict, dataclass, field
+from types import ModuleType
+from typing import Any, Mapping
+
+from ..families import ModelKind
+
+KINDS: Mapping[ModelKind, str] = {
+    ModelKind.LANGUAGE: "edgekit.kinds.language",
+    ModelKind.SOLVER: "edgekit.kinds.solver",
+}
+
+
+def behaviour(kind: ModelKind | str) -> ModuleType:
+    """The module implementing ``kind``."""
+    return importlib.import_module(KINDS[ModelKind(kind)])
+
+
+@dataclass(frozen=True)
+class Report:
+    """A verification result: metrics, the thresholds they were held to, failures, and the rows of its table."""
+
+    metrics: dict[str, Any]
+    thresholds: dict[str, Any]
+    failures: list[str] = field(default_factory=list)
+    rows: list[tuple[str, str, str]] = field(default_factory=list)  # (metric, measured, threshold)
+    summary: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("rows")
+        return {**d, "passed": self.passed}
+
+    def table(self) -> str:
+        lines = [f"{'metric':<18} {'measured':>12}  {'threshold':<12}"]
+        lines += [f"{a:<18} {b:>12}  {c:<12}" for a, b, c in self.rows]
+        lines.append(f"{self.summary}: {'PASS' if self.passed else 'FAIL'}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class DeviceCheck:
+    """Verification metrics measured on a device against golden outputs, and the failures."""
+
+    metrics: Mapping[str, Any]
+    thresholds: Mapping[str, Any]
+    failures: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures

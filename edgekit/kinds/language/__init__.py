@@ -1,0 +1,110 @@
+"""The language-model kind: tokenizer in, token logits out (LFM2, BitNet).
+
+Verification (``verify``): teacher-forced top-1 / mean KL / max |Δlogit| against the merged PyTorch reference,
+greedy generation, tokenizer agreement.  Golden outputs (``golden``) carry the same check to a device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from .golden import compare as compare_golden
+from .golden import write as write_golden
+from .verify import run as verify
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Pass criteria of the teacher-forced parity check for one (family, format, quant) recipe."""
+
+    min_top1: float
+    max_mean_kl: float
+    max_abs_logit: float | None = None  # only meaningful for float exports
+    min_greedy_prefix: int = 0  # greedy tokens that must equal the reference before the first divergence
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Thresholds":
+        return cls(**{k: d[k] for k in ("min_top1", "max_mean_kl", "max_abs_logit", "min_greedy_prefix") if k in d})
+
+    def check(self, m: Mapping[str, Any]) -> list[str]:
+        """Failures of metrics ``m`` against these thresholds (one line each); NaN never passes."""
+        fails = []
+        if not m["top1"] >= self.min_top1:
+            fails.append(f"top-1 agreement {m['top1']:.4f} < {self.min_top1}")
+        if not m["mean_kl"] <= self.max_mean_kl:
+            fails.append(f"mean KL {m['mean_kl']:.3e} > {self.max_mean_kl:.1e}")
+        if self.max_abs_logit is not None and not m["max_abs_logit"] <= self.max_abs_logit:
+            fails.append(f"max |Δlogit| {m['max_abs_logit']:.3e} > {self.max_abs_logit}")
+        if m["greedy_prefix"] < self.min_greedy_prefix:
+            fails.append(f"greedy tokens diverge at {m['greedy_prefix']} < {self.min_greedy_prefix}")
+        if not m["tokenizer_match"]:
+            fails.append("the engine tokenizes the held-out text differently from the checkpoint's tokenizer")
+        if not m.get("text_prompt_match", True):
+            fails.append("greedy generation from the text prompt differs from generation from its token ids")
+        return fails
+
+    def rows(self, m: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+        return [
+            ("top-1 agreement", f"{m['top1']:.4f}", f">= {self.min_top1}"),
+            ("mean KL", f"{m['mean_kl']:.2e}", f"<= {self.max_mean_kl:.0e}"),
+            ("max |Δlogit|", f"{m['max_abs_logit']:.2e}", f"<= {self.max_abs_logit}" if self.max_abs_logit else "-"),
+            ("greedy prefix", f"{m['greedy_prefix']}/{m['greedy_tokens']}", f">= {self.min_greedy_prefix}"),
+            ("tokenizer match", str(m["tokenizer_match"]), "True"),
+            ("text prompt match", str(m.get("text_prompt_match", "-")), "True"),
+        ]
+
+
+def bundle_files(checkpoint: Any) -> list[Path]:
+    """The tokenizer files that travel with the artifact."""
+    return [checkpoint.path / n for n in TOKENIZER_FILES if (checkpoint.path / n).is_file()]
+
+
+def metadata(checkpoint: Any) -> dict[str, Any]:
+    """The manifest's ``model`` section: what a session needs to tokenize, stop and size its context."""
+    from tokenizers import Tokenizer
+
+    cfg = checkpoint.model_config
+    eos = set(cfg.eos_token_ids)
+    gen_eos = checkpoint.generation_config.get("eos_token_id")
+    if gen_eos is not None:
+        eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+    tok = Tokenizer.from_file(str(checkpoint.path / "tokenizer.json"))
+    with_special = tok.encode("a", add_special_tokens=True).ids
+    plain = tok.encode("a", add_special_tokens=False).ids
+    bos = cfg.bos_token_id
+    return {
+        "vocab_size": cfg.vocab_size,
+        "context_length": cfg.max_position_embeddings,
+        "bos_id": bos,
+        "eos_ids": sorted(eos),
+        "pad_id": cfg.pad_token_id,
+        "add_bos": bos is not None and with_special[:1] == [bos] and len(with_special) > len(plain),
+        "chat_template": checkpoint.chat_template,
+        "kv_values_per_position": cfg.kv_values_per_position(),
+        "config": cfg.to_dict(),
+    }
+
+
+def summary(m: Mapping[str, Any]) -> str:
+    """One line of verification metrics (``edgekit info``)."""
+    return (
+        f"top-1 {m['top1']:.4f}, mean KL {m['mean_kl']:.2e}, max |Δlogit| {m['max_abs_logit']:.2e}, "
+        f"greedy {m['greedy_prefix']}/{m['greedy_tokens']}"
+    )
+
+
+def io(checkpoint: Any) -> dict[str, Any]:
+    return {"input": "token ids [n]", "output": "logits [n, vocab]", "state": "engine-managed (KV cache, conv state)"}

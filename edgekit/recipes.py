@@ -1,0 +1,183 @@
+"""The recipe table: the one place that says what edgekit can export.
+
+A row per (family, format): the quantisations it offers (``QuantSpec``, in the format's own vocabulary), the
+default, the parity thresholds per quantisation (the model kind's ``Thresholds``, measured on a trained model),
+the typed options of that pair (an ``Options`` dataclass), and the module implementing it, imported only when
+an export runs (``export(job, out_dir) -> artifact manifest``).  A pair without a row is refused with a message
+that names what works for the family; a pair that can never work says why (``refuse``).
+
+The CLI's ``--quant`` help and option flags, ``edgekit formats`` and the parity tests' parametrisation are all
+generated from this table.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Iterator, Mapping
+
+from .errors import UnsupportedError
+from .families import Family
+from .plan import Format, Options, QuantSpec
+
+
+@dataclass(frozen=True)
+class Recipe:
+    family: Family
+    format: Format
+    quants: Mapping[str, QuantSpec]
+    default_quant: str
+    thresholds: Mapping[str, Any]  # quant name -> the family kind's Thresholds
+    options: type[Options]
+    module: str  # dotted module path with ``export(job, out_dir) -> dict``
+
+    def __post_init__(self) -> None:
+        if self.default_quant not in self.quants:
+            raise ValueError(f"recipe {self.key}: default quant {self.default_quant!r} is not among its quants")
+        missing = sorted(set(self.quants) - set(self.thresholds))
+        if missing:
+            raise ValueError(f"recipe {self.key}: no parity thresholds for {', '.join(missing)}")
+
+    @property
+    def key(self) -> str:
+        return f"{self.family.value} -> {self.format.value}"
+
+    def quant(self, name: str | None) -> QuantSpec:
+        key = (name or self.default_quant).strip().lower()
+        if key not in self.quants:
+            raise UnsupportedError(
+                f"unknown quantisation {name!r} for {self.family.value} -> {self.format.value}; "
+                f"valid: {', '.join(self.quants)}"
+            )
+        return self.quants[key]
+
+    def exporter(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+    def describe(self) -> dict[str, Any]:
+        from dataclasses import fields
+
+        return {
+            "family": self.family.value,
+            "format": self.format.value,
+            "quants": list(self.quants),
+            "default_quant": self.default_quant,
+            "options": [f.name for f in fields(self.options)],
+            "thresholds": {q: t.to_dict() for q, t in self.thresholds.items()},
+        }
+
+
+class RecipeTable:
+    """Rows keyed by (family, format), added explicitly; a duplicate is an error, never an override."""
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[Family, Format], Recipe] = {}
+        self._refusals: dict[tuple[Family, Format], str] = {}
+
+    def register(self, recipe: Recipe) -> Recipe:
+        key = (recipe.family, recipe.format)
+        if key in self._rows or key in self._refusals:
+            raise ValueError(f"recipe {recipe.key} is registered already")
+        self._rows[key] = recipe
+        return recipe
+
+    def refuse(self, family: Family, fmt: Format, why: str) -> None:
+        """Record that (family, format) cannot work and why (the refusal names the formats that do)."""
+        if (family, fmt) in self._rows:
+            raise ValueError(f"{family.value} -> {fmt.value} has a recipe; it cannot also be refused")
+        self._refusals[(family, fmt)] = why
+
+    def unregister(self, family: Family) -> None:
+        """Remove a family's rows (for tests that register a throwaway family)."""
+        for key in [k for k in self._rows if k[0] == family]:
+            del self._rows[key]
+        for key in [k for k in self._refusals if k[0] == family]:
+            del self._refusals[key]
+
+    def __iter__(self) -> Iterator[Recipe]:
+        return iter(list(self._rows.values()))
+
+    def for_family(self, family: Family) -> list[Recipe]:
+        return [r for (f, _), r in self._rows.items() if f == family]
+
+    def get(self, family: Family, fmt: Format) -> Recipe:
+        row = self._rows.get((family, fmt))
+        if row is not None:
+            return row
+        works = "; ".join(f"{r.format.value} ({', '.join(r.quants)})" for r in self.for_family(family)) or "none yet"
+        why = self._refusals.get((family, fmt))
+        reason = f" ({why})" if why else ""
+        raise UnsupportedError(
+            f"{family.value} cannot be exported to {fmt.value}{reason}; formats that work for {family.value}: {works}"
+        )
+
+    def options_classes(self) -> list[type[Options]]:
+        seen: list[type[Options]] = []
+        for r in self._rows.values():
+            if r.options not in seen:
+                seen.append(r.options)
+        return seen
+
+
+def _builtin() -> RecipeTable:
+    """The built-in rows.  Thresholds are measured on the built-in *trained* model with its LoRA merged (2,048
+    held-out tokens; README, "Verification results"): random weights say nothing about quantisation quality."""
+    from .exporters import executorch, gguf, onnx
+    from .kinds.language import Thresholds as LM
+
+    table = RecipeTable()
+    # LFM2 -> GGUF.  Measured (top-1 / mean KL / max |Δlogit| / greedy): f32 1.0000 / 2.9e-12 / 4.8e-5 / 32,
+    # f16 1.0000 / 3.3e-7 / 0.010 / 32, bf16 0.9980 / 1.8e-5 / 0.073, q8_0 0.9888 / 3.4e-4, q6_k 0.9639 / 2.1e-3,
+    # q5_k_m 0.9473 / 4.1e-3, q4_k_m 0.9150 / 1.2e-2, q4_0 0.8901 / 1.7e-2.  Top-1 bars for f32/f16/q8_0/q4_k_m
+    # are the ones the product promises; the others and the KL bars leave ~2-5x headroom over those measurements.
+    table.register(Recipe(
+        Family.LFM2, Format.GGUF,
+        gguf.quants("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0"),
+        default_quant="f32",
+        thresholds={
+            "f32": LM(min_top1=0.995, max_mean_kl=1e-5, max_abs_logit=1e-3, min_greedy_prefix=32),
+            "f16": LM(min_top1=0.995, max_mean_kl=1e-5, max_abs_logit=0.05, min_greedy_prefix=16),
+            "bf16": LM(min_top1=0.99, max_mean_kl=2e-4),
+            "q8_0": LM(min_top1=0.97, max_mean_kl=2e-3),
+            "q6_k": LM(min_top1=0.93, max_mean_kl=6e-3),
+            "q5_k_m": LM(min_top1=0.90, max_mean_kl=1.2e-2),
+            "q4_k_m": LM(min_top1=0.85, max_mean_kl=3e-2),
+            "q4_0": LM(min_top1=0.85, max_mean_kl=4e-2),
+        },
+        options=gguf.GgufOptions,
+        module="edgekit.exporters.gguf.lfm2",
+    ))
+    # LFM2 -> ONNX.  Measured: fp32 1.0000 / 2e-12 / 2.0e-5; fp16 1.0000 / 6.4e-7 / 1.3e-2; int8 0.982 / 3.4e-4;
+    # int4 0.860 / 2.8e-2 (head_bits=8: 0.893 / 1.6e-2; block_size=128: 0.842, below the bar).
+    table.register(Recipe(
+        Family.LFM2, Format.ONNX,
+        onnx.quants("fp32", "fp16", "int8", "int4"),
+        default_quant="fp32",
+        thresholds={
+            "fp32": LM(min_top1=0.999, max_mean_kl=1e-6, max_abs_logit=1e-3, min_greedy_prefix=32),
+            "fp16": LM(min_top1=0.99, max_mean_kl=1e-4, max_abs_logit=0.1, min_greedy_prefix=16),
+            "int8": LM(min_top1=0.95, max_mean_kl=2e-3),
+            "int4": LM(min_top1=0.85, max_mean_kl=4e-2),
+        },
+        options=onnx.OnnxOptions,
+        module="edgekit.exporters.onnx.lfm2",
+    ))
+    # LFM2 -> ExecuTorch.  Measured: fp32 1.0000 / 2.3e-5 max |Δlogit| / greedy 32; 8da8w 0.9741; 8da4w g32 with an
+    # int8 head 0.8755 / 2.1e-2 (an int4 head: 0.8457, below the bar, so the default head stays int8).
+    table.register(Recipe(
+        Family.LFM2, Format.EXECUTORCH,
+        executorch.quants("fp32", "8da8w", "8da4w"),
+        default_quant="8da4w",
+        thresholds={
+            "fp32": LM(min_top1=0.999, max_mean_kl=1e-5, max_abs_logit=1e-3, min_greedy_prefix=32),
+            "8da8w": LM(min_top1=0.97, max_mean_kl=2e-3),
+            "8da4w": LM(min_top1=0.85, max_mean_kl=4e-2),
+        },
+        options=executorch.LanguageOptions,
+        module="edgekit.exporters.executorch.lfm2",
+    ))
+    return table
+
+
+RECIPES = _builtin()

@@ -1,0 +1,459 @@
+"""LFM2 -> ExecuTorch: the graph edgekit lowers, ``forward(tokens [1, n], input_pos [1]) -> logits [1, vocab]``.
+
+The program follows ExecuTorch's LLM runner conventions, so its own runners and demo apps run it unchanged: the
+KV cache and the conv state live in mutable buffers (the custom ``llama::update_cache`` / ``llama::custom_sdpa``
+kernels), ``n`` is dynamic (prefill is one call of up to ``get_max_seq_len`` tokens), and the metadata methods
+``get_bos_id``, ``get_eos_ids``, ``get_max_seq_len``, ``get_max_context_len``, ``get_vocab_size``,
+``get_n_layers``, ``use_kv_cache``, ``use_sdpa_with_kv_cache``, ``enable_dynamic_shape`` are present.  The
+tokenizer ships as ``tokenizer.json`` (read by ExecuTorch's HF tokenizer), and ``params.json`` (export_llm's
+schema) travels along.  The tied embedding / LM head table is stored once, in ``model.ptd`` (the program's data
+file), where the head is float32 or int8 (``LanguageOptions.shares_embedding``).
+
+The graph is written so that XNNPACK can take as much of it as possible:
+
+* RMSNorm's row mean is a matmul with a constant ``1/d`` column (XNNPACK's ``mean.dim`` only does 4-D global
+  pooling), so every norm stays inside the delegate;
+* RoPE's ``rotate_half`` is a matmul with a constant signed permutation (slices of a tensor with a dynamic
+  dimension are not delegated);
+* the conv layer concatenates its state and convolves without padding, so the main path needs no slicing;
+  only the state update (a [1, d, L-1] copy) runs outside XNNPACK;
+* the conv state is zeroed whenever ``input_pos == 0``, so a new sequence never sees the previous one's tail
+  (the KV cache needs no reset: positions past ``input_pos`` are masked).
+
+Thresholds were measured on the built-in trained model (``edgekit.recipes``).
+"""
+
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...errors import AdapterError, CheckpointError, UnsupportedError
+from ...families.lfm2 import Lfm2Config
+from .. import ExportJob
+from . import ARTIFACT, LanguageOptions, lower, quant
+
+# registers llama::update_cache / llama::custom_sdpa for tracing
+from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """A separate (unmerged) LoRA branch: ``y = base(x) + scale * B(A(x))``; A and B stay float32."""
+
+    rank: int
+    scale: float
+
+
+class Linear(nn.Module):
+    """A bias-free linear with an optional separate LoRA branch (``lora_a`` / ``lora_b`` in the names lets the
+    exporter tag these weights for the adapter data file)."""
+
+    def __init__(self, d_in: int, d_out: int, lora: LoraSpec | None = None) -> None:
+        super().__init__()
+        self.base = nn.Linear(d_in, d_out, bias=False)
+        self.lora = lora
+        if lora is not None:
+            self.lora_a = nn.Linear(d_in, lora.rank, bias=False)
+            self.lora_b = nn.Linear(lora.rank, d_out, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self.lora is not None:
+            y = y + self.lora_b(self.lora_a(x)) * self.lora.scale
+        return y
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        # mean(x^2) = (x*x) @ (1/d): a fully-connected op XNNPACK runs; never quantised (not an nn.Linear)
+        self.register_buffer("mean_col", torch.full((1, dim), 1.0 / dim), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ms = F.linear(x * x, self.mean_col)
+        return x * torch.rsqrt(ms + self.eps) * self.weight
+
+
+def rotate_half_matrix(head_dim: int) -> torch.Tensor:
+    """R with x @ R.T == cat(-x[..., h:], x[..., :h]) (Hugging Face's rotate_half)."""
+    half = head_dim // 2
+    r = torch.zeros(head_dim, head_dim)
+    for i in range(half):
+        r[i, i + half] = -1.0
+        r[i + half, i] = 1.0
+    return r
+
+
+class Attention(nn.Module):
+    def __init__(self, s: Lfm2Config, lora: Mapping[str, LoraSpec]) -> None:
+        super().__init__()
+        hd = s.head_dim
+        self.n_heads, self.n_kv, self.hd = s.num_attention_heads, s.num_key_value_heads, hd
+        self.q_proj = Linear(s.hidden_size, s.num_attention_heads * hd, lora.get("q_proj"))
+        self.k_proj = Linear(s.hidden_size, s.num_key_value_heads * hd, lora.get("k_proj"))
+        self.v_proj = Linear(s.hidden_size, s.num_key_value_heads * hd, lora.get("v_proj"))
+        self.out_proj = Linear(s.num_attention_heads * hd, s.hidden_size, lora.get("out_proj"))
+        self.q_layernorm = RMSNorm(hd, s.norm_eps)
+        self.k_layernorm = RMSNorm(hd, s.norm_eps)
+        self.register_buffer("rot", rotate_half_matrix(hd), persistent=False)
+        cache = (1, s.max_position_embeddings, s.num_key_value_heads, hd)  # the [B, S, H, D] layout llama::custom_sdpa reads
+        self.register_buffer("k_cache", torch.zeros(cache), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(cache), persistent=False)
+
+    def rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return x * cos + F.linear(x, self.rot) * sin
+
+    def forward(self, x: torch.Tensor, pos: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        _, n, _ = x.shape
+        q = self.q_layernorm(self.q_proj(x).view(1, n, self.n_heads, self.hd))
+        k = self.k_layernorm(self.k_proj(x).view(1, n, self.n_kv, self.hd))
+        v = self.v_proj(x).view(1, n, self.n_kv, self.hd)
+        q, k = self.rope(q, cos, sin), self.rope(k, cos, sin)
+        torch.ops.llama.update_cache(k, self.k_cache, pos)
+        torch.ops.llama.update_cache(v, self.v_cache, pos)
+        out = torch.ops.llama.custom_sdpa(q, self.k_cache, self.v_cache, pos, None, 0, True)
+        return self.out_proj(out.reshape(1, n, self.n_heads * self.hd))
+
+
+class ShortConv(nn.Module):
+    def __init__(self, s: Lfm2Config, lora: Mapping[str, LoraSpec]) -> None:
+        super().__init__()
+        d, k = s.hidden_size, s.conv_L_cache
+        self.k = k
+        # in_proj (d -> 3d, split B, C, x) as three linears: a split of a tensor with a dynamic dimension would
+        # leave the delegate
+        self.B_proj = Linear(d, d, lora.get("in_proj"))
+        self.C_proj = Linear(d, d, lora.get("in_proj"))
+        self.x_proj = Linear(d, d, lora.get("in_proj"))
+        self.out_proj = Linear(d, d, lora.get("out_proj"))
+        self.weight = nn.Parameter(torch.zeros(d, 1, k))  # depthwise kernel, HF's conv.conv.weight
+        self.register_buffer("conv_state", torch.zeros(1, d, k - 1), persistent=False)
+
+    def forward(self, x: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+        bx = (self.B_proj(x) * self.x_proj(x)).transpose(1, 2)  # [1, d, n]
+        ext = torch.cat([self.conv_state * fresh, bx], dim=2)  # [1, d, n + k - 1]
+        with torch.no_grad():
+            self.conv_state.copy_(ext[:, :, -(self.k - 1) :])
+        y = F.conv1d(ext, self.weight, groups=ext.shape[1])  # no padding: exactly n outputs
+        return self.out_proj(self.C_proj(x) * y.transpose(1, 2))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, s: Lfm2Config, lora: Mapping[str, LoraSpec]) -> None:
+        super().__init__()
+        self.w1 = Linear(s.hidden_size, s.intermediate_size, lora.get("w1"))
+        self.w3 = Linear(s.hidden_size, s.intermediate_size, lora.get("w3"))
+        self.w2 = Linear(s.intermediate_size, s.hidden_size, lora.get("w2"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, s: Lfm2Config, kind: str, lora: Mapping[str, LoraSpec]) -> None:
+        super().__init__()
+        self.is_attention = kind == "full_attention"
+        self.operator_norm = RMSNorm(s.hidden_size, s.norm_eps)
+        self.ffn_norm = RMSNorm(s.hidden_size, s.norm_eps)
+        if self.is_attention:
+            self.self_attn = Attention(s, lora)
+        else:
+            self.conv = ShortConv(s, lora)
+        self.feed_forward = FeedForward(s, lora)
+
+    def forward(self, x, pos, fresh, cos, sin):
+        h = self.operator_norm(x)
+        h = self.self_attn(h, pos, cos, sin) if self.is_attention else self.conv(h, fresh)
+        x = x + h
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class Lfm2(nn.Module):
+    def __init__(self, s: Lfm2Config, lora: Mapping[str, LoraSpec] | None = None) -> None:
+        super().__init__()
+        lora = lora or {}
+        self.shape = s
+        self.embed_tokens = nn.Embedding(s.vocab_size, s.hidden_size)
+        self.layers = nn.ModuleList(Block(s, t, lora) for t in s.layer_types)
+        self.embedding_norm = RMSNorm(s.hidden_size, s.norm_eps)
+        self.lm_head = nn.Linear(s.hidden_size, s.vocab_size, bias=False)
+        cos, sin = (torch.from_numpy(t) for t in s.rope_tables())
+        # rotate_half layout: the same angle for i and i + d/2
+        self.register_buffer("rope_cos", torch.cat([cos, cos], dim=-1), persistent=False)
+        self.register_buffer("rope_sin", torch.cat([sin, sin], dim=-1), persistent=False)
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        n = tokens.shape[1]
+        pos = input_pos[0].item()
+        torch._check_is_size(pos)
+        torch._check(pos + n <= self.shape.max_position_embeddings)
+        cos = self.rope_cos.narrow(0, pos, n).view(1, n, 1, -1)
+        sin = self.rope_sin.narrow(0, pos, n).view(1, n, 1, -1)
+        fresh = (input_pos > 0).to(torch.float32)  # 0 at the start of a sequence: drop stale conv state
+        h = self.embed_tokens(tokens)
+        for layer in self.layers:
+            h = layer(h, pos, fresh, cos, sin)
+        h = self.embedding_norm(h[:, -1, :])  # the runner samples from the last position only
+        return self.lm_head(h)
+
+
+# -- weights -------------------------------------------------------------------------------------------------
+def _dest(hf: str) -> list[tuple[str, slice | None]]:
+    """HF LFM2 tensor name -> (name in ``Lfm2``, row slice) pairs; in_proj is split into B, C, x."""
+    name = hf.removeprefix("model.")
+    if name == "embedding_norm.weight" or name.startswith("embed_tokens.") or name == "lm_head.weight":
+        return [(name, None)]
+    if name.endswith("conv.in_proj.weight"):
+        stem = name.removesuffix("in_proj.weight")
+        return [(f"{stem}{p}.base.weight", i) for i, p in enumerate(("B_proj", "C_proj", "x_proj"))]
+    if name.endswith("conv.conv.weight"):
+        return [(name.replace("conv.conv.weight", "conv.weight"), None)]
+    if name.endswith("_layernorm.weight") or name.endswith("_norm.weight"):
+        return [(name, None)]
+    if name.endswith(".weight"):
+        return [(name.removesuffix(".weight") + ".base.weight", None)]
+    raise CheckpointError(f"tensor {hf!r} has no place in the LFM2 graph; is this an LFM2 checkpoint?")
+
+
+def load_weights(model: Lfm2, weights: Mapping[str, np.ndarray]) -> None:
+    """Copy HF-named float32 weights into ``model``; every parameter must be covered exactly once."""
+    params = dict(model.named_parameters())
+    seen: set[str] = set()
+    d = model.shape.hidden_size
+    for hf, array in weights.items():
+        if hf == "lm_head.weight" and "lm_head.weight" not in params:
+            continue
+        for name, part in _dest(hf):
+            t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+            if part is not None:
+                t = t[part * d : (part + 1) * d]
+            if name not in params:
+                raise CheckpointError(f"tensor {hf!r} has no place in the LFM2 graph (no parameter {name})")
+            with torch.no_grad():
+                params[name].copy_(t.reshape(params[name].shape))
+            seen.add(name)
+    if "lm_head.weight" not in weights:  # tied: LFM2 checkpoints omit lm_head
+        with torch.no_grad():
+            model.lm_head.weight.copy_(model.embed_tokens.weight)
+        seen.add("lm_head.weight")
+    missing = sorted(n for n in params if n not in seen and ".lora_" not in n)
+    if missing:
+        raise CheckpointError(f"the checkpoint has no weights for {', '.join(missing[:5])}")
+
+
+def load_lora(model: Lfm2, tensors: Mapping[str, np.ndarray]) -> None:
+    """PEFT names (``...<module>.lora_A.weight``) -> the separate LoRA branches; in_proj's B is split in three."""
+    params = dict(model.named_parameters())
+    d = model.shape.hidden_size
+    for key, array in tensors.items():
+        module, ab = key.rsplit(".lora_", 1)
+        module = module.removeprefix("base_model.model.")
+        which = "lora_a" if ab.startswith("A") else "lora_b"
+        for name, part in _dest(module + ".weight"):
+            target = name.replace(".base.weight", f".{which}.weight")
+            t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+            if part is not None and which == "lora_b":
+                t = t[part * d : (part + 1) * d]
+            with torch.no_grad():
+                params[target].copy_(t)
+
+
+def example_inputs(n: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.arange(1, n + 1, dtype=torch.long).view(1, n), torch.tensor([0], dtype=torch.long)
+
+
+def lora_modules(targets: Sequence[str], rank: int, scale: float) -> dict[str, LoraSpec]:
+    return {t: LoraSpec(rank, scale) for t in targets}
+
+
+# -- export ----------------------------------------------------------------------------------------------------
+PARAMS_FILE = "params.json"
+DEFAULT_CONTEXT = 2048
+EMBEDDING_BITS = {"none": None, "8": 8, "4": 4}
+LORA_DATA = "adapter"  # -> adapter.ptd
+SHARED_DATA = "model"  # -> model.ptd: the tied embedding / LM head table, stored once
+# ExecuTorch's ShortConvBlock hard-codes this kernel length, so export_llm can only rebuild models that use it
+EXPORT_LLM_CONV_KERNEL = 3
+
+
+def params_json(c: Lfm2Config) -> dict[str, Any]:
+    """ExecuTorch ``ModelArgs`` fields (export_llm's ``params.json``); ``hidden_dim`` is the SwiGLU width *after*
+    LFM2's feed-forward auto-adjust (``ModelArgs`` would otherwise recompute it from ``dim`` and get it wrong)."""
+    return {
+        "dim": c.hidden_size,
+        "n_layers": c.num_hidden_layers,
+        "n_heads": c.num_attention_heads,
+        "n_kv_heads": c.num_key_value_heads,
+        "vocab_size": c.vocab_size,
+        "hidden_dim": c.intermediate_size,
+        "norm_eps": c.norm_eps,
+        "rope_theta": c.rope_theta,
+        "use_hf_rope": True,  # LFM2 rotates halves (rotate_half), not interleaved pairs
+        "use_qk_norm": True,
+        "qk_norm_before_rope": True,
+        "layer_types": list(c.layer_types),
+    }
+
+
+def context_length(c: Lfm2Config, options: LanguageOptions) -> int:
+    limit = c.max_position_embeddings
+    if options.max_context is None:
+        return min(DEFAULT_CONTEXT, limit)
+    if options.max_context > limit:
+        raise UnsupportedError(
+            f"executorch --max-context {options.max_context} exceeds the model's context length {limit}; "
+            f"pass at most {limit}"
+        )
+    return options.max_context
+
+
+def runner_metadata(c: Lfm2Config, max_context: int) -> dict[str, Any]:
+    """The constant methods ExecuTorch's LLM runners read (names are theirs)."""
+    out: dict[str, Any] = {
+        "get_max_seq_len": max_context - 1,  # tokens per forward call (the dynamic dimension's bound)
+        "get_max_context_len": max_context,
+        "get_vocab_size": c.vocab_size,
+        "get_n_layers": c.num_hidden_layers,
+        "use_kv_cache": True,
+        "use_sdpa_with_kv_cache": True,
+        "enable_dynamic_shape": True,
+    }
+    if c.bos_token_id is not None:
+        out["get_bos_id"] = int(c.bos_token_id)
+    if c.eos_token_ids:
+        out["get_eos_ids"] = [int(e) for e in c.eos_token_ids]
+    return out
+
+
+def _base_weights(job: ExportJob) -> dict[str, np.ndarray]:
+    """The checkpoint's own (unmerged) weights as float32 numpy, for separate-LoRA exports."""
+    from safetensors.torch import load_file
+
+    out: dict[str, np.ndarray] = {}
+    for f in job.checkpoint.files:
+        out.update({k: v.float().numpy() for k, v in load_file(str(f)).items()})
+    return out
+
+
+def _lora(job: ExportJob) -> tuple[dict[str, LoraSpec], dict[str, np.ndarray]]:
+    """(LoRA specs per module type, PEFT tensors) of the plan's adapter, for separate mode."""
+    from safetensors.torch import load_file
+
+    if job.plan.adapter is None:
+        raise UnsupportedError("executorch --lora-mode separate needs --adapter")
+    root = Path(job.plan.adapter)
+    cfg = json.loads((root / "adapter_config.json").read_text())
+    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
+        raise AdapterError(f"{root}: per-module rank/alpha patterns are not supported with --lora-mode separate; use merged")
+    rank, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
+    scale = alpha / (rank**0.5) if cfg.get("use_rslora") else alpha / rank
+    tensors = {k: v.float().numpy() for k, v in load_file(str(root / "adapter_model.safetensors")).items()}
+    targets = sorted({k.split(".lora_")[0].rsplit(".", 1)[-1] for k in tensors})
+    return lora_modules(targets, rank, scale), tensors
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for name in ("executorch", "torchao"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
+    options: LanguageOptions = job.plan.options
+    spec = job.plan.quant
+    lq = quant.linear_quant(spec, options)
+    head_bits = options.lm_head_bits(spec)
+    shared = options.shares_embedding(spec)
+    separate = options.lora_mode == "separate"
+    max_context = context_length(job.config, options)
+    cfg = job.config.with_context(max_context)
+
+    t0 = time.perf_counter()
+    lora_specs, lora_tensors = _lora(job) if separate else ({}, {})
+    job.progress(f"building the ExecuTorch LFM2 graph (context {max_context}, LoRA {options.lora_mode})")
+    torch.manual_seed(0)
+    eager = Lfm2(cfg, lora_specs)
+    load_weights(eager, _base_weights(job) if separate else job.weights)
+    if separate:
+        with torch.no_grad():
+            for name, p in eager.named_parameters():
+                if ".lora_" in name:
+                    p.zero_()  # modules the adapter does not touch keep a zero branch
+        load_lora(eager, lora_tensors)
+
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    eager = eager.eval()
+    with torch.no_grad():
+        emb_bits = EMBEDDING_BITS[options.embedding_quant]
+        if emb_bits is not None:
+            quant.quantize_embedding(eager, "embed_tokens", emb_bits)
+        if lq is not None:
+            overrides = {"lm_head": lq.at_bits(head_bits)} if head_bits != lq.weight_bits else {}
+            job.progress(f"quantising linear layers ({lq.describe()}, LM head int{head_bits})")
+            quant.quantize_linears(eager, lq, overrides)
+        if shared:
+            quant.share_embedding_with_head(eager, "embed_tokens", "lm_head", head_bits)
+    seconds["quantize"] = time.perf_counter() - t
+
+    def tag(name: str) -> str | None:
+        """The .ptd file a constant goes to (None: inside the .pte).  The shared table is tagged under both its
+        uses (gather and LM head); the serialiser stores byte-identical data once."""
+        if separate and "lora_" in name:
+            return LORA_DATA
+        if shared and ("embed_tokens" in name or "lm_head" in name):
+            return SHARED_DATA
+        return None
+
+    tokens = torch.export.Dim("tokens", min=1, max=max_context - 1)
+    result = lower.lower(
+        eager, example_inputs(), ({1: tokens}, {0: 1}), out_dir, ARTIFACT, runner_metadata(cfg, max_context),
+        job.progress, tag if (separate or shared) else None,
+    )
+    params_note = None
+    if job.config.conv_L_cache == EXPORT_LLM_CONV_KERNEL:
+        (out_dir / PARAMS_FILE).write_text(json.dumps(params_json(job.config), indent=2) + "\n")
+    else:
+        params_note = (
+            f"no {PARAMS_FILE}: conv_L_cache={job.config.conv_L_cache}, and export_llm's LFM2 model hard-codes "
+            f"{EXPORT_LLM_CONV_KERNEL} (the .pte itself does not need it)"
+        )
+    return {
+        "file": ARTIFACT,
+        "data_files": [f for f in result.files if f.endswith(".ptd")],
+        "params": None if params_note else PARAMS_FILE,
+        **({"params_note": params_note} if params_note else {}),
+        "backend": "xnnpack",
+        "versions": _versions(),
+        "linear_quant": (lq.describe() + f", LM head int{head_bits}") if lq else "float32",
+        "group_size": lq.group_size if lq else None,
+        "embedding_quant": options.embedding_quant,
+        "shared_embedding": shared,
+        "lora_mode": options.lora_mode,
+        "max_context": max_context,
+        "max_seq_len": max_context - 1,
+        # prefill is one forward call for any prompt up to max_seq_len tokens (no static shapes needed)
+        "dynamic_shapes": True,
+        "delegated_partitions": result.delegated_partitions,
+        "non_delegated_ops": result.non_delegated_ops,
+        "stage_seconds": {k: round(v, 2) for k, v in {**seconds, **result.seconds}.items()},
+        "export_seconds": round(time.perf_counter() - t0, 2),
+    }

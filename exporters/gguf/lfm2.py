@@ -1,0 +1,59 @@
+"""LFM2 -> GGUF: llama.cpp's ``lfm2`` architecture (tensor names from gguf-py's map, hyperparameter keys)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ...errors import UnsupportedError
+from .. import ExportJob
+from . import vocab, writer
+
+ARCH = "lfm2"
+# llama.cpp's LFM2 graph reads the depthwise conv kernel ([L_cache, hidden]) as F32 whatever the file type
+KEEP_F32 = ("shortconv.conv.weight",)
+# the LLaMA-3 split regex is llama.cpp's "lfm2" pre-tokenizer for this architecture
+PRETOKENIZER_ALIASES = {"llama-bpe": "lfm2"}
+
+
+def tensors(job: ExportJob) -> dict[str, Any]:
+    """Merged HF weights under llama.cpp's LFM2 tensor names."""
+    import gguf
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LFM2, job.config.num_hidden_layers)
+    out: dict[str, Any] = {}
+    for hf_name, array in job.weights.items():
+        if hf_name == "lm_head.weight":  # tied to the embedding; llama.cpp reuses token_embd
+            continue
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise UnsupportedError(f"GGUF: no llama.cpp tensor name for {hf_name!r}")
+        if "conv.conv" in hf_name:
+            array = array.squeeze(1)  # [hidden, 1, L] -> [hidden, L]: llama.cpp's conv op wants 2-D
+        out[name] = array
+    return out
+
+
+def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
+    cfg = job.config
+    voc = vocab.build_vocab(
+        job.checkpoint.path / "tokenizer.json", cfg.vocab_size, PRETOKENIZER_ALIASES, job.plan.options.pretokenizer
+    )
+
+    def metadata(w: Any) -> None:
+        w.add_name(job.checkpoint.path.name)
+        w.add_context_length(cfg.max_position_embeddings)
+        w.add_embedding_length(cfg.hidden_size)
+        w.add_block_count(cfg.num_hidden_layers)
+        w.add_feed_forward_length(cfg.intermediate_size)
+        w.add_head_count(cfg.num_attention_heads)
+        # per layer: 0 marks a short-conv layer, which llama.cpp treats as recurrent
+        w.add_head_count_kv([cfg.num_key_value_heads if t != "conv" else 0 for t in cfg.layer_types])
+        w.add_rope_freq_base(cfg.rope_theta)
+        w.add_layer_norm_rms_eps(cfg.norm_eps)
+        w.add_vocab_size(cfg.vocab_size)
+        w.add_shortconv_l_cache(cfg.conv_L_cache)
+        vocab.add_to_writer(w, job.checkpoint.path, voc, cfg.bos_token_id, cfg.eos_token_ids, cfg.pad_token_id)
+
+    artifact = writer.write(out_dir, job.plan.quant, ARCH, metadata, tensors(job), job.progress, KEEP_F32)
+    return {**artifact, "pretokenizer": voc.pretokenizer, "padded_vocab": voc.padded}
