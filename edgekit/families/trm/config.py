@@ -141,7 +141,7 @@ def task_fields(
             seen.append(("the caller", int(overrides[key])))  # type: ignore[arg-type]
         if key in dataset:
             seen.append((DATASET_FILE, dataset[key]))
-        if key in arch:
+        if arch.get(key) is not None:
             seen.append(("arch", _int(arch, key, where, minimum=1)))
         values = {v for _, v in seen}
         if len(values) > 1:
