@@ -1,6 +1,6 @@
 """Reproducible quantisation-aware training of the built-in tiny BitNet b1.58 and its LoRA adapter.
 
-    python -m edgekit.builtin.train_bitnet --out edgekit/builtin        # ~30 min on 2 shared CPU cores
+    python -m edgekit.builtin.train_bitnet --out edgekit/builtin        # <= ~45 min on 2 shared CPU cores
 
 Same offline corpus, split and tokenizer as the built-in LFM2 (``edgekit.builtin.train``; the tokenizer is
 ``lfm2-tiny/tokenizer.json``), so held-out losses of the two built-ins compare directly.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .train import corpus_files, eval_loss, read_files, token_stream, train_loop
+from .train import SEQ_LEN, batches, corpus_files, eval_loss, read_files, token_stream
 
 HIDDEN = 256
 FFN = 768
@@ -87,6 +88,39 @@ def to_qat(model) -> None:
             module.__class__ = STEBitLinear
 
 
+def train_budgeted(model, params, stream, max_steps: int, minutes: float, lr: float, batch: int, seed: int) -> int:
+    """AdamW with warm-up and a cosine decay over ``max(step / max_steps, elapsed / budget)``; stops at whichever
+    of the two ends first and returns the steps taken.  The time budget exists because the machines this is run on
+    are shared: a fixed step count can take 4x longer on a busy day.  ``minutes=0`` disables it (fixed steps,
+    bit-reproducible); the steps taken are recorded in TRAINING_BITNET.json either way."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+    warmup = max(1, min(20, max_steps // 20))
+    budget = minutes * 60 if minutes > 0 else math.inf
+    it = batches(stream, batch, SEQ_LEN, gen)
+    t0 = time.time()
+    model.train()
+    step = 0
+    while step < max_steps:
+        progress = max(step / max_steps, (time.time() - t0) / budget)
+        if progress >= 1.0:
+            break
+        step += 1
+        scale = step / warmup if step <= warmup else 0.5 * (1 + math.cos(math.pi * progress))
+        for group in opt.param_groups:
+            group["lr"] = lr * max(scale, 0.05)
+        x = next(it)
+        logits = model(input_ids=x[:, :-1]).logits
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 10 == 0 or step == 1:
+            print(f"step {step}/{max_steps} loss {loss.item():.3f} ({time.time() - t0:.0f}s)", flush=True)
+    return step
+
+
 def save_base(model, tok_dir: Path, out_dir: Path) -> None:
     """Write the bf16 master weights as a Hugging Face BitNet checkpoint that transformers loads as-is."""
     import shutil
@@ -108,9 +142,11 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent)
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--lora-steps", type=int, default=60)
     ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--minutes", type=float, default=32.0, help="wall-clock budget of the base run (0: none)")
+    ap.add_argument("--lora-minutes", type=float, default=6.0, help="wall-clock budget of the LoRA run (0: none)")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -133,7 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M", flush=True)
 
     t0 = time.time()
-    train_loop(model, list(model.parameters()), base_stream, args.steps, args.lr, args.batch, args.seed)
+    steps = train_budgeted(
+        model, list(model.parameters()), base_stream, args.steps, args.minutes, args.lr, args.batch, args.seed
+    )
     base_seconds = time.time() - t0
     # Ship bf16 master weights and evaluate exactly those (their ternarisation is the model).
     model = model.to(torch.bfloat16).to(torch.float32)
@@ -141,8 +179,11 @@ def main(argv: list[str] | None = None) -> None:
         "base": {
             "heldout_loss": eval_loss(model, heldout_stream),
             "email_eval_loss": eval_loss(model, email_eval),
-            "steps": args.steps,
+            "steps": steps,
+            "max_steps": args.steps,
             "batch": args.batch,
+            "seq_len": SEQ_LEN,
+            "tokens_seen": steps * args.batch * SEQ_LEN,
             "lr": args.lr,
             "seconds": round(base_seconds, 1),
             "hidden_act": "silu",
@@ -162,11 +203,14 @@ def main(argv: list[str] | None = None) -> None:
     peft_model = get_peft_model(model, lora)
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     t0 = time.time()
-    train_loop(peft_model, trainable, email_train, args.lora_steps, 2e-3, args.batch, args.seed + 1)
+    lora_steps = train_budgeted(
+        peft_model, trainable, email_train, args.lora_steps, args.lora_minutes, 2e-3, args.batch, args.seed + 1
+    )
     report["lora"] = {
         "email_eval_loss": eval_loss(peft_model, email_eval),
         "heldout_loss": eval_loss(peft_model, heldout_stream),
-        "steps": args.lora_steps,
+        "steps": lora_steps,
+        "max_steps": args.lora_steps,
         "rank": lora.r,
         "alpha": lora.lora_alpha,
         "seconds": round(time.time() - t0, 1),

@@ -13,9 +13,10 @@ Every ternary projection computes, per token (row) ``x`` of its input (activatio
     y    = (x_q @ codes^T) * scale / s                        codes in {-1,0,1}; the matmul is exact in fp32
 
 (Ma et al., arXiv 2402.17764, eqs. 1-3; the 1e-5 clamp and round-half-to-even are transformers' numerics.)
-The integer matmul is exact in float32 while ``127 * in_features < 2**24``, so the only rounding left is the final
-scaling, which is why this matches transformers' own ``BitLinear`` (packed) and ``AutoBitLinear`` (master) to
-float32 precision.
+The integer matmul is exact in float32 while ``127 * in_features < 2**24``.  For the A8 path the final scaling is
+done in the operation order of the transformers class that reads the checkpoint's layout (``TernaryLinear.stored``:
+``BitLinear`` divides by ``input_scale * weight_scale``, ``AutoBitLinear`` dequantises first), because a 1-ulp
+difference can flip one int8 rounding in a later layer and show up as ~1e-2 on a large logit.
 
 ``activations="a4.8"`` (BitNet a4.8, Wang, Ma, Wei, arXiv 2411.04965, section 2.1 and 3):
   * inputs to attention (q/k/v) and FFN (gate/up): 4-bit absmean, eq. 7:
@@ -99,6 +100,8 @@ class TernaryProjection(torch.nn.Module):
         super().__init__()
         self.register_buffer("codes", torch.from_numpy(t.codes.astype("float32")), persistent=False)
         self.scale = float(t.scale)
+        # transformers' own operation order for this storage convention (only for its A8 path)
+        self.stored = t.stored if mode == "a8" and topk is None else None
         self.mode = mode  # "a8" or "a4"
         self.topk = topk
         self.lora = lora
@@ -107,7 +110,14 @@ class TernaryProjection(torch.nn.Module):
         q, s = quantize_a4(x) if self.mode == "a4" else quantize_a8(x)
         if self.topk is not None:
             q = q * topk_mask(x, self.topk)
-        y = F.linear(q, self.codes) / s * self.scale
+        if self.stored is None:
+            y = F.linear(q, self.codes) / s * self.scale
+        elif self.stored[0] == "divide":  # BitLinear.post_quant_process
+            y = F.linear(q, self.codes) / (self.stored[1] * s)
+        elif self.stored[0] == "multiply":  # AutoBitLinear offline: ActQuant dequantises, output * weight_scale
+            y = F.linear(q / s, self.codes) * self.stored[1]
+        else:  # AutoBitLinear online: WeightQuant's codes / (1 / gamma), ActQuant's q / s
+            y = F.linear(q / s, self.codes / self.stored[1])
         if self.lora is not None:
             a = torch.as_tensor(self.lora.a, dtype=torch.float32)
             b = torch.as_tensor(self.lora.b, dtype=torch.float32)

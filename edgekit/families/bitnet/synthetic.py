@@ -42,7 +42,7 @@ def tiny_config(**overrides: Any) -> BitNetConfig:
 
 
 def random_weights(config: BitNetConfig, seed: int = 0, nonzero: float = 0.6, master: bool = False) -> BitNetWeights:
-    """Random ternary codes and scales for ``config``; norms near 1, embedding N(0, 1).
+    """Random ternary codes and scales for ``config``; norms near 1, embedding N(0, 0.3^2).
 
     ``master=True`` returns master-layout weights whose float masters are Gaussian (their absmean ternarisation is
     the ternary part), as a bf16/fp32 training checkpoint would hold.
@@ -65,7 +65,8 @@ def random_weights(config: BitNetConfig, seed: int = 0, nonzero: float = 0.6, ma
         ternary[name] = TernaryLinear(codes=codes, scale=scale)
     floats: dict[str, np.ndarray] = {}
     h, ff = config.hidden_size, config.intermediate_size
-    floats["model.embed_tokens.weight"] = rng.standard_normal((config.vocab_size, h)).astype(np.float32)
+    # std 0.3: with the tied output, logits then spread over ~+-15 as in trained models (N(0, 1) gives ~+-150)
+    floats["model.embed_tokens.weight"] = (0.3 * rng.standard_normal((config.vocab_size, h))).astype(np.float32)
     floats["model.norm.weight"] = (1 + 0.1 * rng.standard_normal(h)).astype(np.float32)
     for i in range(config.num_hidden_layers):
         p = f"model.layers.{i}"

@@ -45,10 +45,15 @@ class TernaryLinear:
 
     ``codes``: int8 ``[out_features, in_features]``, values in {-1, 0, 1}.  ``scale``: float (>0), the per-tensor
     absmean scale in the weight's own units (transformers' 2B-4T ``weight_scale`` is its inverse).
+    ``stored``: how the checkpoint itself holds the scale, so that the reference can repeat transformers' exact
+    float32 operation order: ``("divide", weight_scale)`` (BitLinear: y / (input_scale * weight_scale)),
+    ``("multiply", weight_scale)`` (AutoBitLinear offline: y * weight_scale), ``("inverse", 1/gamma)``
+    (AutoBitLinear online: W = codes / (1/gamma)); None when made here (then W = codes * scale).
     """
 
     codes: np.ndarray
     scale: float
+    stored: tuple[str, float] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -134,10 +139,11 @@ def ternarize(weight: np.ndarray, name: str = "weight") -> TernaryLinear:
     w = np.asarray(weight, dtype=np.float32)
     if not np.isfinite(w).all():
         raise CheckpointError(f"{name}: master weight holds NaN or Inf")
-    gamma = np.float32(np.abs(w).mean(dtype=np.float32))
+    # accumulate in float64 and round once: the correctly rounded mean, which torch's float32 reduction also gives
+    gamma = np.float32(np.abs(w).mean(dtype=np.float64))
     inv = np.float32(1.0) / max(gamma, np.float32(ABSMEAN_EPS))
     codes = np.clip(np.round(w * inv), -1, 1).astype(np.int8)
-    return TernaryLinear(codes=codes, scale=float(np.float32(1.0) / inv))
+    return TernaryLinear(codes=codes, scale=float(np.float32(1.0) / inv), stored=("inverse", float(inv)))
 
 
 def faithful_master(t: TernaryLinear) -> np.ndarray:
@@ -242,7 +248,13 @@ def read_tensors(root: Path) -> dict[str, np.ndarray]:
 # --- loading ------------------------------------------------------------------------------------------------
 
 
-def _scale_of(tensors: Mapping[str, np.ndarray], module: str, divides: bool) -> float:
+def _ternary(codes: np.ndarray, tensors: Mapping[str, np.ndarray], module: str, divides: bool) -> TernaryLinear:
+    value = _scale_of(tensors, module)
+    scale = float(np.float32(1.0) / np.float32(value)) if divides else value
+    return TernaryLinear(codes=codes, scale=scale, stored=("divide" if divides else "multiply", value))
+
+
+def _scale_of(tensors: Mapping[str, np.ndarray], module: str) -> float:
     key = f"{module}.weight_scale"
     if key not in tensors:
         raise CheckpointError(f"{module}: packed/offline BitNet weight has no weight_scale ({key} is missing)")
@@ -252,7 +264,7 @@ def _scale_of(tensors: Mapping[str, np.ndarray], module: str, divides: bool) -> 
     value = float(raw[0])
     if not np.isfinite(value) or value <= 0:
         raise CheckpointError(f"{key}: weight_scale must be finite and positive, got {value}")
-    return float(np.float32(1.0) / np.float32(value)) if divides else float(np.float32(value))
+    return float(np.float32(value))
 
 
 def _check_float(name: str, arr: np.ndarray) -> np.ndarray:
@@ -314,7 +326,7 @@ def from_tensors(config: BitNetConfig, tensors: Mapping[str, np.ndarray], where:
             if quant.master_weights:
                 raise CheckpointError(f"{name}: packed uint8 weights but quantization_mode is 'online' (master weights)")
             codes = unpack(raw, name)
-            ternary[name] = TernaryLinear(codes=codes, scale=_scale_of(tensors, module, quant.scale_divides))
+            ternary[name] = _ternary(codes, tensors, module, quant.scale_divides)
             used.add(f"{module}.weight_scale")
             layouts.add("packed")
             continue
@@ -327,9 +339,7 @@ def from_tensors(config: BitNetConfig, tensors: Mapping[str, np.ndarray], where:
                 raise CheckpointError(
                     f"{name}: unpacked offline weight with a weight_scale must hold only -1, 0, 1; it is not ternary"
                 )
-            ternary[name] = TernaryLinear(
-                codes=w.astype(np.int8), scale=_scale_of(tensors, module, quant.scale_divides)
-            )
+            ternary[name] = _ternary(w.astype(np.int8), tensors, module, quant.scale_divides)
             used.add(f"{module}.weight_scale")
             layouts.add("unpacked")
         elif has_scale:
