@@ -173,7 +173,6 @@ def add_metadata(w: Any, weights: BitNetWeights, checkpoint_dir: Path, name: str
     """Architecture keys for llama.cpp's bitnet loader, then the vocabulary (``vocab.add_to_writer``).
     Returns a small summary (pre-tokenizer, padded vocab)."""
     from edgekit.exporters.gguf import vocab
-    from edgekit.families import Family
 
     c = weights.config
     w.add_name(name)
@@ -187,9 +186,9 @@ def add_metadata(w: Any, weights: BitNetWeights, checkpoint_dir: Path, name: str
     w.add_rope_freq_base(c.rope_theta)
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
     w.add_vocab_size(c.vocab_size)
-    voc = vocab.build_vocab(checkpoint_dir / "tokenizer.json", c.vocab_size, Family.BITNET, pretokenizer)
-    meta = {"bos_id": c.bos_token_id, "pad_id": c.pad_token_id, "eos_ids": list(c.eos_token_ids)}
-    vocab.add_to_writer(w, checkpoint_dir, voc, meta)
+    # no BitNet-specific pre-tokenizer aliases: 2B-4T's Llama-3 split is llama.cpp's generic "llama-bpe"
+    voc = vocab.build_vocab(checkpoint_dir / "tokenizer.json", c.vocab_size, {}, pretokenizer)
+    vocab.add_to_writer(w, checkpoint_dir, voc, c.bos_token_id, list(c.eos_token_ids), c.pad_token_id)
     return {"pretokenizer": voc.pretokenizer, "padded_vocab": voc.padded}
 
 

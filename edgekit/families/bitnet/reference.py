@@ -27,6 +27,11 @@ difference can flip one int8 rounding in a later layer and show up as ~1e-2 on a
   * input to the FFN down projection: 8-bit absmax; the paper relies on squared ReLU's own sparsity there (> 80 %)
     rather than a top-K.  ``down_topk`` adds a top-K for models whose gate is not sparse (SiLU); default off.
   The paper writes ``beta + eps``; the same 1e-5 lower clamp as the 8-bit path is used here.
+
+``activations="float"``: ternary weights with unquantised activations (``y = (x @ codes^T) * scale``).  Not a
+BitNet training mode: it is what llama.cpp's ``bitnet`` graph computes with F32/F16 weights, i.e. the reference
+"built from the file's own weights" for that engine, so engine exactness and the cost of dropping A8 can be told
+apart.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from ...errors import UnsupportedError
 from .config import BitNetConfig
 from .weights import BitNetWeights, TernaryLinear, load
 
-ACTIVATIONS = ("a8", "a4.8")
+ACTIVATIONS = ("a8", "a4.8", "float")
 ACT_EPS = 1e-5  # transformers' BitLinear/ActQuant: input.abs().max(...).clamp(min=1e-5)
 
 
@@ -102,11 +107,16 @@ class TernaryProjection(torch.nn.Module):
         self.scale = float(t.scale)
         # transformers' own operation order for this storage convention (only for its A8 path)
         self.stored = t.stored if mode == "a8" and topk is None else None
-        self.mode = mode  # "a8" or "a4"
+        self.mode = mode  # "a8", "a4" or "float"
         self.topk = topk
         self.lora = lora
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "float":
+            y = F.linear(x, self.codes) * self.scale
+            if self.lora is not None:
+                y = y + self.lora.scaling * F.linear(F.linear(x, torch.as_tensor(self.lora.a)), torch.as_tensor(self.lora.b))
+            return y
         q, s = quantize_a4(x) if self.mode == "a4" else quantize_a8(x)
         if self.topk is not None:
             q = q * topk_mask(x, self.topk)
@@ -173,6 +183,7 @@ class BitNetReference(torch.nn.Module):
         self.register_buffer("lm_head", f.get("lm_head.weight", f["model.embed_tokens.weight"]), persistent=False)
         self.layers = torch.nn.ModuleList()
         a4 = activations == "a4.8"
+        base_mode = "float" if activations == "float" else "a8"
         for i in range(cfg.num_hidden_layers):
             p = f"model.layers.{i}"
             layer = torch.nn.Module()
@@ -182,7 +193,7 @@ class BitNetReference(torch.nn.Module):
                 if name not in weights.ternary:
                     setattr(layer, leaf, FloatProjection(weights.floats[name]))
                     continue
-                mode, topk = "a8", None
+                mode, topk = base_mode, None
                 if a4 and leaf in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"):
                     mode = "a4"
                 elif a4 and leaf == "o_proj":
