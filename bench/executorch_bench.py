@@ -58,25 +58,25 @@ def child_export_llm(src: str, out: str, hqq: str) -> None:
     from executorch.extension.llm.export.config.llm_config import LlmConfig, ModelType
     from safetensors.torch import load_file
 
-    from edgekit.exporters.executorch.params import params_from_hf
-    from edgekit.families import lfm2
+    from edgekit.exporters.executorch.lfm2 import params_json
+    from edgekit.families.lfm2 import Lfm2Config
 
     t = time.perf_counter()
     out_dir = Path(out)
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     cfg = json.loads((Path(src) / "config.json").read_text())
-    (out_dir / "params.json").write_text(json.dumps(params_from_hf(cfg)))
+    (out_dir / "params.json").write_text(json.dumps(params_json(Lfm2Config.from_hf(cfg))))
     # Llama2Model treats a checkpoint whose *path* contains "8da4w" or "int8" as pre-quantised: keep it elsewhere
     ckpt = WORK / "meta-checkpoints" / f"{Path(src).name}.pth"
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     torch.save(lfm_2_to_meta(load_file(str(Path(src) / "model.safetensors"))), ckpt)
-    meta = lfm2.describe(cfg)
+    meta = Lfm2Config.from_hf(cfg)
     c = LlmConfig()
     c.base.model_class = ModelType.lfm2_350m
     c.base.checkpoint = str(ckpt)
     c.base.params = str(out_dir / "params.json")
-    c.base.metadata = json.dumps({"get_bos_id": meta["bos_id"], "get_eos_ids": meta["eos_ids"]})
+    c.base.metadata = json.dumps({"get_bos_id": meta.bos_token_id, "get_eos_ids": list(meta.eos_token_ids)})
     c.model.use_kv_cache = True
     c.model.use_sdpa_with_kv_cache = True
     c.model.enable_dynamic_shape = True
@@ -142,7 +142,7 @@ def prompt_text(tokenizer_json: Path, n: int) -> tuple[str, list[int]]:
     """A text of about ``n`` tokens (held-out Python source), and its ids."""
     from tokenizers import Tokenizer
 
-    from edgekit.verify import heldout_text
+    from edgekit.kinds.language.parity import heldout_text
 
     tok = Tokenizer.from_file(str(tokenizer_json))
     ids = tok.encode(heldout_text(), add_special_tokens=False).ids[:n]

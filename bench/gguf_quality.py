@@ -15,8 +15,9 @@ from pathlib import Path
 
 from edgekit.bundle import read_manifest
 from edgekit.export import export, make_plan
-from edgekit.exporters import EXPORTERS
-from edgekit.plan import Target
+from edgekit.families import Family
+from edgekit.plan import Format
+from edgekit.recipes import RECIPES
 from common import cpu_name  # noqa: E402  (bench/ is on sys.path)
 
 
@@ -30,7 +31,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     with tempfile.TemporaryDirectory() as tmp:
-        for quant in EXPORTERS[Target.GGUF].quants:
+        for quant in RECIPES.get(Family.LFM2, Format.GGUF).quants:
             prep = make_plan("builtin:lfm2-tiny", "gguf", quant, "builtin:lfm2-tiny-lora")
             out = export(prep, Path(tmp) / quant, verify=True, progress=lambda _m: None)
             m = read_manifest(out)

@@ -26,18 +26,26 @@ def builder_manifest(out_dir: Path) -> dict[str, Any]:
             "add_bos": True,
         },
         "artifact": {
-            "artifact": dec["filename"],
+            "file": dec["filename"],
             "signature": check.signature(out_dir / dec["filename"]),
-            "state": {
-                "layer_types": dec["layer_types"],
-                "conv_cache": dec["conv_cache_size"],
-                "kv_heads": dec["num_key_value_heads"],
-                "head_dim": dec["head_size"],
-                "hidden_size": dec["hidden_size"],
-            },
+            "state": _state(dec),
             "session_options": {"graph_optimization_level": "ORT_ENABLE_ALL"},
         },
     }
+
+
+def _state(dec: dict[str, Any]) -> dict[str, Any]:
+    """The runtime's state description for the builder's inputs (same names and layouts as edgekit's LFM2)."""
+    out: dict[str, Any] = {}
+    for i, kind in enumerate(dec["layer_types"]):
+        if kind == "full_attention":
+            for kv in ("key", "value"):
+                shape = [1, dec["num_key_value_heads"], "context", dec["head_size"]]
+                out[f"past_key_values.{i}.{kv}"] = {"present": f"present.{i}.{kv}", "shape": shape, "update": "in_place"}
+        else:
+            shape = [1, dec["hidden_size"], dec["conv_cache_size"]]
+            out[f"past.{i}.conv"] = {"present": f"present.{i}.conv", "shape": shape, "update": "swap"}
+    return out
 
 
 def open_builder(out_dir: Path, **options: Any) -> OnnxSession:

@@ -87,6 +87,7 @@ class Checkpoint:
     family: FamilySpec
     files: tuple[Path, ...]  # weight files
     shapes: Mapping[str, tuple[int, ...]]
+    config_files: tuple[Path, ...] = ()  # the files the config was read from (default: config.json)
 
     @property
     def tokenizer_files(self) -> list[Path]:
@@ -101,7 +102,8 @@ class Checkpoint:
 
     @cached_property
     def sha256(self) -> str:
-        return sha256_files([self.path / "config.json", *self.files, *self.tokenizer_files], self.path)
+        configs = list(self.config_files) or [self.path / "config.json"]
+        return sha256_files([*configs, *self.files, *self.tokenizer_files], self.path)
 
     @cached_property
     def tokenizer_config(self) -> dict[str, Any]:
@@ -150,11 +152,11 @@ def open_checkpoint(source: str | Path) -> Checkpoint:
     root = builtin.resolve(source)
     if not root.is_dir():
         raise CheckpointError(f"{root}: not a directory (expected a Hugging Face checkpoint directory)")
-    if not (root / "config.json").exists() and (root / "all_config.yaml").exists():
-        raise UnsupportedError(
-            f"{root}: an official TRM/HRM training checkpoint; those families are not supported yet "
-            f"(supported: {families.supported_names()})"
-        )
+    if not (root / "config.json").exists():
+        for spec in families.FAMILIES.values():
+            found = spec.open_directory(root)
+            if found is not None:
+                return Checkpoint(path=root, family=spec, **found)
     config = read_json(root / "config.json", "config.json")
     spec = families.detect(config)
     model_config = spec.read_config(config)

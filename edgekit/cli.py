@@ -86,8 +86,9 @@ def cmd_formats(args: argparse.Namespace) -> int:
         for fmt in Format:
             try:
                 r = RECIPES.get(family, fmt)
-            except EdgekitError as exc:
-                lines.append(f"{family.value:<8} {fmt.value:<11} -  ({str(exc).split('; formats')[0]})")
+            except EdgekitError:
+                why = RECIPES.refusal(family, fmt) or "not supported yet"
+                lines.append(f"{family.value:<8} {fmt.value:<11} -  {why}")
                 continue
             quants = [r.default_quant] + [q for q in r.quants if q != r.default_quant]
             opts = ", ".join("--" + f.name.replace("_", "-") for f in dataclasses.fields(r.options)) or "-"
@@ -242,6 +243,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgekit: interrupted; nothing was left at the output path", file=sys.stderr)
         return 130
+    except Exception as exc:  # an edgekit bug or an unforeseen library failure: one line, traceback on request
+        if os.environ.get("EDGEKIT_DEBUG"):
+            raise
+        first = (str(exc).splitlines() or [""])[0][:300]
+        print(
+            f"edgekit: internal error: {type(exc).__name__}: {first} — this is an edgekit bug; please report it "
+            "(run again with EDGEKIT_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 3
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def manifest_for(prep: PreparedExport, artifact: dict[str, Any], export_s: float
         ),
         "libraries": library_versions(),
         "host": {"python": platform.python_version(), "machine": platform.machine()},
-        "model": kind.metadata(prep.checkpoint),
+        "model": kind.metadata(prep.checkpoint, artifact),
         "io": kind.io(prep.checkpoint),
         "artifact": artifact,
         "export_seconds": round(export_s, 2),

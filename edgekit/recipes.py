@@ -95,6 +95,10 @@ class RecipeTable:
         for key in [k for k in self._refusals if k[0] == family]:
             del self._refusals[key]
 
+    def refusal(self, family: Family, fmt: Format) -> str | None:
+        """Why (family, format) can never work, where that is known."""
+        return self._refusals.get((family, fmt))
+
     def __iter__(self) -> Iterator[Recipe]:
         return iter(list(self._rows.values()))
 
@@ -125,6 +129,7 @@ def _builtin() -> RecipeTable:
     held-out tokens; README, "Verification results"): random weights say nothing about quantisation quality."""
     from .exporters import executorch, gguf, onnx
     from .kinds.language import Thresholds as LM
+    from .kinds.solver import Thresholds as SOLVER
 
     table = RecipeTable()
     # LFM2 -> GGUF.  Measured (top-1 / mean KL / max |Δlogit| / greedy): f32 1.0000 / 2.9e-12 / 4.8e-5 / 32,
@@ -177,6 +182,24 @@ def _builtin() -> RecipeTable:
         options=executorch.LanguageOptions,
         module="edgekit.exporters.executorch.lfm2",
     ))
+    # TRM / HRM: one supervision step.  fp32 must reproduce the reference's logits to 1e-4 over every step and
+    # give identical answers; quantised steps must give the same answers on >= 99 % of puzzles (the built-in
+    # trained TRM's held-out puzzles; README, "TRM and HRM").
+    solver_float = SOLVER(min_answer_match=1.0, max_abs_logit=1e-4, min_halt_match=1.0)
+    solver_quant = SOLVER(min_answer_match=0.99)
+    for family in (Family.TRM, Family.HRM):
+        name = family.value
+        table.register(Recipe(
+            family, Format.ONNX, onnx.quants("fp32", "int8", "int4"), default_quant="fp32",
+            thresholds={"fp32": solver_float, "int8": solver_quant, "int4": solver_quant},
+            options=onnx.SolverOptions, module=f"edgekit.exporters.onnx.{name}",
+        ))
+        table.register(Recipe(
+            family, Format.EXECUTORCH, executorch.quants("fp32", "8da8w", "8da4w"), default_quant="fp32",
+            thresholds={"fp32": solver_float, "8da8w": solver_quant, "8da4w": solver_quant},
+            options=executorch.SolverOptions, module=f"edgekit.exporters.executorch.{name}",
+        ))
+        table.refuse(family, Format.GGUF, f"llama.cpp has no {name.upper()} graph; GGUF cannot describe a {name} step")
     return table
 
 

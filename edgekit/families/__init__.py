@@ -62,14 +62,25 @@ class FamilySpec:
     lora_targets: frozenset[str]  # leaf module names an adapter may target
     read_config: Callable[[Mapping[str, Any]], Any]
     reference: str
+    # "module:function" reading a checkpoint directory in the family's own layout (not a Hugging Face directory):
+    # function(root) -> None when the directory is not this family's, else a mapping with config (raw),
+    # model_config, files (weights), config_files, shapes
+    read_checkpoint: str | None = None
 
     def build_reference(self, checkpoint: Any) -> Any:
-        module, _, name = self.reference.partition(":")
-        return getattr(importlib.import_module(module), name)(checkpoint)
+        return _resolve(self.reference)(checkpoint)
+
+    def open_directory(self, root: Any) -> Mapping[str, Any] | None:
+        return _resolve(self.read_checkpoint)(root) if self.read_checkpoint else None
 
     def recognises(self, config: Mapping[str, Any]) -> bool:
         archs = config.get("architectures") or []
         return any(a in self.architectures for a in archs) or config.get("model_type") in self.model_types
+
+
+def _resolve(target: str) -> Callable[..., Any]:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 class Registry:
@@ -125,10 +136,10 @@ class Registry:
 
 
 def _builtin() -> Registry:
-    from . import lfm2
+    from . import hrm, lfm2, trm
 
     table = Registry()
-    for spec in (lfm2.SPEC,):
+    for spec in (lfm2.SPEC, trm.SPEC, hrm.SPEC):
         table.register(spec)
     return table
 

@@ -123,3 +123,18 @@ class LanguageOptions(LinearOptions):
                 raise UnsupportedError(f"executorch --shared-embedding on cannot apply: {why}")
             return False
         return self.shared_embedding == "on" or bits == 32 or quant.weight_bits == 4
+
+
+@dataclass(frozen=True)
+class SolverOptions(LinearOptions):
+    """Options of the solver recipes (TRM/HRM step programs)."""
+
+    seq_len: int | None = option(None, "TRM/HRM: puzzle length the step graph is built for, when the checkpoint does "
+                                       "not fix it (no dataset.json beside it)")
+    max_batch: int = option(64, "ExecuTorch TRM/HRM: largest batch one step call takes (the program's dynamic batch "
+                                "bound; larger batches are split)")
+
+    def validate(self, quant: QuantSpec, given: set[str]) -> None:
+        super().validate(quant, given)
+        if self.max_batch < 1:
+            raise UnsupportedError(f"executorch --max-batch must be at least 1, got {self.max_batch}")

@@ -16,6 +16,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from ...errors import InternalError
 from ...plan import QuantSpec
 from . import LinearOptions
 
@@ -100,7 +101,7 @@ class QuantizedEmbedding(nn.Module):
         the serialiser stores identical bytes once, so a tied model keeps one table for both uses."""
         zero = getattr(head_weight, "zero_point", None)
         if zero is not None and bool(zero.any()):
-            raise ValueError("the LM head is not symmetric int8; its table cannot serve the embedding")
+            raise InternalError("the LM head is not symmetric int8; its table cannot serve the embedding")
         q = head_weight.qdata.detach()
         return cls(q.clone(), head_weight.scale.detach().float().reshape(q.shape[0], -1).clone(), 8)
 
@@ -128,4 +129,4 @@ def share_embedding_with_head(model: nn.Module, embedding: str, head: str, bits:
     elif bits == 8:
         setattr(model, embedding, QuantizedEmbedding.from_int8_head(getattr(model, head).weight))
     else:
-        raise ValueError(f"an int{bits} LM head cannot share its table with the embedding")
+        raise InternalError(f"an int{bits} LM head cannot share its table with the embedding")

@@ -56,3 +56,26 @@ class OnnxOptions(Options):
             raise UnsupportedError(f"onnx {flags} apply to --quant int8 / int4 only, not {quant.name}")
         if quant.name != "int4" and "head_bits" in given:
             raise UnsupportedError(f"onnx --head-bits applies to --quant int4 only, not {quant.name}")
+
+
+@dataclass(frozen=True)
+class SolverOptions(Options):
+    """Options of the solver recipes (TRM/HRM step graphs)."""
+
+    FORMAT_NAME = "onnx"
+
+    seq_len: int | None = option(None, "TRM/HRM: puzzle length the step graph is built for, when the checkpoint does "
+                                       "not fix it (no dataset.json beside it)")
+    block_size: int = option(32, "ONNX int8/int4: weights per scale in MatMulNBits", (16, 32, 64, 128, 256))
+    accuracy_level: int = option(4, "ONNX int8/int4: MatMulNBits compute type (0 default, 1 fp32, 2 fp16, 3 bf16, "
+                                    "4 int8 activations)", (0, 1, 2, 3, 4))
+
+    def validate(self, quant: QuantSpec, given: set[str]) -> None:
+        blockwise = sorted(k for k in ("block_size", "accuracy_level") if k in given)
+        if quant.name not in BLOCKWISE and blockwise:
+            flags = ", ".join("--" + k.replace("_", "-") for k in blockwise)
+            raise UnsupportedError(f"onnx {flags} apply to --quant int8 / int4 only, not {quant.name}")
+
+    @property
+    def head_bits(self) -> None:
+        return None  # no tied LM head in a solver

@@ -88,6 +88,26 @@ def _fp16(model: Any) -> Any:
     return convert_float_to_float16(model, keep_io_types=["logits"], disable_shape_infer=True, op_block_list=[])
 
 
+def _weights_direct(model: Any) -> None:
+    """Rewire ``MatMul(x, Identity(W))`` to ``MatMul(x, W)``.  A traced graph that applies one module several
+    times (a TRM step runs its network H_cycles x (L_cycles + 1) times) reaches the shared weight through
+    Identity nodes; the quantiser only takes a MatMul whose weight is an initializer, and would leave those
+    float (the fused-kernel check refuses that).  Rewired, every use shares one quantised weight."""
+    g = model.graph
+    inits = {t.name for t in g.initializer}
+    alias = {n.output[0]: n.input[0] for n in g.node if n.op_type == "Identity" and n.input[0] in inits}
+    if not alias:
+        return
+    outputs = {o.name for o in g.output}
+    for n in list(g.node):
+        if n.op_type == "Identity" and n.output[0] in alias and n.output[0] not in outputs:
+            g.node.remove(n)
+    for n in g.node:
+        for i, name in enumerate(n.input):
+            if name in alias and name not in outputs:
+                n.input[i] = alias[name]
+
+
 def _blockwise(model: Any, q: OnnxQuant, head: TiedHead | None) -> Any:
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
@@ -105,6 +125,7 @@ def _blockwise(model: Any, q: OnnxQuant, head: TiedHead | None) -> Any:
         quant.process()
         return quant.model.model
 
+    _weights_direct(model)
     if head is None:
         return run(model, q.bits, None, None)
     model = run(model, q.bits, None, [head.node])

@@ -118,6 +118,7 @@ class _GenerateOnly:
         self._inner = inner
         self.engine = inner.engine
         self.manifest = inner.manifest
+        self.vocab_size = inner.vocab_size
 
     def generate(self, prompt, params):
         return self._inner.generate(prompt, params)

@@ -62,13 +62,13 @@ def test_decode_with_state_equals_teacher_forced_logits(session):
 
 def test_wrong_state_shape_is_a_state_error(session):
     state = session.new_state()
-    name = next(iter(state.kv))
-    state.kv[name] = np.zeros((1, 1, 8, 8), np.float32)
+    name = next(iter(state.in_place))
+    state.in_place[name] = np.zeros((1, 1, 8, 8), np.float32)
     with pytest.raises(StateError, match=name.replace(".", r"\.")):
         session.forward([1, 2, 3], state)
     state = session.new_state()
-    conv = next(iter(state.conv))
-    state.conv[conv][0] = np.zeros((1, 3, 2), np.float32)
+    conv = next(iter(state.swap))
+    state.swap[conv][0] = np.zeros((1, 3, 2), np.float32)
     with pytest.raises(StateError, match="new_state"):
         session.forward([1, 2, 3], state)
 
@@ -125,9 +125,9 @@ def test_conv_state_shape_inconsistent_with_manifest(bundle, tmp_path):
 
 
 def test_options_are_validated_when_planning():
-    with pytest.raises(UnsupportedError, match="head_bits"):
+    with pytest.raises(UnsupportedError, match="--head-bits applies to --quant int4 only"):
         make_plan(BASE, "onnx", "fp32", options={"head_bits": 8})
-    with pytest.raises(UnsupportedError, match="block_size"):
+    with pytest.raises(UnsupportedError, match="--block-size"):
         make_plan(BASE, "onnx", "int4", options={"block_size": 7})
     with pytest.raises(UnsupportedError, match="int3"):
         make_plan(BASE, "onnx", "int3")

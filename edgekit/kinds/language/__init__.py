@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from .golden import compare as compare_golden
 from .golden import write as write_golden
-from .verify import run as verify
+from .parity import run as verify
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -72,7 +72,7 @@ def bundle_files(checkpoint: Any) -> list[Path]:
     return [checkpoint.path / n for n in TOKENIZER_FILES if (checkpoint.path / n).is_file()]
 
 
-def metadata(checkpoint: Any) -> dict[str, Any]:
+def metadata(checkpoint: Any, artifact: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The manifest's ``model`` section: what a session needs to tokenize, stop and size its context."""
     from tokenizers import Tokenizer
 

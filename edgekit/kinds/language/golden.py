@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .. import DeviceCheck
-from .verify import greedy_prefix
+from .parity import greedy_prefix
 
 TOP_K = 16
 TOKENIZER_SAMPLE_CHARS = 2000
@@ -33,7 +33,7 @@ def write(root: Path, manifest: Mapping[str, Any], model: Any, progress: Callabl
 
     from ... import reference, runtimes
     from ...runtimes import SamplingParams
-    from . import verify
+    from . import parity as verify
 
     tok = Tokenizer.from_file(str(root / "tokenizer.json"))
     text = verify.heldout_text()

@@ -1,0 +1,5 @@
+"""HRM -> ONNX: the same step graph as TRM's (``trm.py``); HRM's reference updates z_H with its own H network."""
+
+from .trm import export
+
+__all__ = ["export"]
