@@ -73,13 +73,13 @@ def find_weights_file(path: str | Path) -> Path:
 
 def strip_prefix(keys: list[str], where: Path | str) -> dict[str, str]:
     """Map each official key to the module key; the prefix must be the same for every key."""
-    for prefix in PREFIXES:
-        if keys and all(k.startswith(prefix) for k in keys):
-            return {k: k[len(prefix) :] for k in keys}
-    odd = next((k for k in keys if not any(k.startswith(p) for p in PREFIXES)), keys[0] if keys else "")
     if not keys:
         raise CheckpointError(f"{where}: the state dict is empty")
-    if odd:
+    for prefix in PREFIXES:
+        if all(k.startswith(prefix) for k in keys):
+            return {k: k[len(prefix) :] for k in keys}
+    odd = next((k for k in keys if not any(k.startswith(p) for p in PREFIXES)), None)
+    if odd is not None:
         raise CheckpointError(
             f"{where}: key {odd!r} lacks the official prefix ({' or '.join(PREFIXES)}); not an official checkpoint"
         )

@@ -325,7 +325,7 @@ def check_inputs(model: RecursiveReasoningModel, inputs: Any, puzzle_identifiers
     """
     cfg = model.config
     x = _as_int_tensor(inputs, "inputs")
-    if x.ndim != 2 or x.shape[0] < 1:
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
         raise UnsupportedError(f"inputs must be [batch, seq_len] token ids (one puzzle per row), got shape {tuple(x.shape)}")
     if cfg.seq_len is not None and x.shape[1] != cfg.seq_len:
         raise UnsupportedError(f"puzzles have {x.shape[1]} cells but this model takes {cfg.seq_len}")
