@@ -81,7 +81,7 @@ def test_load_and_generate_without_torch(no_torch_env, bundles):
 
 def test_device_tests_without_torch(no_torch_env, bundles):
     for b in bundles:
-        out = run(no_torch_env, "-m", "pytest", "-q", "--bundle", str(b), cwd=REPO / "device_tests")
+        out = run(no_torch_env, "-m", "pytest", "-q", str(REPO / "device_tests"), "--bundle", str(b), cwd=REPO / "device_tests")
         assert "passed" in out.stdout and "failed" not in out.stdout
 
 
