@@ -131,6 +131,45 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_solve(args: argparse.Namespace) -> int:
+    """Solve puzzles with a solver bundle (TRM/HRM): token ids (.npy) or text grids in, answers out."""
+    import numpy as np
+
+    from . import load
+    from .kinds.solver import grid
+
+    session = load(args.bundle, **({"n_threads": args.threads} if args.threads else {}))
+    try:
+        if not hasattr(session, "solve"):
+            raise EdgekitError(f"{args.bundle} is a {session.manifest.get('kind')} model; use `edgekit run` for it")
+        puzzles = grid.read_puzzles(args.input, session.seq_len)
+        ids = np.load(args.puzzle_identifiers) if args.puzzle_identifiers else None
+        answers, steps, seconds = [], [], 0.0
+        for start in range(0, len(puzzles), args.batch_size):
+            sol = session.solve(puzzles[start : start + args.batch_size],
+                                None if ids is None else ids[start : start + args.batch_size],
+                                max_steps=args.max_steps, halt=not args.no_halt)
+            answers.append(sol.answers)
+            steps.append(sol.steps)
+            seconds += sol.seconds
+    finally:
+        session.close()
+    answers_all, steps_all = np.concatenate(answers), np.concatenate(steps)
+    if args.output:
+        tmp = args.output.with_name(args.output.name + ".partial.npy")
+        np.save(tmp, answers_all.astype(np.int32))
+        tmp.replace(args.output)
+    for k in range(min(args.show, len(puzzles))):
+        print(f"puzzle {k} ({steps_all[k]} steps)\n{grid.render(puzzles[k])}\n-> answer\n{grid.render(answers_all[k])}\n")
+    print(
+        f"[{session.engine}] {len(puzzles)} puzzles, steps mean {steps_all.mean():.2f} (max "
+        f"{session.halt_max_steps if args.max_steps is None else args.max_steps}), {seconds:.3f} s in the engine, "
+        f"{len(puzzles) / seconds if seconds else 0.0:.1f} puzzles/s" + (f"; answers in {args.output}" if args.output else ""),
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .bundle import check_files, read_manifest
 
@@ -203,6 +242,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int)
     r.add_argument("--threads", type=int)
     r.set_defaults(func=cmd_run)
+
+    so = sub.add_parser("solve", help="solve puzzles with a TRM/HRM bundle (early halting by default)")
+    so.add_argument("bundle", type=Path)
+    so.add_argument("--input", required=True, type=Path, help="puzzles: .npy token ids [N, seq_len] in the official "
+                    "dataset encoding (0 pad, 1 blank, 2.. digits), or a text file with one grid per line "
+                    "(digits, '.' or '0' for blanks)")
+    so.add_argument("-o", "--output", type=Path, help="write the answers (token ids, int32 [N, seq_len]) as .npy")
+    so.add_argument("--puzzle-identifiers", type=Path, help=".npy of int [N] (default 0 for every puzzle)")
+    so.add_argument("--max-steps", type=int, help="supervision steps at most (default: the model's halt_max_steps)")
+    so.add_argument("--no-halt", action="store_true", help="run every step, as the official evaluation does")
+    so.add_argument("--batch-size", type=int, default=64, help="puzzles per engine call (default 64)")
+    so.add_argument("--show", type=int, default=0, help="print the first N puzzles and answers as grids")
+    so.add_argument("--threads", type=int)
+    so.set_defaults(func=cmd_solve)
 
     f = sub.add_parser("formats", help="print the support matrix: family x format, quantisations, options")
     f.add_argument("--json", action="store_true", help="machine-readable, with the parity thresholds")
