@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import UnsupportedError
 from ..runtimes.protocol import SamplingParams, SteppableSession
-from .values import PP, Case, CaseResult, Sample
+from .values import PP, STEP, Case, CaseResult, Sample
 
 
 def random_tokens(rng: random.Random, vocab: int, n: int) -> list[int]:
@@ -90,3 +90,32 @@ def run_cases(
     rng = random.Random(seed)
     for case in cases:
         emit(run_case(session, case, repetitions, warmup, rng, threads, extras_for(case)))
+
+
+def run_solver_case(
+    session: Any, case: Case, repetitions: int, warmup: bool, rng: random.Random, threads: int | None
+) -> CaseResult:
+    """A solver test: ``step`` times one supervision step of ``case.n`` random puzzles from the reset carry;
+    ``solve`` times ``session.solve`` with early halting (its engine time; the steps it took are recorded)."""
+    import numpy as np
+
+    gen = np.random.default_rng(rng.randrange(2**32))
+    steps: list[float] = []
+
+    def once() -> Sample:
+        x = gen.integers(1, session.vocab_size, size=(case.n, session.seq_len), dtype=np.int64)
+        ids = np.zeros(case.n, dtype=np.int64)
+        t0 = time.perf_counter()
+        if case.kind == STEP:
+            sol = session.solve(x, ids, max_steps=1, halt=False)
+        else:
+            sol = session.solve(x, ids, halt=True)
+            steps.append(float(sol.steps.max()))
+        return Sample(engine_s=sol.seconds, wall_s=time.perf_counter() - t0)
+
+    if warmup:
+        once()
+        steps.clear()
+    samples = tuple(once() for _ in range(repetitions))
+    return CaseResult(case=case, threads=threads, samples=samples,
+                      steps_mean=(sum(steps) / len(steps)) if steps else None)

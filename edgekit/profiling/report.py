@@ -7,7 +7,7 @@ import io
 import json
 from typing import Any
 
-from .values import CaseResult, ProfileReport
+from .values import SOLVE, STEP, CaseResult, ProfileReport
 
 FORMATS = ("table", "json", "jsonl", "csv", "md")
 COLUMNS = (
@@ -33,7 +33,7 @@ def _rows(report: ProfileReport) -> list[dict[str, Any]]:
 
 def _case_row(c: CaseResult) -> dict[str, Any]:
     return {
-        "test": c.case.name,
+        "test": c.case.name + (f" ({c.steps_mean:.1f} steps)" if c.steps_mean is not None else ""),
         "tps_mean": c.tps_mean,
         "tps_std": c.tps_std,
         "ttft_ms": c.ttft_s * 1e3 if c.ttft_s is not None else None,
@@ -82,6 +82,9 @@ def _caption(report: ProfileReport) -> str:
         f"{inv.get('mem_total_mb', '?')} MB, {inv.get('os', '?')} ({inv.get('machine', '?')})",
         f"{s.repetitions} repetitions{' after a warm-up' if s.warmup else ''}; t/s = mean ± sample stddev",
     ]
+    if any(c.case.kind in (STEP, SOLVE) for r in report.results for c in r.cases):
+        parts.append("solver tests: stepN = one supervision step of N puzzles (t/s = puzzle-steps/s); solveN = N "
+                     "puzzles solved with early halting (t/s = puzzles/s; steps until all halted)")
     if report.partial:
         parts.append("PARTIAL RESULTS: " + ("the run was interrupted" if report.interrupted else "some tests did not finish"))
     return "\n".join(parts)

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import resource
+import random
 import sys
 import time
 import traceback
@@ -106,16 +107,22 @@ def op_profile(req: Mapping[str, Any]) -> None:
         return {"bytes_per_token": weights.decode_bytes(wbytes, manifest, case.depth, case.n), "bandwidth_gbs": gbs}
 
     try:
-        method.run_cases(
-            session,
-            spec.cases(),
-            spec.repetitions,
-            spec.warmup,
-            spec.seed,
-            used_threads,
-            extras,
-            lambda result: emit("case", result=result.to_dict()),
-        )
+        if manifest.get("kind") == "solver":
+            rng = random.Random(spec.seed)
+            for case in spec.solver_cases():
+                result = method.run_solver_case(session, case, spec.repetitions, spec.warmup, rng, used_threads)
+                emit("case", result=result.to_dict())
+        else:
+            method.run_cases(
+                session,
+                spec.cases(),
+                spec.repetitions,
+                spec.warmup,
+                spec.seed,
+                used_threads,
+                extras,
+                lambda result: emit("case", result=result.to_dict()),
+            )
     finally:
         session.close()
     emit("done", peak_rss_mb=peak_rss_mb())

@@ -14,6 +14,9 @@ from ..errors import EdgekitError
 
 PP = "pp"  # prefill: process n prompt tokens in batches
 TG = "tg"  # decode: generate n tokens one at a time
+STEP = "step"  # solver: one supervision step for a batch of n puzzles (rate: puzzle-steps/s)
+SOLVE = "solve"  # solver: solve a batch of n puzzles with early halting (rate: puzzles/s)
+SOLVER_BATCHES = (1, 16)  # solver bundles are measured at batch 1 and at batch 16
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,10 @@ class ProfileSpec:
             out += [Case(TG, n, d) for n in self.gens if n > 0]
         return out
 
+    def solver_cases(self) -> list[Case]:
+        """The tests of a solver bundle: a step and a whole solve, at each of ``SOLVER_BATCHES``."""
+        return [Case(kind, b) for b in SOLVER_BATCHES for kind in (STEP, SOLVE)]
+
     @property
     def max_context(self) -> int:
         return max(c.context for c in self.cases())
@@ -96,6 +103,7 @@ class CaseResult:
     samples: tuple[Sample, ...]
     bytes_per_token: int | None = None  # weights (+ KV cache) read per decoded token
     bandwidth_gbs: float | None = None  # the device's measured read bandwidth at these threads
+    steps_mean: float | None = None  # solve tests: supervision steps until every puzzle halted, mean
 
     @property
     def rates(self) -> list[float]:
@@ -142,6 +150,7 @@ class CaseResult:
             "samples": [asdict(s) for s in self.samples],
             "bytes_per_token": self.bytes_per_token,
             "bandwidth_gbs": self.bandwidth_gbs,
+            "steps_mean": self.steps_mean,
             # derived values, for readers of the JSON that do not recompute them
             "tps_mean": self.tps_mean,
             "tps_std": self.tps_std,
@@ -159,6 +168,7 @@ class CaseResult:
             samples=tuple(Sample(**s) for s in d["samples"]),
             bytes_per_token=d.get("bytes_per_token"),
             bandwidth_gbs=d.get("bandwidth_gbs"),
+            steps_mean=d.get("steps_mean"),
         )
 
 
