@@ -59,15 +59,17 @@ ARCH: dict[str, Any] = {
     "pos_encodings": "none",
     "mlp_t": True,
     "no_ACT_continue": True,
-    "halt_max_steps": 6,
-    "halt_exploration_prob": 0.1,
+    "halt_max_steps": 4,
+    # Higher than the official 0.1: this task is mostly solved in one step, so with 0.1 the later steps were
+    # hardly ever trained and running all steps (the official evaluation) lost accuracy (0.91 vs 0.97 halted).
+    "halt_exploration_prob": 0.5,
     "forward_dtype": "float32",
 }
 TRAIN: dict[str, Any] = {
     "global_batch_size": 128,
     "lr": 2e-3,
     "lr_min_ratio": 0.05,
-    "lr_warmup_steps": 200,
+    "lr_warmup_steps": 50,
     "weight_decay": 0.1,
     "beta1": 0.9,
     "beta2": 0.95,
@@ -288,8 +290,8 @@ def write_checkpoint(model: Any, torch: Any, out: Path, step: int, meta: dict[st
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path(__file__).parent, help="folder that receives trm-sudoku/")
-    ap.add_argument("--minutes", type=float, default=18.0, help="training time budget (wall clock)")
-    ap.add_argument("--max-steps", type=int, default=20000, help="optimizer steps at most (the schedule's length)")
+    ap.add_argument("--steps", type=int, default=400, help="optimizer steps (the schedule's length)")
+    ap.add_argument("--minutes", type=float, default=25.0, help="safety stop (wall clock); the record says if it hit")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=500)
     args = ap.parse_args(argv)
@@ -331,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     seen = 0
     step = 0
     model.train()
-    while step < args.max_steps and time.time() - t0 < budget:
+    while step < args.steps and time.time() - t0 < budget:
         n_new = int(halted.sum())
         if n_new:
             nx, ny = stream.take(n_new)
@@ -342,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
             steps = torch.where(halted, 0, steps)
             seen += n_new
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, args.max_steps)
+            g["lr"] = lr_at(step, args.steps)
         z_H, z_L, logits, q_halt = train_forward(model, torch, z_H, z_L, cur_x, ids)
         lm = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), cur_y.reshape(-1), reduction="none")
         lm = lm.view(B, -1).mean(-1).sum()
@@ -386,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         f"held-out solutions: {HELD_OUT_GRIDS} of {len(grids)} grids, never trained on",
         "seed": SEED,
         "optimizer_steps": step,
+        "schedule_steps": args.steps,
+        "stopped_by_time_limit": step < args.steps,
         "puzzles_seen": seen,
         "train_seconds": round(train_seconds, 1),
         "threads": args.threads,
