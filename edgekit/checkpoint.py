@@ -153,10 +153,15 @@ def open_checkpoint(source: str | Path) -> Checkpoint:
     if not root.is_dir():
         raise CheckpointError(f"{root}: not a directory (expected a Hugging Face checkpoint directory)")
     if not (root / "config.json").exists():
-        for spec in families.FAMILIES.values():
+        readers = [spec for spec in families.FAMILIES.values() if spec.read_checkpoint]
+        for spec in readers:
             found = spec.open_directory(root)
             if found is not None:
                 return Checkpoint(path=root, family=spec, **found)
+        raise CheckpointError(
+            f"{root}: no config.json (a Hugging Face checkpoint), and not one of the official checkpoint layouts of "
+            f"{', '.join(s.family.value for s in readers)} (e.g. step_N + all_config.yaml naming a supported arch)"
+        )
     config = read_json(root / "config.json", "config.json")
     spec = families.detect(config)
     model_config = spec.read_config(config)

@@ -66,6 +66,12 @@ class QuantSpec:
         return d
 
 
+def pick(quants: Mapping[str, QuantSpec], *names: str) -> dict[str, QuantSpec]:
+    """The named subset of a format's quantisations, in the given order (a recipe offers the ones its family can
+    use; the first listed is what ``edgekit formats`` shows first)."""
+    return {n: quants[n] for n in names}
+
+
 def option(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> Any:
     """A field of an ``Options`` dataclass: its default, CLI help text and (optionally) its valid values."""
     return field(default=default, metadata={"help": help, "choices": choices})

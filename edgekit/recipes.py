@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping
 
 from .errors import UnsupportedError
 from .families import Family
-from .plan import Format, Options, QuantSpec
+from .plan import Format, Options, QuantSpec, pick
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def _builtin() -> RecipeTable:
     # are the ones the product promises; the others and the KL bars leave ~2-5x headroom over those measurements.
     table.register(Recipe(
         Family.LFM2, Format.GGUF,
-        gguf.quants("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0"),
+        pick(gguf.QUANTS, "f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0"),
         default_quant="f32",
         thresholds={
             "f32": LM(min_top1=0.995, max_mean_kl=1e-5, max_abs_logit=1e-3, min_greedy_prefix=32),
@@ -157,7 +157,7 @@ def _builtin() -> RecipeTable:
     # int4 0.860 / 2.8e-2 (head_bits=8: 0.893 / 1.6e-2; block_size=128: 0.842, below the bar).
     table.register(Recipe(
         Family.LFM2, Format.ONNX,
-        onnx.quants("fp32", "fp16", "int8", "int4"),
+        pick(onnx.QUANTS, "fp32", "fp16", "int8", "int4"),
         default_quant="fp32",
         thresholds={
             "fp32": LM(min_top1=0.999, max_mean_kl=1e-6, max_abs_logit=1e-3, min_greedy_prefix=32),
@@ -172,7 +172,7 @@ def _builtin() -> RecipeTable:
     # int8 head 0.8755 / 2.1e-2 (an int4 head: 0.8457, below the bar, so the default head stays int8).
     table.register(Recipe(
         Family.LFM2, Format.EXECUTORCH,
-        executorch.quants("fp32", "8da8w", "8da4w"),
+        pick(executorch.QUANTS, "fp32", "8da8w", "8da4w"),
         default_quant="8da4w",
         thresholds={
             "fp32": LM(min_top1=0.999, max_mean_kl=1e-5, max_abs_logit=1e-3, min_greedy_prefix=32),
@@ -190,12 +190,12 @@ def _builtin() -> RecipeTable:
     for family in (Family.TRM, Family.HRM):
         name = family.value
         table.register(Recipe(
-            family, Format.ONNX, onnx.quants("fp32", "int8", "int4"), default_quant="fp32",
+            family, Format.ONNX, pick(onnx.QUANTS, "fp32", "int8", "int4"), default_quant="fp32",
             thresholds={"fp32": solver_float, "int8": solver_quant, "int4": solver_quant},
             options=onnx.SolverOptions, module=f"edgekit.exporters.onnx.{name}",
         ))
         table.register(Recipe(
-            family, Format.EXECUTORCH, executorch.quants("fp32", "8da8w", "8da4w"), default_quant="fp32",
+            family, Format.EXECUTORCH, pick(executorch.QUANTS, "fp32", "8da8w", "8da4w"), default_quant="fp32",
             thresholds={"fp32": solver_float, "8da8w": solver_quant, "8da4w": solver_quant},
             options=executorch.SolverOptions, module=f"edgekit.exporters.executorch.{name}",
         ))

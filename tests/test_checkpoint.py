@@ -32,7 +32,7 @@ def test_unknown_builtin():
 def test_missing_config(rand_lfm2, tmp_path):
     d = copy(rand_lfm2, tmp_path / "c")
     (d / "config.json").unlink()
-    with pytest.raises(CheckpointError, match="config.json is missing"):
+    with pytest.raises(CheckpointError, match="no config.json"):
         open_checkpoint(d)
 
 
@@ -128,8 +128,15 @@ def test_bad_input_is_refused_before_output_exists(rand_lfm2, tmp_path):
     assert not out.exists() and list(tmp_path.iterdir()) == [d]
 
 
-def test_trm_checkpoint_is_named_not_supported_yet(tmp_path):
+def test_broken_official_trm_checkpoint_is_one_line(tmp_path):
     (tmp_path / "all_config.yaml").write_text("arch:\n  name: recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1\n")
     (tmp_path / "step_0").write_bytes(b"")
-    with pytest.raises(UnsupportedError, match="TRM/HRM.*supported: lfm2"):
+    with pytest.raises(CheckpointError) as e:
+        open_checkpoint(tmp_path)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_layout_names_what_is_read(tmp_path):
+    (tmp_path / "all_config.yaml").write_text("arch:\n  name: some.other@Model\n")
+    with pytest.raises(CheckpointError, match="no config.json.*official checkpoint layouts of trm, hrm"):
         open_checkpoint(tmp_path)

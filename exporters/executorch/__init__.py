@@ -33,9 +33,6 @@ QUANTS: dict[str, QuantSpec] = {
 }
 
 
-def quants(*names: str) -> dict[str, QuantSpec]:
-    return {n: QUANTS[n] for n in names}
-
 
 @dataclass(frozen=True)
 class LinearOptions(Options):

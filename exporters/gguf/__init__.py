@@ -29,10 +29,6 @@ QUANTS: dict[str, QuantSpec] = {
 }
 
 
-def quants(*names: str) -> dict[str, QuantSpec]:
-    """The named subset of ``QUANTS`` (a recipe offers the ones its family can use)."""
-    return {n: QUANTS[n] for n in names}
-
 
 @dataclass(frozen=True)
 class GgufOptions(Options):

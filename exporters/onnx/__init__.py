@@ -36,9 +36,6 @@ QUANTS: dict[str, QuantSpec] = {
 }
 
 
-def quants(*names: str) -> dict[str, QuantSpec]:
-    return {n: QUANTS[n] for n in names}
-
 
 @dataclass(frozen=True)
 class OnnxOptions(Options):

@@ -15,7 +15,7 @@ from edgekit.errors import CheckpointError
 from edgekit.exporters import onnx
 from edgekit.families import FAMILIES, Family, FamilySpec, ModelKind
 from edgekit.kinds.language import Thresholds
-from edgekit.plan import Format, NoOptions
+from edgekit.plan import Format, NoOptions, pick
 from edgekit.recipes import RECIPES, Recipe
 
 FAMILY = Family("toymlp")
@@ -58,7 +58,7 @@ SPEC = FamilySpec(
 )
 
 RECIPE = Recipe(
-    FAMILY, Format.ONNX, onnx.quants("fp32"), default_quant="fp32",
+    FAMILY, Format.ONNX, pick(onnx.QUANTS, "fp32"), default_quant="fp32",
     thresholds={"fp32": Thresholds(min_top1=0.999, max_mean_kl=1e-6, max_abs_logit=1e-3, min_greedy_prefix=32)},
     options=NoOptions, module="toy_family.onnx",
 )

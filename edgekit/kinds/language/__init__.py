@@ -14,14 +14,6 @@ from .golden import compare as compare_golden
 from .golden import write as write_golden
 from .parity import run as verify
 
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "generation_config.json",
-)
-
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -69,7 +61,7 @@ class Thresholds:
 
 def bundle_files(checkpoint: Any) -> list[Path]:
     """The tokenizer files that travel with the artifact."""
-    return [checkpoint.path / n for n in TOKENIZER_FILES if (checkpoint.path / n).is_file()]
+    return list(checkpoint.tokenizer_files)
 
 
 def metadata(checkpoint: Any, artifact: Mapping[str, Any] | None = None) -> dict[str, Any]:
