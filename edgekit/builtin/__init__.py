@@ -1,4 +1,5 @@
-"""Built-in checkpoints shipped with edgekit (``builtin:NAME``): a trained tiny LFM2 and a LoRA adapter for it.
+"""Built-in checkpoints shipped with edgekit (``builtin:NAME``): a trained tiny LFM2 and a LoRA adapter for it,
+and a trained TRM for 4x4 Sudoku (official checkpoint format).
 
 They are made by ``python -m edgekit.builtin.train`` (see that module and README.md).
 """
@@ -11,7 +12,7 @@ from ..errors import CheckpointError
 
 PREFIX = "builtin:"
 ROOT = Path(__file__).parent
-NAMES = ("lfm2-tiny", "lfm2-tiny-lora")
+NAMES = ("lfm2-tiny", "lfm2-tiny-lora", "trm-sudoku")
 
 
 def resolve(source: str | Path) -> Path:
