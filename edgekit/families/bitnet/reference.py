@@ -40,6 +40,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -113,10 +114,7 @@ class TernaryProjection(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "float":
-            y = F.linear(x, self.codes) * self.scale
-            if self.lora is not None:
-                y = y + self.lora.scaling * F.linear(F.linear(x, torch.as_tensor(self.lora.a)), torch.as_tensor(self.lora.b))
-            return y
+            return self._lora(x, F.linear(x, self.codes) * self.scale)
         q, s = quantize_a4(x) if self.mode == "a4" else quantize_a8(x)
         if self.topk is not None:
             q = q * topk_mask(x, self.topk)
@@ -128,11 +126,15 @@ class TernaryProjection(torch.nn.Module):
             y = F.linear(q / s, self.codes) * self.stored[1]
         else:  # AutoBitLinear online: WeightQuant's codes / (1 / gamma), ActQuant's q / s
             y = F.linear(q / s, self.codes / self.stored[1])
-        if self.lora is not None:
-            a = torch.as_tensor(self.lora.a, dtype=torch.float32)
-            b = torch.as_tensor(self.lora.b, dtype=torch.float32)
-            y = y + self.lora.scaling * F.linear(F.linear(x, a), b)
-        return y
+        return self._lora(x, y)
+
+    def _lora(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """peft's unmerged branch: on the unquantised input, in float."""
+        if self.lora is None:
+            return y
+        a = torch.as_tensor(self.lora.a, dtype=torch.float32)
+        b = torch.as_tensor(self.lora.b, dtype=torch.float32)
+        return y + self.lora.scaling * F.linear(F.linear(x, a), b)
 
 
 class FloatProjection(torch.nn.Module):
@@ -140,7 +142,7 @@ class FloatProjection(torch.nn.Module):
 
     def __init__(self, weight: Any):
         super().__init__()
-        self.register_buffer("weight", torch.as_tensor(weight, dtype=torch.float32), persistent=False)
+        self.register_buffer("weight", torch.from_numpy(np.array(weight, dtype=np.float32)), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight)
@@ -177,7 +179,8 @@ class BitNetReference(torch.nn.Module):
         unknown = sorted(set(lora) - set(weights.ternary))
         if unknown:
             raise UnsupportedError(f"LoRA deltas for projections that are not ternary: {', '.join(unknown[:3])}")
-        f = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in weights.floats.items()}
+        # copies: the readers hand out read-only memory maps of the checkpoint
+        f = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in weights.floats.items()}
         self.register_buffer("embed", f["model.embed_tokens.weight"], persistent=False)
         self.register_buffer("norm", f["model.norm.weight"], persistent=False)
         self.register_buffer("lm_head", f.get("lm_head.weight", f["model.embed_tokens.weight"]), persistent=False)
