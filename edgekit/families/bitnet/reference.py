@@ -102,12 +102,28 @@ def topk_mask(x: torch.Tensor, fraction: float) -> torch.Tensor:
 class TernaryProjection(torch.nn.Module):
     """One BitLinear: ternary codes [out, in] (held as float32 for an exact integer matmul) times one scale."""
 
-    def __init__(self, t: TernaryLinear, mode: str = "a8", topk: float | None = None, lora: LoraDelta | None = None):
+    def __init__(
+        self,
+        t: TernaryLinear,
+        mode: str = "a8",
+        topk: float | None = None,
+        lora: LoraDelta | None = None,
+        master: Any = None,
+    ):
         super().__init__()
-        self.register_buffer("codes", torch.from_numpy(t.codes.astype("float32")), persistent=False)
-        self.scale = float(t.scale)
+        codes = torch.from_numpy(t.codes.astype("float32"))
         # transformers' own operation order for this storage convention (only for its A8 path)
         self.stored = t.stored if mode == "a8" and topk is None else None
+        if master is not None and self.stored is not None and self.stored[0] == "inverse":
+            # AutoBitLinear (online) ternarises the master weights with torch's float32 mean, which is not always
+            # the correctly rounded one the numpy reader computes: 1 ulp of scale can flip an int8 rounding later
+            # on.  Repeat transformers' WeightQuant exactly (codes agree; the scale may move by 1 ulp).
+            w = torch.from_numpy(np.array(master, dtype=np.float32))
+            inv = 1.0 / w.abs().mean().clamp(min=1e-5)
+            codes = (w * inv).round().clamp(-1, 1)
+            self.stored = ("inverse", inv)
+        self.register_buffer("codes", codes, persistent=False)
+        self.scale = float(t.scale)
         self.mode = mode  # "a8", "a4" or "float"
         self.topk = topk
         self.lora = lora
@@ -203,7 +219,8 @@ class BitNetReference(torch.nn.Module):
                     topk = a48.out_proj_topk
                 elif a4 and leaf == "down_proj":
                     topk = a48.down_topk
-                setattr(layer, leaf, TernaryProjection(weights.ternary[name], mode, topk, lora.get(name)))
+                master = weights.master.get(name) if weights.master is not None else None
+                setattr(layer, leaf, TernaryProjection(weights.ternary[name], mode, topk, lora.get(name), master))
             for norm in ("input_layernorm", "post_attention_layernorm"):
                 layer.register_buffer(norm, f[f"{p}.{norm}.weight"], persistent=False)
             layer.register_buffer("attn_sub_norm", f[f"{p}.self_attn.attn_sub_norm.weight"], persistent=False)
