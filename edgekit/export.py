@@ -127,7 +127,7 @@ def _export_into(
     t0 = time.perf_counter()
     with staging(out, force=force) as tmp:
         progress(f"loading {prep.checkpoint.path}" + (f" + adapter {prep.adapter.path}" if prep.adapter else ""))
-        model = reference.load_reference(prep.checkpoint, prep.adapter)
+        model = reference.load_reference(prep.checkpoint, prep.adapter, prep.plan.options)
         job = ExportJob(
             plan=prep.plan, checkpoint=prep.checkpoint, reference=model, weights=reference.state_dict(model),
             progress=progress,
@@ -135,7 +135,10 @@ def _export_into(
         artifact = prep.recipe.exporter().export(job, tmp)
         for f in prep.checkpoint.bundle_files:
             shutil.copy2(f, tmp / f.name)
-        write_manifest(tmp, manifest_for(prep, artifact, time.perf_counter() - t0))
+        manifest = manifest_for(prep, artifact, time.perf_counter() - t0)
+        if getattr(model, "edgekit_merge_report", None) is not None:
+            manifest["adapter"]["merge"] = model.edgekit_merge_report
+        write_manifest(tmp, manifest)
         if verify:
             report = verify_bundle_with(tmp, model, prep.thresholds, progress)
             progress(report.table())
@@ -185,7 +188,15 @@ def recorded_reference(
         if adapter is None and lora.sha256 != recorded["sha256"]:
             raise BundleError(f"{lora.path}: the adapter changed since the export; pass --adapter with the original")
     progress(f"loading reference {ckpt.path}" + (f" + adapter {lora.path}" if lora else ""))
-    return reference.load_reference(ckpt, lora)
+    return reference.load_reference(ckpt, lora, recorded_options(manifest, ckpt))
+
+
+def recorded_options(manifest: Mapping[str, Any], ckpt: Checkpoint) -> Any:
+    """The typed options a bundle was exported with (they may change the reference, e.g. BitNet's activations)."""
+    from .recipes import RECIPES
+
+    recipe = RECIPES.get(ckpt.family.family, Format.parse(manifest["format"]))
+    return recipe.options.from_dict(manifest["plan"].get("options") or {})
 
 
 def verify_bundle(

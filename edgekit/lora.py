@@ -84,7 +84,7 @@ def open_adapter(source: str | Path, base: Checkpoint) -> Adapter:
         leaf = module.rsplit(".", 1)[-1]
         if leaf not in allowed:
             raise AdapterError(f"{root}: adapter targets {module!r}; LoRA may target only {', '.join(sorted(allowed))}")
-        base_shape = base.shapes.get(f"{module}.weight")
+        base_shape = _logical_shape(base, f"{module}.weight")
         if base_shape is None:
             raise AdapterError(
                 f"{root}: adapter targets {module!r}, which the base model at {base.path} does not have; "
@@ -100,6 +100,15 @@ def open_adapter(source: str | Path, base: Checkpoint) -> Adapter:
                 "the adapter was trained for another base model"
             )
     return Adapter(path=root, config=config, modules=tuple(sorted(modules)))
+
+
+def _logical_shape(base: Checkpoint, name: str) -> tuple[int, ...] | None:
+    """A weight's [out, in] shape as the model computes with it: from the family config where the file stores it
+    packed (BitNet's uint8 codes hold four rows per byte row), else from the file."""
+    config = base.model_config
+    if name in base.shapes and hasattr(config, "linear_shape") and name in getattr(config, "linear_names", tuple)():
+        return tuple(config.linear_shape(name))
+    return base.shapes.get(name)
 
 
 def merge(model: Any, adapter: Adapter) -> Any:

@@ -111,6 +111,12 @@ class Options:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Options":
+        """Options as a manifest recorded them (already validated at export; unknown keys ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
 
 def _convert(fmt: str, f: dataclasses.Field, hint: Any, value: Any) -> Any:
     flag = "--" + f.name.replace("_", "-")

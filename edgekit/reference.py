@@ -14,10 +14,17 @@ from .checkpoint import Checkpoint
 from .lora import Adapter, merge
 
 
-def load_reference(checkpoint: Checkpoint, adapter: Adapter | None) -> Any:
-    model = checkpoint.family.build_reference(checkpoint)
+def load_reference(checkpoint: Checkpoint, adapter: Adapter | None, options: Any = None) -> Any:
+    """The family's reference (built with the recipe's ``options`` where the family reads any) with ``adapter``
+    merged: by the family's own merge where it has one (BitNet: on master weights, re-ternarised; its error
+    report lands on ``model.edgekit_merge_report``), else by peft."""
+    model = checkpoint.family.build_reference(checkpoint, options)
     if adapter is not None:
-        model = merge(model, adapter)
+        if checkpoint.family.merge_adapter:
+            model, report = checkpoint.family.merge(model, checkpoint, adapter, options)
+            model.edgekit_merge_report = report
+        else:
+            model = merge(model, adapter)
     return model
 
 

@@ -66,9 +66,17 @@ class FamilySpec:
     # function(root) -> None when the directory is not this family's, else a mapping with config (raw),
     # model_config, files (weights), config_files, shapes
     read_checkpoint: str | None = None
+    # "module:function" merging a LoRA adapter the family's own way (default: peft's merge_and_unload):
+    # function(model, checkpoint, adapter, options) -> (merged model, report mapping for the manifest or None)
+    merge_adapter: str | None = None
 
-    def build_reference(self, checkpoint: Any) -> Any:
-        return _resolve(self.reference)(checkpoint)
+    def build_reference(self, checkpoint: Any, options: Any = None) -> Any:
+        """The torch reference: ``reference(checkpoint, options)``; ``options`` (the recipe's typed options or
+        None) lets a family build the variant the export asks for (BitNet's activation mode)."""
+        return _resolve(self.reference)(checkpoint, options)
+
+    def merge(self, model: Any, checkpoint: Any, adapter: Any, options: Any) -> tuple[Any, Any]:
+        return _resolve(self.merge_adapter)(model, checkpoint, adapter, options)  # type: ignore[arg-type]
 
     def open_directory(self, root: Any) -> Mapping[str, Any] | None:
         return _resolve(self.read_checkpoint)(root) if self.read_checkpoint else None
@@ -136,10 +144,10 @@ class Registry:
 
 
 def _builtin() -> Registry:
-    from . import hrm, lfm2, trm
+    from . import bitnet, hrm, lfm2, trm
 
     table = Registry()
-    for spec in (lfm2.SPEC, trm.SPEC, hrm.SPEC):
+    for spec in (lfm2.SPEC, bitnet.SPEC, trm.SPEC, hrm.SPEC):
         table.register(spec)
     return table
 

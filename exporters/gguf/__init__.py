@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...errors import UnsupportedError
 from ...plan import Options, QuantSpec, WeightKind, option
 
 ARTIFACT = "model.gguf"
@@ -25,6 +26,10 @@ QUANTS: dict[str, QuantSpec] = {
         QuantSpec("q5_k_m", WeightKind.INT, 5, 32, method="k-quant", description="5-bit k-quant, mixed"),
         QuantSpec("q4_k_m", WeightKind.INT, 4, 32, method="k-quant", description="4-bit k-quant, mixed"),
         QuantSpec("q4_0", WeightKind.INT, 4, 32, description="4-bit, blocks of 32, one f16 scale"),
+        QuantSpec("tq1_0", WeightKind.INT, 1.6875, 256, method="ternary, exact",
+                  description="ternary weights, 1.69 bits each (base-3 packed), per-tensor scale kept apart"),
+        QuantSpec("tq2_0", WeightKind.INT, 2.0625, 256, method="ternary, exact",
+                  description="ternary weights, 2.06 bits each (2-bit fields), per-tensor scale kept apart"),
     )
 }
 
@@ -36,3 +41,23 @@ class GgufOptions(Options):
 
     pretokenizer: str | None = option(None, "GGUF: llama.cpp pre-tokenizer name, when it cannot be derived from "
                                             "tokenizer.json")
+
+
+@dataclass(frozen=True)
+class BitNetGgufOptions(GgufOptions):
+    """Options of the BitNet GGUF recipe."""
+
+    embedding_type: str = option("f16", "BitNet GGUF: tensor type of the token embedding / output (f16, q8_0, f32)",
+                                 ("f16", "q8_0", "f32"))
+    bitnet_activations: str = option("a8", "BitNet: activation quantisation of the reference (a8 = W1.58A8; a4.8 = "
+                                           "BitNet a4.8's 4-bit attention/FFN inputs)", ("a8", "a4.8"))
+    accept_reternarisation: bool = option(False, "BitNet: allow merging a LoRA adapter into a packed-only "
+                                                 "checkpoint (its ternary codes are all there is to merge into; the "
+                                                 "re-ternarised error is reported in the manifest)")
+
+    def validate(self, quant: QuantSpec, given: set[str]) -> None:
+        if self.bitnet_activations != "a8":
+            raise UnsupportedError(
+                "gguf --bitnet-activations a4.8: llama.cpp has no 4-bit activation path (it quantises activations "
+                "to 8 bits inside its ternary kernels); export with a8, or use a4.8 with the PyTorch reference only"
+            )

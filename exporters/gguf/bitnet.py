@@ -277,3 +277,16 @@ def read_back(path: str | Path, weights: BitNetWeights) -> dict[str, float]:
     if norm_err != 0.0:
         raise CheckpointError(f"{path}: norm weights differ from the model by up to {norm_err}")
     return {"embedding_max_abs_error": emb_err, "norm_max_abs_error": norm_err}
+
+
+def export(job: Any, out_dir: Path) -> dict[str, Any]:
+    """The recipe's entry point: the merged reference's ternary weights -> ``model.gguf`` at the plan's quant
+    (``tq1_0``/``tq2_0`` exact ternary, or ``f16``/``f32`` codes x scale as floats)."""
+    from . import ARTIFACT
+
+    options = job.plan.options
+    plan = GGUFPlan(ternary=job.plan.quant.name, embedding=options.embedding_type)
+    job.progress(f"writing the bitnet GGUF (ternary tensors as {plan.ternary.upper()}, embedding {plan.embedding.upper()})")
+    summary = write(job.reference.weights, job.checkpoint.path, out_dir / ARTIFACT, plan,
+                    name=job.checkpoint.path.name, pretokenizer=options.pretokenizer)
+    return {**summary, "file": ARTIFACT, "plan": {"ternary": plan.ternary, "embedding": plan.embedding}}

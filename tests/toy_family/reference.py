@@ -23,7 +23,7 @@ class ToyMlp(nn.Module):
         return SimpleNamespace(logits=self.down(h), cache=None)
 
 
-def build(checkpoint: Any) -> ToyMlp:
+def build(checkpoint: Any, options: Any = None) -> ToyMlp:
     from safetensors.torch import load_file
 
     cfg = checkpoint.model_config

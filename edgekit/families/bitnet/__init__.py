@@ -7,3 +7,19 @@ llama.cpp computes; imports torch), ``lora.py`` (merging a PEFT LoRA into ternar
 and the error that costs), ``synthetic.py`` (random-weight models for tests and full-size speed benchmarks).  Per-format code:
 ``exporters/<format>/bitnet.py``.  The registry row (``SPEC``) is added with the recipe table.
 """
+
+from __future__ import annotations
+
+from .. import Family, FamilySpec, ModelKind
+from .config import BitNetConfig
+
+SPEC = FamilySpec(
+    family=Family.BITNET,
+    kind=ModelKind.LANGUAGE,
+    architectures=("BitNetForCausalLM",),
+    model_types=("bitnet",),
+    lora_targets=frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
+    read_config=BitNetConfig.from_hf,
+    reference="edgekit.families.bitnet.reference:build_for_export",
+    merge_adapter="edgekit.families.bitnet.lora:merge_for_export",
+)

@@ -190,6 +190,10 @@ class BitNetConfig:
         d["quantization"]["modules_to_not_convert"] = list(self.quantization.modules_to_not_convert)
         return d
 
+    def kv_values_per_position(self) -> int:
+        """K and V values one context position holds across all layers (for the memory roofline)."""
+        return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim
+
     def linear_names(self) -> tuple[str, ...]:
         """Hugging Face weight names of every ternary projection, layer by layer (``model.layers.{i}.*.weight``)."""
         out = []

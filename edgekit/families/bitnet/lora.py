@@ -219,3 +219,24 @@ def merge_adapter(
     merged = merge(weights, updates, accept_reternarisation=accept_reternarisation)
     report = merge_error(weights, updates, merged, tokens) if tokens is not None else None
     return merged, report
+
+
+REPORT_TOKENS = 512  # held-out tokens the merge error is measured on
+
+
+def merge_for_export(model: Any, checkpoint: Any, adapter: Any, options: Any) -> tuple[Any, dict[str, Any]]:
+    """The registry's merge hook: merge ``adapter`` into the reference's ternary weights (on master weights,
+    re-ternarised), rebuild the reference from the merged weights, and report the error the re-ternarisation
+    costs against the unmerged base + adapter (on ``REPORT_TOKENS`` held-out tokens) for the manifest."""
+    from tokenizers import Tokenizer
+
+    from edgekit.families.bitnet.reference import build_for_export
+    from edgekit.kinds.language.parity import heldout_text
+
+    tok = Tokenizer.from_file(str(checkpoint.path / "tokenizer.json"))
+    tokens = tok.encode(heldout_text(), add_special_tokens=False).ids[:REPORT_TOKENS]
+    merged, report = merge_adapter(
+        model.weights, adapter.path, tokens,
+        accept_reternarisation=bool(getattr(options, "accept_reternarisation", False)),
+    )
+    return build_for_export(merged, options), (report.to_dict() if report is not None else None)

@@ -291,3 +291,12 @@ def build(checkpoint: Any, activations: str = "a8", a48: A48Options = A48Options
     else:
         weights = load(getattr(checkpoint, "path", checkpoint))
     return BitNetReference(weights, activations=activations, a48=a48).eval()
+
+
+def build_for_export(checkpoint: Any, options: Any = None) -> BitNetReference:
+    """The registry's builder: the activation mode from the recipe's ``bitnet_activations`` option (default
+    ``a8``, what BitNet b1.58 computes); the ternary weights stay reachable as ``model.weights`` for exporters."""
+    weights = checkpoint if isinstance(checkpoint, BitNetWeights) else load(getattr(checkpoint, "path", checkpoint))
+    model = build(weights, activations=getattr(options, "bitnet_activations", "a8"))
+    model.weights = weights
+    return model

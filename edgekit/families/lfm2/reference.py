@@ -7,7 +7,7 @@ from typing import Any
 from ...errors import CheckpointError, require
 
 
-def build(checkpoint: Any) -> Any:
+def build(checkpoint: Any, options: Any = None) -> Any:
     """The checkpoint as transformers' model, float32, eval mode; CheckpointError if transformers cannot load it."""
     torch = require("torch", "export")
     transformers = require("transformers", "export")

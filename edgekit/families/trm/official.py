@@ -43,13 +43,13 @@ def open_hrm(root: Path) -> dict[str, Any] | None:
     return _open(root, ARCH_NAMES, load_config)
 
 
-def build_trm(checkpoint: Any) -> Any:
+def build_trm(checkpoint: Any, options: Any = None) -> Any:
     from edgekit.families.trm.checkpoint import load_checkpoint
 
     return load_checkpoint(checkpoint.files[0])
 
 
-def build_hrm(checkpoint: Any) -> Any:
+def build_hrm(checkpoint: Any, options: Any = None) -> Any:
     from edgekit.families.hrm.checkpoint import load_checkpoint
 
     return load_checkpoint(checkpoint.files[0])
