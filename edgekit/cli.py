@@ -54,6 +54,10 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
                                       "which apply where)")
     for name, (f, helps) in _option_fields().items():
         choices = f.metadata.get("choices")
+        if f.type in (bool, "bool"):
+            group.add_argument("--" + name.replace("_", "-"), dest=f"opt_{name}", action="store_const", const=True,
+                               help="; ".join(helps))
+            continue
         group.add_argument(
             "--" + name.replace("_", "-"), dest=f"opt_{name}", metavar=None if choices else name.upper(),
             choices=[str(c) for c in choices] if choices else None, help="; ".join(helps),
