@@ -1,21 +1,30 @@
 """TRM -> ExecuTorch: one supervision step as a ``.pte`` for XNNPACK (state in, state out, logits, halting logits).
 
 ``forward(z_H, z_L, inputs, puzzle_identifiers) -> (z_H', z_L', logits, q_halt_logits, q_continue_logits)`` with
-shapes as in ``exporters/onnx/trm.py`` and a dynamic batch up to ``--max-batch``.  8da8w / 8da4w quantise every
-linear (torchao, XNNPACK's dynamically quantised GEMMs).  Constant methods: ``get_seq_len``,
-``get_halt_max_steps``, ``get_max_batch``.  HRM shares this file (``hrm.py``).
+shapes as in ``exporters/onnx/trm.py`` and a dynamic batch up to ``--max-batch``.  The program is not the
+reference traced as is but ``trm_graph.Step``, the same step rewritten from the reference's weights so that
+everything after the embedding gathers is one XNNPACK delegate (see that module for what changes and why).
+8da8w / 8da4w quantise every linear of that module (torchao, XNNPACK's dynamically quantised GEMMs); the norms'
+mean columns, RoPE's rotation and the selection matrices are buffers, never quantised.  Constant methods:
+``get_seq_len``, ``get_halt_max_steps``, ``get_max_batch``.  HRM shares this file (``hrm.py``).
 """
 
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 from typing import Any
 
-from ...families.trm import step
-from .. import ExportJob
-from . import ARTIFACT, lower, quant
+from edgekit.exporters import ExportJob
+from edgekit.exporters.executorch import ARTIFACT, lower, quant
+from edgekit.families.trm import step
+
+
+def build(reference: Any, length: int) -> Any:
+    """The float32 eager step module for puzzles of ``length`` tokens (a fresh copy of the weights)."""
+    from edgekit.exporters.executorch.trm_graph import Step
+
+    return Step(reference, length).eval()
 
 
 def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
@@ -24,7 +33,7 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
     options = job.plan.options
     length = step.seq_len(job.config, options.seq_len)
     t0 = time.perf_counter()
-    model = copy.deepcopy(job.reference).float().eval()
+    model = build(job.reference, length)
     lq = quant.linear_quant(job.plan.quant, options)
     if lq is not None:
         job.progress(f"quantising linear layers ({lq.describe()})")
@@ -37,7 +46,7 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
         "get_max_batch": int(options.max_batch),
     }
     result = lower.lower(
-        model, step.example_inputs(model, length), tuple({0: batch} for _ in range(4)), out_dir, ARTIFACT,
+        model, step.example_inputs(job.reference, length), tuple({0: batch} for _ in range(4)), out_dir, ARTIFACT,
         metadata, job.progress,
     )
     return {
