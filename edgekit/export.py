@@ -6,7 +6,6 @@ import platform
 import shutil
 import time
 from dataclasses import dataclass
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -17,7 +16,7 @@ from .errors import BundleError, CheckpointError, ParityError, WriteError
 from .lora import Adapter, open_adapter
 from .plan import ExportPlan, Format
 
-LIBRARIES = ("torch", "transformers", "peft", "gguf", "llama_cpp_python", "tokenizers")
+LIBRARIES = ("torch", "transformers", "peft", "gguf", "llama-cpp-python", "tokenizers")
 
 
 @dataclass(frozen=True)
@@ -60,13 +59,9 @@ def make_plan(
 
 
 def library_versions() -> dict[str, str]:
-    out = {}
-    for name in LIBRARIES:
-        try:
-            out[name] = importlib_metadata.version(name.replace("_", "-"))
-        except importlib_metadata.PackageNotFoundError:
-            continue
-    return out
+    from .versions import versions
+
+    return versions(*LIBRARIES)
 
 
 def manifest_for(prep: PreparedExport, artifact: dict[str, Any], export_s: float) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import platform
 import socket
-from importlib import metadata
 from typing import Any
 
 # distributions whose versions matter for the numbers (engines and their array library)
@@ -52,13 +51,9 @@ def _os_name() -> str:
 
 
 def _versions() -> dict[str, str]:
-    out = {}
-    for dist in ENGINE_DISTRIBUTIONS:
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
+    from ..versions import versions
+
+    return versions(*ENGINE_DISTRIBUTIONS)
 
 
 def collect() -> dict[str, Any]:

@@ -365,15 +365,9 @@ def _lora(job: ExportJob) -> tuple[dict[str, LoraSpec], dict[str, np.ndarray]]:
 
 
 def _versions() -> dict[str, str]:
-    from importlib import metadata
+    from ...versions import versions
 
-    out = {}
-    for name in ("executorch", "torchao"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    return versions("executorch", "torchao")
 
 
 def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:

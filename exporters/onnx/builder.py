@@ -61,12 +61,6 @@ def save(model: Any, out_dir: Path) -> None:
 
 
 def versions() -> dict[str, str]:
-    from importlib import metadata
+    from ...versions import versions as installed
 
-    out = {}
-    for name in ("onnx", "onnxruntime", "onnxruntime-genai"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
+    return installed("onnx", "onnxruntime", "onnxruntime-genai")
