@@ -127,7 +127,13 @@ def _export_into(
             plan=prep.plan, checkpoint=prep.checkpoint, reference=model, weights=reference.state_dict(model),
             progress=progress,
         )
-        artifact = prep.recipe.exporter().export(job, tmp)
+        try:
+            artifact = prep.recipe.exporter().export(job, tmp)
+        except KeyError as exc:  # a weight the pair's graph reads is not in the checkpoint
+            raise CheckpointError(
+                f"{prep.checkpoint.path}: no tensor {exc.args[0]!r}, which the {prep.plan.family.value} "
+                f"{prep.plan.format.value} graph needs; the checkpoint is incomplete or of another architecture"
+            ) from None
         for f in prep.checkpoint.bundle_files:
             shutil.copy2(f, tmp / f.name)
         manifest = manifest_for(prep, artifact, time.perf_counter() - t0)
