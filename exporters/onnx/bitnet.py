@@ -1,0 +1,325 @@
+"""BitNet b1.58 -> ONNX: the decoder on ONNX Runtime's fused CPU kernels, ternary projections as ``MatMulNBits``.
+
+Same I/O as the LFM2 pair (``lfm2.py``) and onnxruntime-genai's decoder-only models::
+
+    input_ids [batch, seq] int64, attention_mask [batch, total] int64,
+    past_key_values.{i}.key / .value [batch, kv_heads, past, head_dim]   -> present.{i}.key / .value
+    logits_to_keep int64 [1] (optional, default 1; 0 = every position)  -> logits [batch, kept, vocab]
+
+The block is transformers' ``BitNetDecoderLayer``: ``SimplifiedLayerNormalization`` (RMSNorm, the residual add
+fused into ``SkipSimplifiedLayerNormalization``), q/k/v as one matmul, ``GroupQueryAttention`` (rotate-half RoPE
+and the KV append inside the kernel), ``attn_sub_norm`` before ``o_proj``, gate/up as one matmul,
+``down(ffn_sub_norm(act(gate) * up))`` with ``act`` SiLU or squared ReLU.
+
+Ternary projections (W = codes x scale, one scale per tensor):
+
+* ``fp32``: ``MatMul`` with codes x scale, float activations: the reference's ``activations="float"`` mode.
+* ``int2`` / ``int4``: ``MatMulNBits`` with 2- or 4-bit symmetric blocks (stored value = code + 2 or + 8, the
+  kernel's default zero point) and every block's scale = the tensor's scale, written here from the codes: the
+  file holds the ternary weights exactly.  ONNX Runtime's ``MatMulNBitsQuantizer`` (``quantize.apply``) cannot
+  do this: it re-derives a scale per block from max|w| and maps +-max onto -8/+7 (not exact for +1), and it has
+  no 2-bit mode.  ``accuracy_level`` 4 makes the CPU kernel quantise activations to int8 per block of
+  ``block_size`` inputs — finer than BitNet's per-token absmax int8, so the export sits between the A8 and the
+  float reference.  ONNX Runtime 1.32's 2-bit CPU kernel has a fast path only with int8 activations
+  (accuracy level 4) and blocks of at most 128; otherwise it falls back to a dequantising path ~100x slower
+  (measured 28 ms vs 0.14 ms for a 2048x2048 decode step), so those combinations are refused.
+  Concatenated q/k/v (and gate/up) keep exact per-row scales, since ``MatMulNBits`` has a scale per row block.
+
+The tied embedding / LM head (a float matrix in BitNet) is quantised by ``quantize.apply`` at 8 bits (block 32,
+``head_bits`` 4 for 4) and the embedding gathers from its blocks (``GatherBlockQuantized``); fp32 keeps it float.
+``a4.8`` activations are refused: ONNX Runtime has no 4-bit activation kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from edgekit.errors import InternalError, UnsupportedError
+from edgekit.families.bitnet.config import BitNetConfig
+from edgekit.families.bitnet.weights import BitNetWeights
+
+from .. import ExportJob
+from . import ARTIFACT, DATA, builder, check, quantize
+from .builder import MS_DOMAIN, GraphBuilder
+from .lfm2 import GENAI_CONFIG, LOGITS_TO_KEEP, SEARCH, TIED_HEAD, present_name
+
+LM_HEAD = TIED_HEAD.weight
+TERNARY_BITS = {"int2": 2, "int4": 4}
+FAST_INT2_BLOCKS = (16, 32, 64, 128)
+HEAD_BLOCK = 32
+
+
+def ternary_weights(job: ExportJob) -> BitNetWeights:
+    """The merged model's codes and scales: the reference built for export carries them as ``.weights``."""
+    w = getattr(job.reference, "weights", None)
+    if not isinstance(w, BitNetWeights):
+        raise InternalError("the BitNet reference has no .weights (BitNetWeights); build it with build_for_export")
+    return w
+
+
+def rope_tables(reference: Any, positions: int) -> tuple[np.ndarray, np.ndarray]:
+    """(cos, sin) [positions, head_dim / 2] with the reference's float32 arithmetic (positions x inv_freq)."""
+    inv = np.asarray(reference.inv_freq.detach().float().numpy(), dtype=np.float32)
+    freqs = np.arange(positions, dtype=np.float32)[:, None] * inv[None, :]
+    # torch's float32 cos/sin of these angles, so positions agree with the reference to the last bit
+    import torch
+
+    t = torch.from_numpy(freqs)
+    return t.cos().numpy(), t.sin().numpy()
+
+
+def pack_nbits(codes: np.ndarray, scales: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ternary codes [N, K] (int8) and per-row scales [N] -> MatMulNBits' B uint8 [N, K / block, block * bits / 8]
+    (element j of a byte in bits ``j*bits..``, the stored value code + 2**(bits-1)) and scales [N * K / block]."""
+    n, k = codes.shape
+    per = 8 // bits
+    q = (codes.astype(np.int16) + (1 << (bits - 1))).astype(np.uint8).reshape(n, k // block, block // per, per)
+    packed = np.zeros(q.shape[:3], dtype=np.uint8)
+    for j in range(per):
+        packed |= q[..., j] << np.uint8(bits * j)
+    return packed, np.repeat(scales.astype(np.float32)[:, None], k // block, axis=1).reshape(-1)
+
+
+class Projections:
+    """Writes the ternary (or float) projections: ``fp32`` MatMul on codes x scale, else exact MatMulNBits."""
+
+    def __init__(self, b: GraphBuilder, w: BitNetWeights, bits: int | None, block: int, accuracy_level: int) -> None:
+        self.b, self.w, self.bits, self.block, self.accuracy = b, w, bits, block, accuracy_level
+
+    def __call__(self, x: str, names: list[str], name: str) -> str:
+        """One matmul computing the projections ``names`` (HF weight names) side by side on input ``x``."""
+        ws = self.w
+        if self.bits is None or any(n not in ws.ternary for n in names):
+            dense = [ws.ternary[n].dense() if n in ws.ternary else ws.floats[n] for n in names]
+            return self.b.op("MatMul", [x, self.b.init(f"{name}.weight", np.concatenate(dense, axis=0).T)], name)[0]
+        codes = np.concatenate([ws.ternary[n].codes for n in names], axis=0)
+        scales = np.concatenate([np.full(ws.ternary[n].shape[0], ws.ternary[n].scale, np.float32) for n in names])
+        n_out, k = codes.shape
+        packed, sc = pack_nbits(codes, scales, self.bits, self.block)
+        return self.b.op(
+            "MatMulNBits",
+            [x, self.b.init(f"{name}.weight_Q{self.bits}", packed), self.b.init(f"{name}.weight_scales", sc)],
+            f"{name}/MatMulNBits", domain=MS_DOMAIN, K=k, N=n_out, bits=self.bits, block_size=self.block,
+            accuracy_level=self.accuracy,
+        )[0]
+
+
+def state_inputs(c: BitNetConfig) -> dict[str, list[Any]]:
+    return {
+        f"past_key_values.{i}.{kv}": ["batch_size", c.num_key_value_heads, "past_sequence_length", c.head_dim]
+        for i in range(c.num_hidden_layers) for kv in ("key", "value")
+    }
+
+
+def build(w: BitNetWeights, reference: Any, bits: int | None, block: int, accuracy_level: int) -> Any:
+    """The ModelProto: ternary projections already final (MatMul float32, or exact MatMulNBits), LM head float."""
+    from onnx import TensorProto, helper
+
+    c = w.config
+    f = w.floats
+    b = GraphBuilder()
+    proj = Projections(b, w, bits, block, accuracy_level)
+    eps = float(c.rms_norm_eps)
+
+    seqlens = b.op("ReduceSum", ["attention_mask", b.i64([1])], "mask/ReduceSum", keepdims=0)[0]
+    seqlens = b.op("Sub", [seqlens, b.i64([1])], "mask/Sub")[0]
+    seqlens_k = b.op("Cast", [seqlens], "mask/seqlens_k", to=TensorProto.INT32)[0]
+    total = b.op("Shape", ["attention_mask"], "mask/Shape")[0]
+    total = b.op("Gather", [total, b.init("const/i64/scalar1", np.array(1, dtype=np.int64))], "mask/Gather", axis=0)[0]
+    total_len = b.op("Cast", [total], "mask/total_len", to=TensorProto.INT32)[0]
+    cos, sin = rope_tables(reference, c.max_position_embeddings)
+    cos_name, sin_name = b.init("cos_cache", cos), b.init("sin_cache", sin)
+
+    head = f.get("lm_head.weight", f["model.embed_tokens.weight"])
+    b.init(LM_HEAD, head.T)
+    if "lm_head.weight" in f:  # untied: the embedding is a float table of its own
+        residual = b.op("Gather", [b.init("model.embed_tokens.weight", f["model.embed_tokens.weight"]), "input_ids"],
+                        "embed/Gather")[0]
+    else:  # tied: one [hidden, vocab] matrix; the Transpose feeding the Gather is constant-folded at load
+        table = b.op("Transpose", [LM_HEAD], "embed/Transpose", perm=[1, 0])[0]
+        residual = b.op("Gather", [table, "input_ids"], "embed/Gather")[0]
+
+    hd, nh, nkv = c.head_dim, c.num_attention_heads, c.num_key_value_heads
+    pending: str | None = None
+    for i in range(c.num_hidden_layers):
+        p = f"model.layers.{i}"
+        gamma = b.init(f"{p}.input_layernorm.weight", f[f"{p}.input_layernorm.weight"])
+        if pending is None:
+            x = b.op("SimplifiedLayerNormalization", [residual, gamma], f"l{i}/input_layernorm", axis=-1, epsilon=eps,
+                     stash_type=1)[0]
+        else:
+            x, _, _, residual = b.op("SkipSimplifiedLayerNormalization", [residual, pending, gamma],
+                                     f"l{i}/input_layernorm", n_out=4, domain=MS_DOMAIN, epsilon=eps)
+        a = f"{p}.self_attn"
+        qkv = proj(x, [f"{a}.q_proj.weight", f"{a}.k_proj.weight", f"{a}.v_proj.weight"], f"{a}.qkv_proj")
+        q, k, v = b.op("Split", [qkv, b.i64([nh * hd, nkv * hd, nkv * hd])], f"l{i}/attn/Split", n_out=3, axis=-1)
+        attn = b.op(
+            "GroupQueryAttention",
+            [q, k, v, f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens_k, total_len, cos_name,
+             sin_name],
+            f"l{i}/attn/GroupQueryAttention",
+            outputs=[f"l{i}/attn/out", f"present.{i}.key", f"present.{i}.value"],
+            domain=MS_DOMAIN, num_heads=nh, kv_num_heads=nkv, scale=float(1.0 / np.sqrt(hd)), do_rotary=1,
+            rotary_interleaved=0, local_window_size=-1,
+        )[0]
+        gamma = b.init(f"{a}.attn_sub_norm.weight", f[f"{a}.attn_sub_norm.weight"])
+        attn = b.op("SimplifiedLayerNormalization", [attn, gamma], f"l{i}/attn_sub_norm", axis=-1, epsilon=eps,
+                    stash_type=1)[0]
+        mixed = proj(attn, [f"{a}.o_proj.weight"], f"{a}.o_proj")
+        gamma = b.init(f"{p}.post_attention_layernorm.weight", f[f"{p}.post_attention_layernorm.weight"])
+        x, _, _, residual = b.op("SkipSimplifiedLayerNormalization", [residual, mixed, gamma],
+                                 f"l{i}/post_attention_layernorm", n_out=4, domain=MS_DOMAIN, epsilon=eps)
+        m = f"{p}.mlp"
+        gate_up = proj(x, [f"{m}.gate_proj.weight", f"{m}.up_proj.weight"], f"{m}.gate_up_proj")
+        ff = c.intermediate_size
+        gate, up = b.op("Split", [gate_up, b.i64([ff, ff])], f"l{i}/mlp/Split", n_out=2, axis=-1)
+        if c.hidden_act == "relu2":
+            r = b.op("Relu", [gate], f"l{i}/mlp/Relu")[0]
+            act = b.op("Mul", [r, r], f"l{i}/mlp/Square")[0]
+        else:
+            sig = b.op("Sigmoid", [gate], f"l{i}/mlp/Sigmoid")[0]
+            act = b.op("Mul", [gate, sig], f"l{i}/mlp/SiLU")[0]
+        hidden = b.op("Mul", [act, up], f"l{i}/mlp/Mul")[0]
+        gamma = b.init(f"{m}.ffn_sub_norm.weight", f[f"{m}.ffn_sub_norm.weight"])
+        hidden = b.op("SimplifiedLayerNormalization", [hidden, gamma], f"l{i}/ffn_sub_norm", axis=-1, epsilon=eps,
+                      stash_type=1)[0]
+        pending = proj(hidden, [f"{m}.down_proj.weight"], f"{m}.down_proj")
+
+    gamma = b.init("model.norm.weight", f["model.norm.weight"])
+    final = b.op("SkipSimplifiedLayerNormalization", [residual, pending, gamma], "final_norm", domain=MS_DOMAIN,
+                 epsilon=eps)[0]
+    start = b.op("Neg", [LOGITS_TO_KEEP], "lm_head/Neg")[0]
+    kept = b.op("Slice", [final, start, b.i64([2**62]), b.i64([1])], "lm_head/Slice")[0]
+    b.op("MatMul", [kept, LM_HEAD], "lm_head/MatMul", outputs=["logits"])
+    b.init(LOGITS_TO_KEEP, np.array([1], dtype=np.int64))
+
+    f32 = TensorProto.FLOAT
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
+    ]
+    outputs = [helper.make_tensor_value_info("logits", f32, ["batch_size", 1, c.vocab_size])]
+    for name, dims in state_inputs(c).items():
+        inputs.append(helper.make_tensor_value_info(name, f32, dims))
+        out_dims = [("total_sequence_length" if d == "past_sequence_length" else d) for d in dims]
+        outputs.append(helper.make_tensor_value_info(present_name(name), f32, out_dims))
+    inputs.append(helper.make_tensor_value_info(LOGITS_TO_KEEP, TensorProto.INT64, [1]))
+    return b.model("bitnet", inputs, outputs)
+
+
+def state_manifest(c: BitNetConfig) -> dict[str, Any]:
+    """Every state input is a KV cache that GroupQueryAttention appends to in place (see onnx/lfm2.py)."""
+    return {
+        name: {"present": present_name(name), "shape": [1, *("context" if d == "past_sequence_length" else d
+                                                               for d in dims[1:])], "update": "in_place"}
+        for name, dims in state_inputs(c).items()
+    }
+
+
+def genai_config(c: BitNetConfig) -> dict[str, Any]:
+    """A decoder-only ``genai_config.json`` (onnxruntime-genai runs the graph as it is; ``llama`` is its generic
+    KV-cache decoder type)."""
+    eos = list(c.eos_token_ids)
+    return {
+        "model": {
+            "bos_token_id": c.bos_token_id,
+            "context_length": c.max_position_embeddings,
+            "decoder": {
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "filename": ARTIFACT,
+                "head_size": c.head_dim,
+                "hidden_size": c.hidden_size,
+                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                           "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"},
+                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                            "present_value_names": "present.%d.value"},
+                "num_attention_heads": c.num_attention_heads,
+                "num_hidden_layers": c.num_hidden_layers,
+                "num_key_value_heads": c.num_key_value_heads,
+            },
+            "eos_token_id": eos[0] if len(eos) == 1 else eos,
+            "pad_token_id": c.pad_token_id if c.pad_token_id is not None else (eos[0] if eos else 0),
+            "type": "llama",
+            "vocab_size": c.vocab_size,
+        },
+        "search": {**SEARCH, "max_length": c.max_position_embeddings},
+    }
+
+
+def block_size(c: BitNetConfig, wanted: int, bits: int, accuracy_level: int) -> int:
+    """The MatMulNBits block: ``wanted`` must divide every projection's input width; int2 must stay on the
+    fast kernel (see the module docstring)."""
+    widths = sorted({c.hidden_size, c.num_attention_heads * c.head_dim, c.intermediate_size})
+    if any(w % wanted for w in widths):
+        fits = [bs for bs in (16, 32, 64, 128, 256) if all(w % bs == 0 for w in widths)]
+        raise UnsupportedError(
+            f"onnx BitNet --block-size {wanted} does not divide the projection widths {widths}; valid: "
+            f"{', '.join(map(str, fits))}"
+        )
+    if bits == 2 and (wanted not in FAST_INT2_BLOCKS or accuracy_level != 4):
+        raise UnsupportedError(
+            f"onnx BitNet int2 needs --accuracy-level 4 and --block-size <= 128 (ONNX Runtime's 2-bit CPU kernel "
+            f"otherwise dequantises, ~100x slower); got block {wanted}, accuracy level {accuracy_level}; or use int4"
+        )
+    return wanted
+
+
+def required_kernels(c: BitNetConfig, bits: int | None) -> dict[str, int]:
+    out = {"GroupQueryAttention": c.num_hidden_layers, "SkipSimplifiedLayerNormalization": 1,
+           "SimplifiedLayerNormalization": 2 * c.num_hidden_layers}
+    if bits is not None:
+        out["MatMulNBits"] = 4 * c.num_hidden_layers  # qkv, o, gate_up, down per layer
+    return out
+
+
+def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
+    options = job.plan.options
+    name = job.plan.quant.name
+    if getattr(options, "bitnet_activations", "a8") != "a8":
+        raise UnsupportedError("onnx BitNet: --bitnet-activations a4.8 has no ONNX Runtime kernel (4-bit "
+                               "activations); use a8")
+    if name not in ("fp32", *TERNARY_BITS):
+        raise UnsupportedError(f"onnx BitNet quant {name!r}; valid: fp32, {', '.join(TERNARY_BITS)}")
+    w = ternary_weights(job)
+    c = w.config
+    bits = TERNARY_BITS.get(name)
+    accuracy = int(options.accuracy_level)
+    block = block_size(c, int(options.block_size), bits, accuracy) if bits else 0
+    head_bits = (getattr(options, "head_bits", None) or 8) if bits else 32
+    t0 = time.perf_counter()
+    job.progress(f"building the ONNX BitNet graph ({'float32' if bits is None else f'ternary as {bits}-bit MatMulNBits, block {block}'})")
+    model = build(w, job.reference, bits, block, accuracy)
+    tied = "lm_head.weight" not in w.floats
+    if bits is not None:
+        job.progress(f"quantising the LM head to {head_bits} bits with onnxruntime's tools")
+        # every other weight matmul is MatMulNBits already: the quantiser only finds the LM head
+        q = quantize.OnnxQuant("int8", block_size=HEAD_BLOCK, accuracy_level=accuracy, head_bits=head_bits)
+        model = quantize.apply(model, q, TIED_HEAD if tied else None)
+    job.progress(f"writing {ARTIFACT}")
+    builder.save(model, out_dir)
+    del model
+    (out_dir / GENAI_CONFIG).write_text(json.dumps(genai_config(c), indent=4) + "\n", encoding="utf-8")
+    job.progress("checking the graph ONNX Runtime optimises it into (fused kernels)")
+    # "int4": the check's rule for block-wise quants (every weight matmul in MatMulNBits) fits int2 as well
+    report = check.optimized_graph(out_dir / ARTIFACT, required_kernels(c, bits), "fp32" if bits is None else "int4")
+    return {
+        "file": ARTIFACT,
+        "external_data": DATA,
+        "genai_config": GENAI_CONFIG,
+        "quant": {"name": name, "ternary_bits": bits, "block_size": block or None,
+                  "accuracy_level": accuracy if bits else None, "head_bits": head_bits if bits else None,
+                  "ternary": "exact (codes + per-tensor scale)"},
+        "signature": check.signature(out_dir / ARTIFACT),
+        "tensor_types": check.tensor_types(out_dir / ARTIFACT),
+        "state": state_manifest(c),
+        "logits_to_keep": {"input": LOGITS_TO_KEEP, "default": 1, "all": 0},
+        "session_options": {"graph_optimization_level": "ORT_ENABLE_ALL"},
+        "optimized_ops": report,
+        "libraries": builder.versions(),
+        "export_seconds": round(time.perf_counter() - t0, 2),
+    }
