@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import UnsupportedError
+from ...families.bitnet.options import BitNetOptions
 from ...plan import Options, QuantSpec, WeightKind, option
 
 ARTIFACT = "model.pte"
@@ -135,3 +136,8 @@ class SolverOptions(LinearOptions):
         super().validate(quant, given)
         if self.max_batch < 1:
             raise UnsupportedError(f"executorch --max-batch must be at least 1, got {self.max_batch}")
+
+
+@dataclass(frozen=True)
+class BitNetExecuTorchOptions(BitNetOptions, LanguageOptions):
+    """Options of the BitNet ExecuTorch recipe (ternary weights exact only as int4 per output channel)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...errors import UnsupportedError
+from ...families.bitnet.options import BitNetOptions
 from ...plan import Options, QuantSpec, WeightKind, option
 
 ARTIFACT = "model.gguf"
@@ -44,20 +44,8 @@ class GgufOptions(Options):
 
 
 @dataclass(frozen=True)
-class BitNetGgufOptions(GgufOptions):
+class BitNetGgufOptions(BitNetOptions, GgufOptions):
     """Options of the BitNet GGUF recipe."""
 
     embedding_type: str = option("f16", "BitNet GGUF: tensor type of the token embedding / output (f16, q8_0, f32)",
                                  ("f16", "q8_0", "f32"))
-    bitnet_activations: str = option("a8", "BitNet: activation quantisation of the reference (a8 = W1.58A8; a4.8 = "
-                                           "BitNet a4.8's 4-bit attention/FFN inputs)", ("a8", "a4.8"))
-    accept_reternarisation: bool = option(False, "BitNet: allow merging a LoRA adapter into a packed-only "
-                                                 "checkpoint (its ternary codes are all there is to merge into; the "
-                                                 "re-ternarised error is reported in the manifest)")
-
-    def validate(self, quant: QuantSpec, given: set[str]) -> None:
-        if self.bitnet_activations != "a8":
-            raise UnsupportedError(
-                "gguf --bitnet-activations a4.8: llama.cpp has no 4-bit activation path (it quantises activations "
-                "to 8 bits inside its ternary kernels); export with a8, or use a4.8 with the PyTorch reference only"
-            )

@@ -11,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import UnsupportedError
+from ...families.bitnet.options import BitNetOptions
 from ...plan import Options, QuantSpec, WeightKind, option
 
 ARTIFACT = "model.onnx"
 DATA = "model.onnx.data"
-BLOCKWISE = ("int8", "int4")
+BLOCKWISE = ("int8", "int4", "int2")
 
 QUANTS: dict[str, QuantSpec] = {
     q.name: q
@@ -26,6 +27,11 @@ QUANTS: dict[str, QuantSpec] = {
             "int8", WeightKind.INT, 8, 32, activation_bits=8, method="round-to-nearest, symmetric",
             description="8-bit block-wise weights (MatMulNBits, block 32), int8 dynamic activations per block "
             "(accuracy level 4); tied embedding / LM head at 8 bits",
+        ),
+        QuantSpec(
+            "int2", WeightKind.INT, 2, 128, activation_bits=8, method="exact ternary codes",
+            description="2-bit block-wise weights (MatMulNBits bits=2, block 128), int8 activations per block: "
+            "ternary weights stored exactly (BitNet)",
         ),
         QuantSpec(
             "int4", WeightKind.INT, 4, 32, activation_bits=8, method="round-to-nearest, symmetric",
@@ -50,9 +56,9 @@ class OnnxOptions(Options):
         blockwise = sorted(k for k in ("block_size", "accuracy_level") if k in given)
         if quant.name not in BLOCKWISE and blockwise:
             flags = ", ".join("--" + k.replace("_", "-") for k in blockwise)
-            raise UnsupportedError(f"onnx {flags} apply to --quant int8 / int4 only, not {quant.name}")
-        if quant.name != "int4" and "head_bits" in given:
-            raise UnsupportedError(f"onnx --head-bits applies to --quant int4 only, not {quant.name}")
+            raise UnsupportedError(f"onnx {flags} apply to block-wise quants ({', '.join(BLOCKWISE)}) only, not {quant.name}")
+        if not (quant.weight_bits <= 4 and not quant.is_float) and "head_bits" in given:
+            raise UnsupportedError(f"onnx --head-bits applies to --quant int4 / int2 only, not {quant.name}")
 
 
 @dataclass(frozen=True)
@@ -76,3 +82,11 @@ class SolverOptions(Options):
     @property
     def head_bits(self) -> None:
         return None  # no tied LM head in a solver
+
+
+@dataclass(frozen=True)
+class BitNetOnnxOptions(BitNetOptions, OnnxOptions):
+    """Options of the BitNet ONNX recipe: ternary weights as exact 2/4-bit MatMulNBits blocks (block 128: the
+    2-bit CPU kernel's fast path needs accuracy level 4 and blocks of at most 128)."""
+
+    block_size: int = option(128, "ONNX int8/int4/int2: weights per scale in MatMulNBits", (16, 32, 64, 128, 256))

@@ -19,6 +19,7 @@ from ...errors import InternalError
 QUANT_KERNELS = {
     "int8": ("MatMulNBits",),
     "int4": ("MatMulNBits",),
+    "int2": ("MatMulNBits",),
 }
 
 

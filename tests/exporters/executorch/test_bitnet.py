@@ -20,7 +20,10 @@ pytest.importorskip("executorch")
 
 from edgekit.builtin import ROOT as BUILTIN  # noqa: E402
 from edgekit.errors import UnsupportedError  # noqa: E402
+from edgekit.families import Family  # noqa: E402
 from edgekit.kinds.language.parity import compare_logits, heldout_text  # noqa: E402
+from edgekit.plan import Format  # noqa: E402
+from parity import quants, recipe  # noqa: E402
 
 SOURCE = BUILTIN / "bitnet-tiny"
 CTX = 256
@@ -68,14 +71,27 @@ def tokens():
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory, references):
-    from edgekit.exporters.executorch import bitnet
+def exports(tmp_path_factory):
+    """Every quant of the recipe row, exported through the recipe (make_plan + export: verified against the A8
+    reference, which raises when a threshold is missed)."""
+    from edgekit.bundle import read_manifest
+    from edgekit.export import export, make_plan
 
     out = {}
-    for quant in ("fp32", "8da4w"):
-        d = tmp_path_factory.mktemp(f"bitnet-et-{quant}")
-        out[quant] = (d, bitnet.export(_job(references["a8"], quant), d))
+    for quant in quants(Family.BITNET, Format.EXECUTORCH):
+        d = tmp_path_factory.mktemp(f"bitnet-et-{quant}") / "b"
+        export(make_plan(SOURCE, "executorch", quant, options={"max_context": CTX}), d, progress=lambda _m: None)
+        out[quant] = (d, read_manifest(d)["artifact"])
     return out
+
+
+def test_recipe_parity(exports):
+    from edgekit.bundle import read_manifest
+
+    for quant, (root, _art) in exports.items():
+        v = read_manifest(root)["verification"]
+        t = recipe(Family.BITNET, Format.EXECUTORCH).thresholds[quant]
+        assert v["passed"] and v["metrics"]["top1"] >= t.min_top1 and v["metrics"]["mean_kl"] <= t.max_mean_kl, v
 
 
 def _run(root: Path, art: dict, tokens: list[int]) -> np.ndarray:

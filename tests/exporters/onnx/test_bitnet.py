@@ -10,8 +10,6 @@ max |dlogit| 1.0e-5, KL 2e-13; int2 block 32 vs a8 top-1 0.9956, KL 2.7e-5, max 
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
@@ -19,11 +17,14 @@ pytest.importorskip("onnxruntime")
 
 from edgekit.builtin import ROOT as BUILTIN  # noqa: E402
 from edgekit.errors import UnsupportedError  # noqa: E402
+from edgekit.families import Family  # noqa: E402
 from edgekit.kinds.language.parity import compare_logits, heldout_text  # noqa: E402
+from edgekit.plan import Format  # noqa: E402
+from parity import quants, recipe  # noqa: E402
 
 SOURCE = BUILTIN / "bitnet-tiny"
 TOKENS = 512
-QUANTS = ("fp32", "int2", "int4")
+QUANTS = tuple(quants(Family.BITNET, Format.ONNX))
 pytestmark = pytest.mark.skipif(not (SOURCE / "model.safetensors").is_file(), reason="built-in bitnet-tiny missing")
 
 
@@ -68,16 +69,27 @@ def reference_logits(references, tokens):
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory, references):
-    from edgekit.exporters.onnx import bitnet
+def bundles(tmp_path_factory):
+    """Every quant of the recipe row, exported through the recipe (make_plan + export: verified against the A8
+    reference, which raises when a threshold is missed)."""
+    from edgekit.bundle import read_manifest
+    from edgekit.export import export, make_plan
 
     out = {}
     for quant in QUANTS:
-        root = tmp_path_factory.mktemp(f"bitnet-onnx-{quant}")
-        art = bitnet.export(_job(references["a8"], quant, **({} if quant == "fp32" else {"block_size": 128})), root)
-        shutil.copy(SOURCE / "tokenizer.json", root)
-        out[quant] = (root, art)
+        root = tmp_path_factory.mktemp(f"bitnet-onnx-{quant}") / "b"
+        export(make_plan(SOURCE, "onnx", quant), root, progress=lambda _m: None)
+        out[quant] = (root, read_manifest(root)["artifact"])
     return out
+
+
+def test_recipe_parity(bundles):
+    from edgekit.bundle import read_manifest
+
+    for quant, (root, _art) in bundles.items():
+        v = read_manifest(root)["verification"]
+        t = recipe(Family.BITNET, Format.ONNX).thresholds[quant]
+        assert v["passed"] and v["metrics"]["top1"] >= t.min_top1 and v["metrics"]["mean_kl"] <= t.max_mean_kl, v
 
 
 def _session(root, art):
