@@ -124,6 +124,30 @@ class RecipeTable:
         return seen
 
 
+def _bitnet_options() -> tuple[type[Options], type[Options], type[Options]]:
+    """The BitNet rows' options: the family's own (``--bitnet-activations``, ``--accept-reternarisation``) joined
+    to each format's."""
+    from .exporters import executorch, gguf, onnx
+    from .families.bitnet.options import BitNetOptions
+    from .plan import option
+
+    @dataclass(frozen=True)
+    class BitNetGgufOptions(BitNetOptions, gguf.GgufOptions):
+        embedding_type: str = option("f16", "BitNet GGUF: tensor type of the token embedding / output (f16, q8_0, "
+                                            "f32)", ("f16", "q8_0", "f32"))
+
+    @dataclass(frozen=True)
+    class BitNetExecuTorchOptions(BitNetOptions, executorch.LanguageOptions):
+        pass
+
+    @dataclass(frozen=True)
+    class BitNetOnnxOptions(BitNetOptions, onnx.OnnxOptions):
+        # the 2-bit MatMulNBits CPU kernel's fast path needs blocks of at most 128 (and accuracy level 4)
+        block_size: int = option(128, "ONNX int8/int4/int2: weights per scale in MatMulNBits", (16, 32, 64, 128, 256))
+
+    return BitNetGgufOptions, BitNetExecuTorchOptions, BitNetOnnxOptions
+
+
 def _builtin() -> RecipeTable:
     """The built-in rows.  Thresholds are measured on the built-in *trained* model with its LoRA merged (2,048
     held-out tokens; README, "Verification results"): random weights say nothing about quantisation quality."""
@@ -187,10 +211,11 @@ def _builtin() -> RecipeTable:
     # and TQ2_0 (llama.cpp quantises activations to 8 bits inside its kernels), F16 9.9e-6, F32 1.0e-5
     # (512 held-out tokens; tests/exporters/gguf/test_bitnet_numerics.py).
     bitnet_bar = LM(min_top1=0.99, max_mean_kl=1e-4)
+    bitnet_gguf, bitnet_executorch, bitnet_onnx = _bitnet_options()
     table.register(Recipe(
         Family.BITNET, Format.GGUF, pick(gguf.QUANTS, "tq2_0", "tq1_0", "f16", "f32"), default_quant="tq2_0",
         thresholds={"tq2_0": bitnet_bar, "tq1_0": bitnet_bar, "f16": bitnet_bar, "f32": bitnet_bar},
-        options=gguf.BitNetGgufOptions, module="edgekit.exporters.gguf.bitnet",
+        options=bitnet_gguf, module="edgekit.exporters.gguf.bitnet",
     ))
     # BitNet -> ExecuTorch / ONNX: ternary codes kept exact (ExecuTorch: int4 per output channel, the codes and
     # scale written into torchao's int4 tensors; ONNX: MatMulNBits blocks built from the codes).  Measured on the
@@ -202,12 +227,12 @@ def _builtin() -> RecipeTable:
     table.register(Recipe(
         Family.BITNET, Format.EXECUTORCH, {"8da4w": per_channel, "fp32": executorch.QUANTS["fp32"]},
         default_quant="8da4w", thresholds={"8da4w": bitnet_bar, "fp32": bitnet_bar},
-        options=executorch.BitNetExecuTorchOptions, module="edgekit.exporters.executorch.bitnet",
+        options=bitnet_executorch, module="edgekit.exporters.executorch.bitnet",
     ))
     table.register(Recipe(
         Family.BITNET, Format.ONNX, pick(onnx.QUANTS, "int2", "int4", "fp32"), default_quant="int2",
         thresholds={"int2": bitnet_bar, "int4": bitnet_bar, "fp32": bitnet_bar},
-        options=onnx.BitNetOnnxOptions, module="edgekit.exporters.onnx.bitnet",
+        options=bitnet_onnx, module="edgekit.exporters.onnx.bitnet",
     ))
     # TRM / HRM: one supervision step.  fp32 must reproduce the reference's logits to 1e-4 over every step and
     # give identical answers; quantised steps must give the same answers on >= 99 % of puzzles (the built-in

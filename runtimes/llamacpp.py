@@ -77,7 +77,7 @@ class LlamaCppSession:
         tokens = self._prompt_tokens(prompt)
         check_fits(len(tokens), params, self.n_ctx)
         llm = self._llm
-        llm.reset()  # fresh state: the conv state of LFM2 cannot be rolled back to a shared prefix
+        llm.reset()  # fresh state: a recurrent (conv) state cannot be rolled back to a shared prefix
         if params.seed is not None:
             llm.set_seed(params.seed)
         ctx = llm._ctx.ctx  # llama-cpp-python exposes no public handle for the perf counters

@@ -7,7 +7,7 @@ context length goes) and how it is updated — so this module knows no model fam
 
 - ``in_place``: one buffer bound as both the past input and the present output (a KV cache that
   GroupQueryAttention appends to in place);
-- ``swap``: two buffers bound crosswise and swapped after each call (a rolling state such as LFM2's conv state).
+- ``swap``: two buffers bound crosswise and swapped after each call (a rolling state such as a short convolution's inputs).
 
 Tokenization, sampling and the prefill/decode loop are the ones shared by step-driven engines
 (``runtimes.decoding``); tokenization reads the bundle's ``tokenizer.json`` through the ``tokenizers`` library.
@@ -35,7 +35,7 @@ class OnnxState:
     """The decoder state of one sequence: KV buffers, conv buffers (current, next) and the tokens consumed."""
 
     in_place: dict[str, np.ndarray]  # in-place state input -> its buffer (a KV cache: [1, kv_heads, n_ctx, head_dim])
-    swap: dict[str, list[np.ndarray]]  # swapped state input -> [current, spare] (LFM2: [1, hidden, L_cache - 1])
+    swap: dict[str, list[np.ndarray]]  # swapped state input -> [current, spare] (a conv state: [1, hidden, L_cache - 1])
     position: int = 0
     _values: dict[int, Any] = field(default_factory=dict, repr=False)  # id(array) -> OrtValue over it
     _decode: dict[tuple[int, ...], Any] = field(default_factory=dict, repr=False)  # cached one-token bindings

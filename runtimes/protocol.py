@@ -122,7 +122,7 @@ class SteppableSession(Protocol):
     prefill with N tokens already in the cache).  Engines without it are profiled through ``generate``, which
     cannot measure depth (``-d``).
 
-    ``reset`` drops all sequence state (KV cache and LFM2's conv state).  ``feed`` runs the model over
+    ``reset`` drops all sequence state (KV cache and any recurrent state).  ``feed`` runs the model over
     ``tokens`` appended to the current state, in the engine's prefill batches, without sampling, and returns
     the engine's own time for that work in seconds (its timers where it has them, else wall time around the
     engine call), so that Python overhead is not counted as model time.

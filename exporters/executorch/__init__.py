@@ -2,7 +2,7 @@
 
 ``quant`` quantises an eager module by a module-name -> config map (torchao configs; packed embedding tables);
 ``lower`` runs torch.export, lowers to XNNPACK, adds constant methods and serialises, optionally moving tagged
-constants to ``.ptd`` data files.  Family files (``lfm2.py``) build the eager module and choose what to quantise.
+constants to ``.ptd`` data files.  Family files (``<family>.py``) build the eager module and choose what to quantise.
 Options are validated here, at plan time, without importing torch.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import UnsupportedError
-from ...families.bitnet.options import BitNetOptions
 from ...plan import Options, QuantSpec, WeightKind, option
 
 ARTIFACT = "model.pte"
@@ -125,19 +124,14 @@ class LanguageOptions(LinearOptions):
 
 @dataclass(frozen=True)
 class SolverOptions(LinearOptions):
-    """Options of the solver recipes (TRM/HRM step programs)."""
+    """Options of the solver recipes (step programs of recursive reasoners)."""
 
-    seq_len: int | None = option(None, "TRM/HRM: puzzle length the step graph is built for, when the checkpoint does "
+    seq_len: int | None = option(None, "solvers: puzzle length the step graph is built for, when the checkpoint does "
                                        "not fix it (no dataset.json beside it)")
-    max_batch: int = option(64, "ExecuTorch TRM/HRM: largest batch one step call takes (the program's dynamic batch "
+    max_batch: int = option(64, "ExecuTorch solvers: largest batch one step call takes (the program's dynamic batch "
                                 "bound; larger batches are split)")
 
     def validate(self, quant: QuantSpec, given: set[str]) -> None:
         super().validate(quant, given)
         if self.max_batch < 1:
             raise UnsupportedError(f"executorch --max-batch must be at least 1, got {self.max_batch}")
-
-
-@dataclass(frozen=True)
-class BitNetExecuTorchOptions(BitNetOptions, LanguageOptions):
-    """Options of the BitNet ExecuTorch recipe (ternary weights exact only as int4 per output channel)."""

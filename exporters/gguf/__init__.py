@@ -2,7 +2,7 @@
 
 ``writer`` writes a file from GGUF-named tensors and a metadata callback (F32/F16/BF16/Q8_0 and the ternary
 TQ types through the ``gguf`` package; Q4_0 and K-quants written as F32 and converted by llama.cpp's own
-``llama_model_quantize``); ``vocab`` writes the tokenizer section.  Family files (``lfm2.py``) map a family's
+``llama_model_quantize``); ``vocab`` writes the tokenizer section.  Family files (``<family>.py``) map a family's
 tensors and hyperparameters onto llama.cpp's architecture.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...families.bitnet.options import BitNetOptions
 from ...plan import Options, QuantSpec, WeightKind, option
 
 ARTIFACT = "model.gguf"
@@ -41,11 +40,3 @@ class GgufOptions(Options):
 
     pretokenizer: str | None = option(None, "GGUF: llama.cpp pre-tokenizer name, when it cannot be derived from "
                                             "tokenizer.json")
-
-
-@dataclass(frozen=True)
-class BitNetGgufOptions(BitNetOptions, GgufOptions):
-    """Options of the BitNet GGUF recipe."""
-
-    embedding_type: str = option("f16", "BitNet GGUF: tensor type of the token embedding / output (f16, q8_0, f32)",
-                                 ("f16", "q8_0", "f32"))

@@ -32,7 +32,7 @@ PRETOKENIZERS: dict[tuple[str, ...], str] = {
     (LLAMA3,): "llama-bpe",
     (QWEN2,): "qwen2",
 }
-KNOWN_NAMES = ("gpt-2", "llama-bpe", "lfm2", "qwen2", "default")
+KNOWN_NAMES = ("gpt-2", "llama-bpe", "qwen2", "default")
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def split_regexes(tokenizer: dict[str, Any]) -> tuple[str, ...]:
 
 def pretokenizer_name(tokenizer: dict[str, Any], aliases: Mapping[str, str], override: str | None = None) -> str:
     """llama.cpp's pre-tokenizer name; ``aliases`` maps a generic name to the family's own name for the same
-    split (llama.cpp also sets that family's BPE options by it), e.g. LFM2's ``llama-bpe`` -> ``lfm2``."""
+    split (llama.cpp also sets that family's BPE options by it)."""
     if override:
         return override
     regexes = split_regexes(tokenizer)

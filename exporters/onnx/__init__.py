@@ -3,7 +3,7 @@
 ``builder`` writes graphs op by op; ``quantize`` applies ONNX Runtime's quantisers (float16 conversion,
 block-wise ``MatMulNBits``, a tied embedding served by the LM head's quantised blocks); ``check`` records the
 file's I/O signature and fails an export whose graph ONNX Runtime does not map onto the fused kernels the family
-file asks for.  Family files (``lfm2.py``) build the float32 graph and say which kernels it must use.
+file asks for.  Family files (``<family>.py``) build the float32 graph and say which kernels it must use.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import UnsupportedError
-from ...families.bitnet.options import BitNetOptions
 from ...plan import Options, QuantSpec, WeightKind, option
 
 ARTIFACT = "model.onnx"
@@ -31,7 +30,7 @@ QUANTS: dict[str, QuantSpec] = {
         QuantSpec(
             "int2", WeightKind.INT, 2, 128, activation_bits=8, method="exact ternary codes",
             description="2-bit block-wise weights (MatMulNBits bits=2, block 128), int8 activations per block: "
-            "ternary weights stored exactly (BitNet)",
+            "ternary weights stored exactly",
         ),
         QuantSpec(
             "int4", WeightKind.INT, 4, 32, activation_bits=8, method="round-to-nearest, symmetric",
@@ -63,11 +62,11 @@ class OnnxOptions(Options):
 
 @dataclass(frozen=True)
 class SolverOptions(Options):
-    """Options of the solver recipes (TRM/HRM step graphs)."""
+    """Options of the solver recipes (step graphs of recursive reasoners)."""
 
     FORMAT_NAME = "onnx"
 
-    seq_len: int | None = option(None, "TRM/HRM: puzzle length the step graph is built for, when the checkpoint does "
+    seq_len: int | None = option(None, "solvers: puzzle length the step graph is built for, when the checkpoint does "
                                        "not fix it (no dataset.json beside it)")
     block_size: int = option(32, "ONNX int8/int4: weights per scale in MatMulNBits", (16, 32, 64, 128, 256))
     accuracy_level: int = option(4, "ONNX int8/int4: MatMulNBits compute type (0 default, 1 fp32, 2 fp16, 3 bf16, "
@@ -82,11 +81,3 @@ class SolverOptions(Options):
     @property
     def head_bits(self) -> None:
         return None  # no tied LM head in a solver
-
-
-@dataclass(frozen=True)
-class BitNetOnnxOptions(BitNetOptions, OnnxOptions):
-    """Options of the BitNet ONNX recipe: ternary weights as exact 2/4-bit MatMulNBits blocks (block 128: the
-    2-bit CPU kernel's fast path needs accuracy level 4 and blocks of at most 128)."""
-
-    block_size: int = option(128, "ONNX int8/int4/int2: weights per scale in MatMulNBits", (16, 32, 64, 128, 256))

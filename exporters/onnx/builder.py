@@ -52,7 +52,7 @@ class GraphBuilder:
 
 def save(model: Any, out_dir: Path) -> None:
     """``model.onnx`` with every weight in one external file ``model.onnx.data``: protobuf cannot hold a model file
-    over 2 GB (LFM2-1.2B in float32), and the graph file stays small enough to inspect without reading weights."""
+    over 2 GB (a 1.2B-parameter model in float32), and the graph file stays small enough to inspect without reading weights."""
     import onnx
 
     from . import ARTIFACT, DATA

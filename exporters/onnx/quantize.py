@@ -90,7 +90,7 @@ def _fp16(model: Any) -> Any:
 
 def _weights_direct(model: Any) -> None:
     """Rewire ``MatMul(x, Identity(W))`` to ``MatMul(x, W)``.  A traced graph that applies one module several
-    times (a TRM step runs its network H_cycles x (L_cycles + 1) times) reaches the shared weight through
+    times (a recursive reasoner runs its network several times per step) reaches the shared weight through
     Identity nodes; the quantiser only takes a MatMul whose weight is an initializer, and would leave those
     float (the fused-kernel check refuses that).  Rewired, every use shares one quantised weight."""
     g = model.graph
