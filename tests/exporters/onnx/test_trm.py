@@ -1,0 +1,58 @@
+"""TRM -> ONNX, one case per quant of the recipe, run by real onnxruntime.
+
+fp32 on the official-format fixture (the export's verification passes and ``solve`` reproduces the official
+code's logits) and on the variant fixtures (MLP over the sequence; no puzzle embedding with learned positions);
+int8 / int4 on the trained built-in TRM (skip until it exists).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from edgekit.bundle import read_manifest  # noqa: E402
+from edgekit.families import Family  # noqa: E402
+from edgekit.plan import Format  # noqa: E402
+from parity import quants, recipe  # noqa: E402
+from solver_cases import (  # noqa: E402
+    CHAOTIC, LOCAL, OFFICIAL_SEQ_LEN, VARIANTS, builtin_trm, check_official_outputs, export_bundle, official,
+)
+
+FAMILY = Family.TRM
+ONNX = recipe(FAMILY, Format.ONNX)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return {"root": tmp_path_factory.mktemp(f"onnx-{FAMILY.value}")}
+
+
+@pytest.mark.parametrize("quant", quants(FAMILY, Format.ONNX))
+def test_parity(cache: dict, quant: str) -> None:
+    t = ONNX.thresholds[quant]
+    if quant == "fp32":
+        fixture = official(FAMILY)
+        bundle = export_bundle(cache, fixture, "onnx", quant, seq_len=OFFICIAL_SEQ_LEN)
+    else:
+        bundle = export_bundle(cache, builtin_trm(), "onnx", quant)
+    v = read_manifest(bundle)["verification"]
+    assert v["passed"], v["failures"]
+    assert v["metrics"]["answer_match"] >= t.min_answer_match
+    if t.max_abs_logit is not None:
+        assert v["metrics"]["max_abs_logit"] <= t.max_abs_logit
+    if quant == "fp32":
+        check_official_outputs(bundle, fixture)
+
+
+# The TorchScript exporter drops an input the graph never reads: without a puzzle embedding the model has no
+# ``puzzle_identifiers`` input and the solver session refuses it (exporters/onnx/trm.py needs to keep it).
+NO_PUZZLE_BUG = pytest.mark.xfail(strict=True, reason="ONNX step graph loses the unused puzzle_identifiers input")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=NO_PUZZLE_BUG) if n == "trm-nopuzzle" else n
+                                  for n in VARIANTS[FAMILY]])
+def test_variant_fp32(cache: dict, name: str) -> None:
+    fixture = LOCAL / name
+    bundle = export_bundle(cache, fixture, "onnx", "fp32", verify=name not in CHAOTIC)
+    check_official_outputs(bundle, fixture, chaotic=name in CHAOTIC)
