@@ -45,13 +45,9 @@ def test_parity(cache: dict, quant: str) -> None:
         check_official_outputs(bundle, fixture)
 
 
-# The TorchScript exporter drops an input the graph never reads: without a puzzle embedding the model has no
-# ``puzzle_identifiers`` input and the solver session refuses it (exporters/onnx/trm.py needs to keep it).
-NO_PUZZLE_BUG = pytest.mark.xfail(strict=True, reason="ONNX step graph loses the unused puzzle_identifiers input")
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=NO_PUZZLE_BUG) if n == "trm-nopuzzle" else n
-                                  for n in VARIANTS[FAMILY]])
+# Without a puzzle embedding the TorchScript exporter drops the unused ``puzzle_identifiers`` input; the solver
+# session feeds only the inputs the graph has.
+@pytest.mark.parametrize("name", VARIANTS[FAMILY])
 def test_variant_fp32(cache: dict, name: str) -> None:
     fixture = LOCAL / name
     bundle = export_bundle(cache, fixture, "onnx", "fp32", verify=name not in CHAOTIC)
