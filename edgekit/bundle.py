@@ -72,14 +72,29 @@ def check_files(root: Path, manifest: Mapping[str, Any], hashes: bool = False) -
 
 
 @contextlib.contextmanager
-def staging(out: Path, force: bool = False) -> Iterator[Path]:
+def staging(out: Path, force: bool = False, keep: tuple[Path, ...] = ()) -> Iterator[Path]:
     """Yield an empty staging directory; on normal exit move it to ``out`` atomically, otherwise delete it.
 
-    The destination check happens first so nothing is done when the output would be refused.
+    The destination check happens first so nothing is done when the output would be refused.  ``force``
+    replaces only an earlier bundle (a directory with ``edgekit.json``) or an empty directory, never the working
+    directory or one of its parents, and never a directory that is or holds one of ``keep`` (the source
+    checkpoint and adapter): OutputExistsError otherwise.
     """
     out = Path(out)
+    resolved = out.resolve()
+    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
+        raise OutputExistsError(f"{out} is the working directory or one of its parents; name a new directory")
+    for k in keep:
+        k = Path(k).resolve()
+        if k == resolved or resolved in k.parents:
+            raise OutputExistsError(f"{out} holds {k}, which this export reads; choose another output path")
     if out.exists() and not force:
         raise OutputExistsError(f"{out} already exists; choose another output path or pass --force to replace it")
+    if out.exists() and not (out.is_dir() and ((out / MANIFEST).is_file() or not any(out.iterdir()))):
+        raise OutputExistsError(
+            f"{out} exists and is not an edgekit bundle; --force replaces only an earlier bundle or an empty "
+            "directory: choose another output path"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:

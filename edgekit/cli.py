@@ -17,6 +17,22 @@ from . import cli_profile
 from .errors import EdgekitError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with edgekit's error convention: one line on stderr starting ``edgekit: error:``, exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"edgekit: error: {self.prog.split(' ', 1)[-1] if ' ' in self.prog else 'edgekit'}: "
+                         f"{message} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def _progress(quiet: bool) -> Callable[[str], None]:
     start = time.perf_counter()
 
@@ -116,6 +132,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = {"n_threads": args.threads} if args.threads else {}
     session = load(args.bundle, **options)
     try:
+        if not hasattr(session, "stream"):
+            raise EdgekitError(f"{args.bundle} is a {session.manifest.get('kind')} model; use `edgekit solve` for it")
         params = SamplingParams(
             max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed
         )
@@ -147,6 +165,8 @@ def cmd_solve(args: argparse.Namespace) -> int:
         if not hasattr(session, "solve"):
             raise EdgekitError(f"{args.bundle} is a {session.manifest.get('kind')} model; use `edgekit run` for it")
         puzzles = grid.read_puzzles(args.input, session.seq_len)
+        if len(puzzles) == 0:
+            raise EdgekitError(f"{args.input}: no puzzles")
         ids = np.load(args.puzzle_identifiers) if args.puzzle_identifiers else None
         answers, steps, seconds = [], [], 0.0
         for start in range(0, len(puzzles), args.batch_size):
@@ -209,18 +229,18 @@ def build_parser() -> argparse.ArgumentParser:
     from .builtin import NAMES
     from .plan import Format
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="edgekit",
         description="Export small models to GGUF / ExecuTorch / ONNX bundles, verify them against PyTorch, run them.",
         epilog="Example: edgekit export builtin:lfm2-tiny --adapter builtin:lfm2-tiny-lora --format gguf "
         "--quant q4_k_m -o out",
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     e = sub.add_parser("export", help="export a checkpoint (+ LoRA adapter) to a verified bundle")
     e.add_argument("source", help=f"Hugging Face checkpoint directory, or builtin:NAME ({', '.join(NAMES)})")
     e.add_argument("--adapter", help="PEFT LoRA adapter directory (or builtin:NAME), merged before export")
-    e.add_argument("--format", required=True, choices=[t.value for t in Format], help="output format")
+    e.add_argument("--format", required=True, type=str.lower, choices=[t.value for t in Format], help="output format")
     e.add_argument("--quant", help=f"quantisation, case-insensitive. {_quant_help()}")
     e.add_argument("-o", "--output", required=True, type=Path, help="bundle directory to create")
     e.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
@@ -254,9 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(digits, '.' or '0' for blanks)")
     so.add_argument("-o", "--output", type=Path, help="write the answers (token ids, int32 [N, seq_len]) as .npy")
     so.add_argument("--puzzle-identifiers", type=Path, help=".npy of int [N] (default 0 for every puzzle)")
-    so.add_argument("--max-steps", type=int, help="supervision steps at most (default: the model's halt_max_steps)")
+    so.add_argument("--max-steps", type=_positive, help="supervision steps at most (default: the model's halt_max_steps)")
     so.add_argument("--no-halt", action="store_true", help="run every step, as the official evaluation does")
-    so.add_argument("--batch-size", type=int, default=64, help="puzzles per engine call (default 64)")
+    so.add_argument("--batch-size", type=_positive, default=64, help="puzzles per engine call (default 64)")
     so.add_argument("--show", type=int, default=0, help="print the first N puzzles and answers as grids")
     so.add_argument("--threads", type=int)
     so.set_defaults(func=cmd_solve)
@@ -294,6 +314,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgekitError as exc:
         print(f"edgekit: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `edgekit formats | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:  # disk full, permissions: the staging directory has been removed already
         print(f"edgekit: error: {exc.strerror or exc} ({exc.filename or 'output'}); nothing was written", file=sys.stderr)
         return 2

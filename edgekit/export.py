@@ -120,7 +120,8 @@ def _export_into(
     from .exporters import ExportJob
 
     t0 = time.perf_counter()
-    with staging(out, force=force) as tmp:
+    keep = (prep.checkpoint.path,) + ((prep.adapter.path,) if prep.adapter else ())
+    with staging(out, force=force, keep=keep) as tmp:
         progress(f"loading {prep.checkpoint.path}" + (f" + adapter {prep.adapter.path}" if prep.adapter else ""))
         model = reference.load_reference(prep.checkpoint, prep.adapter, prep.plan.options)
         job = ExportJob(
@@ -178,6 +179,8 @@ def recorded_reference(
 
     src = source or manifest["source"]["path"]
     ckpt = open_checkpoint(src)
+    if ckpt.family.family.value != manifest["family"]:
+        raise CheckpointError(f"{src} is a {ckpt.family.family.value} checkpoint; the bundle is {manifest['family']}")
     if source is None and ckpt.sha256 != manifest["source"]["sha256"]:
         raise CheckpointError(
             f"{src}: the checkpoint changed since the export, so {what} would not match; pass --source with the original"
@@ -211,8 +214,11 @@ def verify_bundle(
     from .families import Family
     from .recipes import RECIPES
 
+    from .bundle import check_files
+
     root = Path(root)
     manifest = read_manifest(root)
+    check_files(root, manifest, hashes=True)  # a file modified in place keeps its size; only its digest tells
     recipe = RECIPES.get(Family(manifest["family"]), Format.parse(manifest["format"]))
     thresholds = recipe.thresholds[recipe.quant(manifest["plan"]["quant"]["name"]).name]
     model = recorded_reference(manifest, progress, source, adapter)

@@ -22,6 +22,18 @@ class SamplingParams:
     seed: int | None = None
     stop_at_eos: bool = True
 
+    def __post_init__(self) -> None:
+        from ..errors import UnsupportedError
+
+        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise UnsupportedError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+        if not self.temperature >= 0:
+            raise UnsupportedError(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
+        if self.top_k < 0:
+            raise UnsupportedError(f"top_k must be >= 0 (0 = no limit), got {self.top_k!r}")
+        if not 0 < self.top_p <= 1:
+            raise UnsupportedError(f"top_p must lie in (0, 1], got {self.top_p!r}")
+
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0

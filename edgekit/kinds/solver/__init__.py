@@ -102,7 +102,13 @@ def puzzles(root: Path, meta: Mapping[str, Any], n: int = N_PUZZLES) -> tuple[np
     comparison needs valid inputs, not solvable ones)."""
     held = root / HELD_OUT
     if held.is_file():
-        data = np.load(held)
+        try:
+            data = np.load(held, allow_pickle=False)
+            _ = data["inputs"]
+        except (ValueError, KeyError, OSError) as exc:
+            from ...errors import CheckpointError
+
+            raise CheckpointError(f"{held}: not a held-out puzzle set (an .npz with 'inputs'; {exc})") from None
         x = np.asarray(data["inputs"], dtype=np.int64)[:n]
         ids = np.asarray(data["puzzle_identifiers"], dtype=np.int64)[:n] if "puzzle_identifiers" in data else np.zeros(len(x), np.int64)
         labels = np.asarray(data["labels"], dtype=np.int64)[:n] if "labels" in data else None
