@@ -35,17 +35,25 @@ def write_golden(bundle: str | Path, progress: Callable[[str], None] = print) ->
         "kind": manifest["kind"],
         "artifact_sha256": manifest["files"][manifest["artifact"]["file"]]["sha256"],
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "thresholds": (manifest.get("verification") or {}).get("thresholds"),
+        "thresholds": (manifest.get("verification") or {}).get("thresholds") or _recipe_thresholds(manifest),
         **data,
     }
-    if golden["thresholds"] is None:
-        raise BundleError(f"{root}: the bundle was exported with --no-verify; run `edgekit verify {root}` first")
     path = root / GOLDEN
     tmp = root / (GOLDEN + ".tmp")
     tmp.write_text(json.dumps(golden, separators=(",", ":")), encoding="utf-8")
     tmp.replace(path)
     write_manifest(root, manifest)  # list golden.json (size, sha256) so it is shipped and checked with the bundle
     return path
+
+
+def _recipe_thresholds(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The thresholds of the bundle's recipe (for a bundle exported with --no-verify)."""
+    from .families import Family
+    from .plan import Format
+    from .recipes import RECIPES
+
+    recipe = RECIPES.get(Family(manifest["family"]), Format.parse(manifest["format"]))
+    return recipe.thresholds[recipe.quant(manifest["plan"]["quant"]["name"]).name].to_dict()
 
 
 def read_golden(bundle: str | Path) -> dict[str, Any]:

@@ -10,12 +10,26 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..bundle import check_files, read_manifest
 from ..errors import BundleError
 from .engines import ENGINES, Engine
-from .protocol import Generation, LanguageSession, SamplingParams, SolverSession, StreamResult, Timing
+
+if TYPE_CHECKING:
+    from .protocol import LanguageSession, SolverSession
+
+_PROTOCOL = ("Generation", "LanguageSession", "SamplingParams", "SolverSession", "StreamResult", "Timing")
+
+
+def __getattr__(name: str) -> Any:
+    # the session values need numpy; the engine table (read by a device's "is the runtime there" check, possibly
+    # on a Python without numpy) must not
+    if name in _PROTOCOL:
+        from . import protocol
+
+        return getattr(protocol, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def session_class(manifest: dict[str, Any], where: str = "bundle") -> type:
@@ -29,7 +43,7 @@ def session_class(manifest: dict[str, Any], where: str = "bundle") -> type:
     return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 
-def load(bundle: str | Path, **options: Any) -> LanguageSession | SolverSession:
+def load(bundle: str | Path, **options: Any) -> "LanguageSession | SolverSession":
     """Open a bundle with the engine its manifest names.  ``options`` go to the engine (e.g. ``n_threads``).
 
     Raises BundleError for a missing, incomplete or unknown bundle and MissingDependencyError when the engine

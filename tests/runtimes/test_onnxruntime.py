@@ -125,7 +125,7 @@ def test_conv_state_shape_inconsistent_with_manifest(bundle, tmp_path):
 
 
 def test_options_are_validated_when_planning():
-    with pytest.raises(UnsupportedError, match="--head-bits applies to --quant int4 only"):
+    with pytest.raises(UnsupportedError, match="--head-bits applies to --quant int4 / int2 only"):
         make_plan(BASE, "onnx", "fp32", options={"head_bits": 8})
     with pytest.raises(UnsupportedError, match="--block-size"):
         make_plan(BASE, "onnx", "int4", options={"block_size": 7})
