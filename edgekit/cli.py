@@ -99,7 +99,11 @@ def cmd_formats(args: argparse.Namespace) -> int:
 
     rows = [r.describe() for r in RECIPES]
     if args.json:
-        print(json.dumps({"recipes": rows}, indent=2))
+        refused = [
+            {"family": f.value, "format": fmt.value, "why": RECIPES.refusal(f, fmt)}
+            for f in FAMILIES for fmt in Format if RECIPES.refusal(f, fmt)
+        ]
+        print(json.dumps({"recipes": rows, "refused": refused}, indent=2))
         return 0
     lines = [f"{'family':<8} {'format':<11} {'quants (default first)':<58} options"]
     for family in FAMILIES:
