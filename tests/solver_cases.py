@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from edgekit.families import Family
+from shared_fixtures import SHARED
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "fixtures"
 OFFICIAL = {Family.TRM: SHARED / "trm-official" / "trm_att", Family.HRM: SHARED / "hrm-official" / "hrm_att"}
 OFFICIAL_SEQ_LEN = 81  # both are 9x9 Sudoku checkpoints without the dataset's dataset.json
 LOCAL = REPO / "tests" / "fixtures"

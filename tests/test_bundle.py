@@ -42,7 +42,14 @@ def test_existing_output_is_refused_unless_forced(tmp_path):
         with staging(out):
             pytest.fail("must not start")
     assert (out / "keep.txt").exists()
-    with staging(out, force=True) as d:
+    with pytest.raises(OutputExistsError, match="not an edgekit bundle"):  # --force never deletes user data
+        with staging(out, force=True):
+            pytest.fail("must not start")
+    assert (out / "keep.txt").exists()
+    (out / "keep.txt").unlink()
+    with staging(out, force=True) as d:  # an empty directory may be replaced
+        write_manifest(d, {})
+    with staging(out, force=True) as d:  # and so may an earlier bundle
         write_manifest(d, {})
     assert leftovers(out) == [MANIFEST]
 

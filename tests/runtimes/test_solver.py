@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from edgekit.errors import UnsupportedError
+from shared_fixtures import SHARED
 
-FIXTURE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "trm-official" / "trm_att"
+FIXTURE = SHARED / "trm-official" / "trm_att"
 pytestmark = pytest.mark.skipif(not FIXTURE.is_dir(), reason="the official TRM fixture is not on this machine")
 
 

@@ -10,8 +10,9 @@ import pytest
 from edgekit.errors import CheckpointError, UnsupportedError
 from edgekit.families.bitnet.config import BitNetConfig
 from edgekit.families.bitnet.synthetic import tiny_config
+from shared_fixtures import SHARED
 
-FIXTURE = Path(__file__).resolve().parents[4] / "shared" / "fixtures" / "configs" / "bitnet-b1.58-2b-4t.json"
+FIXTURE = SHARED / "configs" / "bitnet-b1.58-2b-4t.json"
 
 
 def raw(**overrides):

@@ -20,9 +20,10 @@ from edgekit.families.hrm import checkpoint as ck
 from edgekit.families.hrm.config import HrmConfig, read_config
 from edgekit.families.hrm.reference import run
 from edgekit.families.trm.checkpoint import tensor_shapes
+from shared_fixtures import SHARED
 
 REPO = Path(__file__).resolve().parents[3]
-OFFICIAL = REPO.parent / "shared" / "fixtures" / "hrm-official" / "hrm_att"
+OFFICIAL = SHARED / "hrm-official" / "hrm_att"
 LOCAL = REPO / "tests" / "fixtures" / "hrm-learned"
 TOL = 1e-4
 

@@ -21,9 +21,10 @@ from edgekit.errors import CheckpointError, UnsupportedError
 from edgekit.families.trm import checkpoint as ck
 from edgekit.families.trm.config import TrmConfig, read_config
 from edgekit.families.trm.reference import run
+from shared_fixtures import SHARED
 
 REPO = Path(__file__).resolve().parents[3]
-OFFICIAL = REPO.parent / "shared" / "fixtures" / "trm-official" / "trm_att"
+OFFICIAL = SHARED / "trm-official" / "trm_att"
 LOCAL = REPO / "tests" / "fixtures"
 TOL = 1e-4
 
