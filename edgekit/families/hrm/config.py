@@ -11,13 +11,14 @@ The HRM copy inside the TinyRecursiveModels repository (``recursive_reasoning.hr
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from edgekit.errors import CheckpointError
 from edgekit.families.trm.config import (
     CONFIG_FILE,
+    RecursiveConfig,
     POS_ENCODINGS,
     _bool,
     _float,
@@ -29,7 +30,6 @@ from edgekit.families.trm.config import (
     read_dataset_metadata,
     read_yaml,
     require_keys,
-    swiglu_inter,
     task_fields,
 )
 
@@ -40,7 +40,7 @@ ARCH_NAMES = (
 
 
 @dataclass(frozen=True)
-class HrmConfig:
+class HrmConfig(RecursiveConfig):
     """An HRM model's hyperparameters (official field names); ``prefix_len`` is derived, never written."""
 
     name: str
@@ -72,37 +72,12 @@ class HrmConfig:
         return -(self.puzzle_emb_ndim // -self.hidden_size)
 
     @property
-    def total_len(self) -> int | None:
-        return None if self.seq_len is None else self.seq_len + self.prefix_len
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @property
-    def mlp_inter(self) -> int:
-        return swiglu_inter(self.hidden_size, self.expansion)
-
-    @property
     def separate_h_level(self) -> bool:
         return True
 
     @property
     def halt_on_continue(self) -> bool:
         return True
-
-    @property
-    def is_complete(self) -> bool:
-        return None not in (self.seq_len, self.vocab_size, self.num_puzzle_identifiers)
-
-    def with_task(self, **fields: int) -> "HrmConfig":
-        return replace(self, **fields)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def describe(self) -> dict[str, Any]:
-        return {**self.to_dict(), "prefix_len": self.prefix_len}
 
     @classmethod
     def from_arch(

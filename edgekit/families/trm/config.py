@@ -173,8 +173,44 @@ def check_dtype_name(arch: Mapping[str, Any], where: Path | str) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+class RecursiveConfig:
+    """What TRM and HRM configs derive alike from their fields (``prefix_len`` is each family's own)."""
+
+    @property
+    def total_len(self) -> int | None:
+        """T = prefix_len + seq_len: the state's sequence length."""
+        return None if self.seq_len is None else self.seq_len + self.prefix_len  # type: ignore[attr-defined]
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads  # type: ignore[attr-defined]
+
+    @property
+    def mlp_inter(self) -> int:
+        return swiglu_inter(self.hidden_size, self.expansion)  # type: ignore[attr-defined]
+
+    @property
+    def mlp_t_inter(self) -> int | None:
+        return None if self.total_len is None else swiglu_inter(self.total_len, self.expansion)  # type: ignore[attr-defined]
+
+    @property
+    def is_complete(self) -> bool:
+        return None not in (self.seq_len, self.vocab_size, self.num_puzzle_identifiers)  # type: ignore[attr-defined]
+
+    def with_task(self, **fields: int) -> Any:
+        """A copy with seq_len / vocab_size / num_puzzle_identifiers set (unknown keys are a TypeError)."""
+        return replace(self, **fields)  # type: ignore[type-var]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    def describe(self) -> dict[str, Any]:
+        """Manifest metadata: the official names plus the resolved prefix length."""
+        return {**self.to_dict(), "prefix_len": self.prefix_len}  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
-class TrmConfig:
+class TrmConfig(RecursiveConfig):
     """A TRM model's hyperparameters (official field names).
 
     ``H_layers`` is read and kept but unused: the official TRM applies its single ``L_level`` network for both the
@@ -219,23 +255,6 @@ class TrmConfig:
         return self.puzzle_emb_len
 
     @property
-    def total_len(self) -> int | None:
-        """T = prefix_len + seq_len: the state's sequence length."""
-        return None if self.seq_len is None else self.seq_len + self.prefix_len
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @property
-    def mlp_inter(self) -> int:
-        return swiglu_inter(self.hidden_size, self.expansion)
-
-    @property
-    def mlp_t_inter(self) -> int | None:
-        return None if self.total_len is None else swiglu_inter(self.total_len, self.expansion)
-
-    @property
     def separate_h_level(self) -> bool:
         """False: TRM updates z_H with the same network as z_L (HRM has a separate H_level)."""
         return False
@@ -244,21 +263,6 @@ class TrmConfig:
     def halt_on_continue(self) -> bool:
         """True when halting compares q_halt with q_continue; False when q_halt > 0 alone decides."""
         return not self.no_ACT_continue
-
-    @property
-    def is_complete(self) -> bool:
-        return None not in (self.seq_len, self.vocab_size, self.num_puzzle_identifiers)
-
-    def with_task(self, **fields: int) -> "TrmConfig":
-        """A copy with seq_len / vocab_size / num_puzzle_identifiers set (unknown keys are a TypeError)."""
-        return replace(self, **fields)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def describe(self) -> dict[str, Any]:
-        """Manifest metadata: the official names plus the resolved prefix length."""
-        return {**self.to_dict(), "prefix_len": self.prefix_len}
 
     # -- reading ------------------------------------------------------------------------------------------------
 
