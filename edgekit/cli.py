@@ -80,6 +80,9 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
+NO_CHECK_HELP = "skip the sha256 check of the bundle's files (sizes are still checked)"
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export, make_plan
 
@@ -134,7 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runtimes import SamplingParams, StreamResult
 
     options = {"n_threads": args.threads} if args.threads else {}
-    session = load(args.bundle, **options)
+    session = load(args.bundle, check=not args.no_check, **options)
     try:
         if not hasattr(session, "stream"):
             raise EdgekitError(f"{args.bundle} is a {session.manifest.get('kind')} model; use `edgekit solve` for it")
@@ -164,7 +167,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
     from . import load
     from .kinds.solver import grid
 
-    session = load(args.bundle, **({"n_threads": args.threads} if args.threads else {}))
+    session = load(args.bundle, check=not args.no_check, **({"n_threads": args.threads} if args.threads else {}))
     try:
         if not hasattr(session, "solve"):
             raise EdgekitError(f"{args.bundle} is a {session.manifest.get('kind')} model; use `edgekit run` for it")
@@ -200,10 +203,11 @@ def cmd_solve(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .bundle import check_files, read_manifest
+    from .errors import BundleError
 
     root = Path(args.bundle)
     m = read_manifest(root)
-    check_files(root, m)
+    check_files(root, m, hashes=not args.no_check)
     if args.json:
         print(json.dumps(m, indent=2, sort_keys=True))
         return 0
@@ -221,7 +225,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     if v:
         from . import kinds
 
-        summary = kinds.behaviour(m["kind"]).summary(v["metrics"])
+        try:
+            summary = kinds.behaviour(m["kind"]).summary(v["metrics"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{root}: verification.metrics is damaged ({type(exc).__name__}: {exc}); run: "
+                              "edgekit verify BUNDLE") from None
         lines.append(f"verified    {'PASS' if v['passed'] else 'FAIL'}: {summary}")
     else:
         lines.append("verified    no (run: edgekit verify BUNDLE)")
@@ -269,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--top-p", type=float, default=0.95)
     r.add_argument("--seed", type=int)
     r.add_argument("--threads", type=int)
+    r.add_argument("--no-check", action="store_true", help=NO_CHECK_HELP)
     r.set_defaults(func=cmd_run)
 
     so = sub.add_parser("solve", help="solve puzzles with a TRM/HRM bundle (early halting by default)")
@@ -283,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     so.add_argument("--batch-size", type=_positive, default=64, help="puzzles per engine call (default 64)")
     so.add_argument("--show", type=int, default=0, help="print the first N puzzles and answers as grids")
     so.add_argument("--threads", type=int)
+    so.add_argument("--no-check", action="store_true", help=NO_CHECK_HELP)
     so.set_defaults(func=cmd_solve)
 
     f = sub.add_parser("formats", help="print the support matrix: family x format, quantisations, options")
@@ -292,9 +302,33 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="show a bundle's manifest summary")
     i.add_argument("bundle", type=Path)
     i.add_argument("--json", action="store_true", help="print the whole manifest")
+    i.add_argument("--no-check", action="store_true", help=NO_CHECK_HELP)
     i.set_defaults(func=cmd_info)
     cli_profile.add_parsers(sub)  # profile, device-test, golden, bench
+    add_verbose_flags(p, sub)
     return p
+
+
+def add_verbose_flags(p: argparse.ArgumentParser, sub: Any) -> None:
+    """``--verbose`` before or after the subcommand: an error's details (a library's own multi-line text, the
+    traceback) are shown only with it; without it every refusal is one line."""
+    help_ = "on an error, also print its details and traceback"
+    p.add_argument("-v", "--verbose", action="store_true", help=help_)
+    for sp in sub.choices.values():
+        sp.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=help_)
+
+
+def report_error(exc: BaseException, verbose: bool, prefix: str = "edgekit: error: ", hint: str = "") -> None:
+    """One line on stderr (the first line of the message); with ``verbose`` the rest and the traceback."""
+    import traceback
+
+    lines = [line for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    tail = " (details: run again with --verbose)" if len(lines) > 1 and not verbose else hint
+    print(f"{prefix}{lines[0]}{tail}", file=sys.stderr)
+    if verbose:
+        for line in lines[1:]:
+            print(line, file=sys.stderr)
+        traceback.print_exception(exc, file=sys.stderr)
 
 
 def quiet_libraries() -> None:
@@ -313,10 +347,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
+    verbose = bool(getattr(args, "verbose", False))
     try:
         return args.func(args)
     except EdgekitError as exc:
-        print(f"edgekit: error: {exc}", file=sys.stderr)
+        report_error(exc, verbose)
         return 2
     except BrokenPipeError:  # `edgekit formats | head`: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -333,9 +368,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         first = (str(exc).splitlines() or [""])[0][:300]
         print(
             f"edgekit: internal error: {type(exc).__name__}: {first} — this is an edgekit bug; please report it "
-            "(run again with EDGEKIT_DEBUG=1 for the traceback)",
+            "(run again with --verbose for the traceback)",
             file=sys.stderr,
         )
+        if verbose:
+            import traceback
+
+            traceback.print_exception(exc, file=sys.stderr)
         return 3
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from . import __version__
-from .bundle import read_manifest, staging, write_manifest
+from .bundle import check_files, read_manifest, staging, write_manifest
 from .checkpoint import Checkpoint, open_checkpoint
 from .errors import BundleError, CheckpointError, ParityError, WriteError
 from .lora import Adapter, open_adapter
@@ -162,6 +162,8 @@ def verify_bundle_with(root: Path, model: Any, thresholds: Any, progress: Callab
     finally:
         session.close()
     manifest["verification"] = report.to_dict()
+    # write_manifest records the files' digests afresh: refuse rather than bless a file that changed meanwhile
+    check_files(root, manifest, hashes=True)
     write_manifest(root, manifest)
     return report
 
@@ -213,8 +215,6 @@ def verify_bundle(
     against the thresholds of its recipe."""
     from .families import Family
     from .recipes import RECIPES
-
-    from .bundle import check_files
 
     root = Path(root)
     manifest = read_manifest(root)

@@ -21,6 +21,31 @@ GGML_TYPE_F32 = 0
 KV_CACHE_TYPE = {"f32": GGML_TYPE_F32}
 
 
+# Lines llama.cpp logs at ERROR level that are not errors: LFM2's conv layers have no V cache, so every load of
+# an LFM2 GGUF says "padding V cache to 128" — noise on every `edgekit run`.  Set EDGEKIT_LLAMA_LOG=1 for all.
+_BENIGN = (b"padding V cache",)
+_log_callback: Any = None
+
+
+def _install_log_filter(llama_cpp: Any) -> None:
+    """Route llama.cpp's log through llama-cpp-python's own callback, minus the benign lines above."""
+    global _log_callback
+    if _log_callback is not None or os.environ.get("EDGEKIT_LLAMA_LOG"):
+        return
+    import ctypes
+
+    from llama_cpp import _logger
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: Any) -> None:
+        if text and any(b in text for b in _BENIGN):
+            return
+        _logger.llama_log_callback(level, text, user_data)
+
+    _log_callback = callback  # ctypes keeps no reference: the callback must outlive every model
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
 class LlamaCppSession:
     engine = "llama.cpp"
 
@@ -29,6 +54,7 @@ class LlamaCppSession:
     ) -> None:
         self._llama_cpp = require("llama_cpp", "gguf")
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+        _install_log_filter(self._llama_cpp)
         self.root = Path(root)
         self.manifest = manifest
         self.model = manifest.get("model", {})

@@ -16,10 +16,21 @@ def leftovers(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir())
 
 
+def skeleton(d: Path, artifact: str = "model.gguf", data: bytes = b"x") -> dict:
+    """The smallest manifest the schema accepts, for a bundle whose one file is ``artifact``."""
+    if not (d / artifact).exists():
+        (d / artifact).write_bytes(data)
+    return {
+        "family": "lfm2", "kind": "language", "format": "gguf", "engine": "llama.cpp",
+        "plan": {"quant": {"name": "f16"}}, "source": {"path": "src", "sha256": "0" * 64},
+        "artifact": {"file": artifact}, "model": {"vocab_size": 16, "eos_ids": [1]},
+    }
+
+
 def test_staging_commits_on_success(tmp_path):
     with staging(tmp_path / "out") as d:
         (d / "a.bin").write_bytes(b"x")
-        write_manifest(d, {"format": "gguf"})
+        write_manifest(d, skeleton(d, "a.bin"))
     assert leftovers(tmp_path) == ["out"]
     m = read_manifest(tmp_path / "out")
     assert m["files"]["a.bin"]["size"] == 1
@@ -48,16 +59,16 @@ def test_existing_output_is_refused_unless_forced(tmp_path):
     assert (out / "keep.txt").exists()
     (out / "keep.txt").unlink()
     with staging(out, force=True) as d:  # an empty directory may be replaced
-        write_manifest(d, {})
+        write_manifest(d, skeleton(d))
     with staging(out, force=True) as d:  # and so may an earlier bundle
-        write_manifest(d, {})
-    assert leftovers(out) == [MANIFEST]
+        write_manifest(d, skeleton(d))
+    assert leftovers(out) == [MANIFEST, "model.gguf"]
 
 
 def test_damaged_bundle_is_reported(tmp_path):
     with staging(tmp_path / "out") as d:
         (d / "model.gguf").write_bytes(b"12345")
-        write_manifest(d, {})
+        write_manifest(d, skeleton(d))
     (tmp_path / "out" / "model.gguf").write_bytes(b"12")
     with pytest.raises(BundleError, match="damaged"):
         check_files(tmp_path / "out", read_manifest(tmp_path / "out"))
