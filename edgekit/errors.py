@@ -74,3 +74,8 @@ class InternalError(EdgekitError):
         super().__init__(
             f"{message} — this is an edgekit bug; please report it with the command you ran and `pip freeze`"
         )
+
+
+class EngineError(EdgekitError):
+    """An engine (onnxruntime, ExecuTorch, llama.cpp) failed while running a bundle: the message has its first
+    line and the inputs' shapes; the bundle or the request does not fit the program."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from . import __version__
+from . import __version__, tokenizer_check
 from .bundle import check_files, read_manifest, staging, write_manifest
 from .checkpoint import Checkpoint, open_checkpoint
 from .errors import BundleError, CheckpointError, ParityError, WriteError
@@ -48,6 +48,7 @@ def make_plan(
     fmt = Format.parse(format)
     ckpt = open_checkpoint(source)
     recipe = RECIPES.get(ckpt.family.family, fmt)
+    tokenizer_check.check_checkpoint(ckpt, fmt.value)  # malformed tokenizer files; features the engine lacks
     spec = recipe.quant(quant)
     opts = recipe.options.parse(options or {}, spec)
     lora = open_adapter(adapter, ckpt) if adapter is not None else None

@@ -42,11 +42,21 @@ class TextCodec:
             self.tok = tokenizers.Tokenizer.from_file(str(path))
         except Exception as exc:
             raise EdgekitError(f"{path}: cannot read the tokenizer ({exc})") from None
-        self.special = {t.content for t in self.tok.get_added_tokens_decoder().values() if t.special}
+        added = self.tok.get_added_tokens_decoder()
+        self.special = {t.content for t in added.values() if t.special}
+        # an added token is stored as its plain text, not in the byte-level alphabet: "½" (U+00BD) is also the
+        # byte-level stand-in of byte 0xBD, so it must be looked up by id, not guessed from its characters
+        self._added = {int(i): t for i, t in added.items()}
         self._bytes: dict[int, bytes] = {}
 
     def encode(self, text: str, add_special: bool = True) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=add_special).ids
+        try:
+            return self.tok.encode(text, add_special_tokens=add_special).ids
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a Rust panic is a BaseException (pyo3's PanicException)
+            raise EdgekitError(f"the bundle's tokenizer failed to encode ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); re-export the bundle") from None
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=True)
@@ -55,7 +65,10 @@ class TextCodec:
         if token not in self._bytes:
             text = self.tok.id_to_token(token) or ""
             table = _byte_level_table()
-            if text in self.special:
+            added = self._added.get(token)
+            if added is not None:
+                data = b"" if added.special else added.content.encode("utf-8")
+            elif text in self.special:
                 data = b""
             elif all(c in table for c in text):
                 data = bytes(table[c] for c in text)
@@ -88,7 +101,9 @@ class Sampler:
         idx = idx[np.argsort(-z[idx])]
         probs = np.exp(z[idx] - z[idx[0]])
         probs /= probs.sum()
-        keep = int(np.searchsorted(np.cumsum(probs), self.p.top_p) + 1)  # smallest prefix reaching top_p
+        # smallest prefix reaching top_p; the float cumulative sum may end just under 1.0, so top_p = 1.0 would
+        # point one past the end: keep at most every candidate
+        keep = min(int(np.searchsorted(np.cumsum(probs), self.p.top_p) + 1), probs.size)
         probs = probs[:keep] / probs[:keep].sum()
         return int(idx[self.rng.choice(keep, p=probs)])
 

@@ -54,6 +54,8 @@ def _raw_tokenizer(tokenizer_json: Path) -> tuple[dict[str, Any], dict[str, int]
     model = tok.get("model") or {}
     if decoder.get("type") != "ByteLevel" or model.get("type") != "BPE":
         raise RunnerUnsuitable(f"{tokenizer_json}: not a byte-level BPE tokenizer")
+    if tok.get("normalizer") is not None:  # the runner's C++ tokenizer is not known to apply it: `tokenizers` does
+        raise RunnerUnsuitable(f"{tokenizer_json}: has a normalizer")
     ids = dict(model.get("vocab") or {})
     ids.update({t["content"]: int(t["id"]) for t in tok.get("added_tokens") or []})
     return {**tok, "decoder": None}, ids

@@ -22,7 +22,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import BundleError, ContextLengthError, EdgekitError, StateError, require
+from ..errors import BundleError, ContextLengthError, EdgekitError, EngineError, StateError, require
 from .decoding import TextCodec, check_fits, decode
 from .protocol import Generation, Prompt, SamplingParams, StreamResult, generate_via_stream, utf8_text
 
@@ -218,6 +218,14 @@ class OnnxSession:
             b.bind_ortvalue_input(name, self._value(state, cur))
             b.bind_ortvalue_output(spec[name]["present"], self._value(state, spare))
 
+    def _run_bound(self, b: Any) -> None:
+        try:
+            self._session.run_with_iobinding(b)
+        except Exception as exc:  # onnxruntime's own types (Fail, InvalidArgument, RuntimeException)
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+            raise EngineError(f"{self.path}: onnxruntime failed to run the model ({first}); the bundle does not "
+                              "fit this request or this onnxruntime — check the token ids, or re-export") from None
+
     def _run(self, ids: np.ndarray, state: OnnxState, total: int, all_logits: bool) -> np.ndarray:
         n = ids.shape[1]
         # a graph without logits_to_keep (e.g. onnxruntime-genai's builder) computes every position
@@ -233,7 +241,7 @@ class OnnxSession:
         else:  # scoring: ORT allocates, because the graph declares one position and checks buffers given to it
             b.bind_output("logits", "cpu")  # bound first: get_outputs() lists outputs in binding order
         self._bind_state(b, state)
-        self._session.run_with_iobinding(b)
+        self._run_bound(b)
         if kept != 1:
             logits = b.get_outputs()[0].numpy()
         return logits[0].astype(np.float32, copy=True)
@@ -258,7 +266,7 @@ class OnnxSession:
         b, ids, logits = entry
         ids[0, 0] = token
         b.bind_cpu_input("attention_mask", self._mask[:, :total])
-        self._session.run_with_iobinding(b)
+        self._run_bound(b)
         return logits[0].astype(np.float32, copy=True)
 
     # -- stepping (protocol.SteppableSession: the profiler's llama-bench method, depth included) ----------

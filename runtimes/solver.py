@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import BundleError, UnsupportedError, require
+from ..errors import BundleError, EngineError, UnsupportedError, require
 
 CARRY_FILE = "carry_init.npz"
 STEP_INPUTS = ("z_H", "z_L", "inputs", "puzzle_identifiers")
@@ -190,7 +190,12 @@ class OnnxSolverSession(SolverSession):
 
     def step(self, z_h, z_l, inputs, ids):  # type: ignore[no-untyped-def]
         feeds = dict(zip(STEP_INPUTS, (z_h, z_l, inputs, ids)))
-        out = self._session.run(list(STEP_OUTPUTS), {k: feeds[k] for k in self._inputs})
+        try:
+            out = self._session.run(list(STEP_OUTPUTS), {k: feeds[k] for k in self._inputs})
+        except Exception as exc:  # onnxruntime's own types (Fail, InvalidArgument, RuntimeException)
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+            raise EngineError(f"onnxruntime failed to run the solver step ({first}); check the puzzles' shape and "
+                              "token ids, or re-export the bundle") from None
         return tuple(out)  # type: ignore[return-value]
 
     def close(self) -> None:
