@@ -133,6 +133,21 @@ class BitNetConfig:
         if missing:
             raise CheckpointError(f"config.json: BitNet config lacks {', '.join(missing)}")
         quant = BitNetQuantization.from_hf(config.get("quantization_config"))
+        for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
+                    "num_key_value_heads", "head_dim", "max_position_embeddings"):
+            v = config.get(key)
+            # int() would accept "12" and True, and truncate 12.5: each changes the model that gets built
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v)):
+                raise CheckpointError(f"config.json: BitNet {key} has the wrong type: expected an integer, got {v!r}")
+        if not isinstance(config.get("rope_parameters") or {}, Mapping):
+            raise CheckpointError(f"config.json: BitNet rope_parameters must be an object, got {config['rope_parameters']!r}")
+        for key in ("rms_norm_eps", "rope_theta"):
+            v = config.get(key, (config.get("rope_parameters") or {}).get(key) if key == "rope_theta" else None)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise CheckpointError(f"config.json: BitNet {key} has the wrong type: expected a number, got {v!r}")
+        tie = config.get("tie_word_embeddings", False)
+        if not isinstance(tie, bool):
+            raise CheckpointError(f"config.json: BitNet tie_word_embeddings must be true or false, got {tie!r}")
         try:
             hidden = int(config["hidden_size"])
             heads = int(config["num_attention_heads"])
@@ -172,6 +187,12 @@ class BitNetConfig:
                 f"config.json: num_attention_heads x head_dim = {heads * value.head_dim} differs from hidden_size "
                 f"{hidden}; BitNet's attn_sub_norm needs them equal"
             )
+        if not (value.rope_theta > 0 and value.rope_theta != float("inf")):
+            raise CheckpointError(f"config.json: BitNet rope_theta must be a finite positive number, got {value.rope_theta}")
+        if not (0 <= value.rms_norm_eps < float("inf")):
+            raise CheckpointError(f"config.json: BitNet rms_norm_eps must be finite and not negative, got {value.rms_norm_eps}")
+        if value.max_position_embeddings <= 0:
+            raise CheckpointError("config.json: BitNet max_position_embeddings must be positive")
         if value.head_dim % 2:
             raise CheckpointError(f"config.json: head_dim {value.head_dim} must be even for RoPE")
         if value.hidden_act not in HIDDEN_ACTS:
@@ -203,6 +224,29 @@ class BitNetConfig:
                 out.append(f"model.layers.{i}.{block}.{leaf}.weight")
         skip = self.quantization.modules_to_not_convert
         return tuple(n for n in out if n[: -len(".weight")] not in skip)
+
+    def tensor_rules(self) -> dict[str, Any]:
+        """Hugging Face tensor name -> ``TensorRule`` of every weight this config needs: each ternary projection as
+        float ``[out, in]`` (master or unpacked codes) or packed uint8 ``[out / 4, in]``, with an optional
+        one-element float ``weight_scale`` (packed/offline layouts; ``weights.from_tensors`` checks which layout
+        needs it), the norms and embedding as floats, ``lm_head.weight`` when untied (or as a copy of a tied one)."""
+        from ...checkpoint import FLOAT_DTYPES, TensorRule
+        from .weights import VALUES_PER_BYTE, _float_shapes
+
+        rules: dict[str, Any] = {}
+        for name in self.linear_names():
+            out_f, in_f = self.linear_shape(name)
+            forms = [((out_f, in_f), FLOAT_DTYPES)]
+            if out_f % VALUES_PER_BYTE == 0:
+                forms.append(((out_f // VALUES_PER_BYTE, in_f), frozenset({"U8"})))
+            rules[name] = TensorRule(forms=tuple(forms))
+            scale = name[: -len(".weight")] + ".weight_scale"
+            rules[scale] = TensorRule(forms=(((1,), FLOAT_DTYPES), ((), FLOAT_DTYPES)), required=False)
+        for name, shape in _float_shapes(self).items():
+            rules[name] = TensorRule.floats(*shape)
+        if self.tie_word_embeddings:
+            rules["lm_head.weight"] = TensorRule.floats(self.vocab_size, self.hidden_size, required=False)
+        return rules
 
     def linear_shape(self, name: str) -> tuple[int, int]:
         """[out_features, in_features] of a projection by its Hugging Face weight name."""

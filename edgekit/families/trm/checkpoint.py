@@ -244,7 +244,22 @@ def read_checkpoint_config(
     shapes = {mapping[k]: v.shape for k, v in infos.items()}
     cfg = infer_task(cfg, shapes, file)
     check_shapes(cfg, shapes, file)
+    for key, info in infos.items():
+        if info.dtype not in FLOAT_STORAGES:
+            raise CheckpointError(f"{file}: tensor {mapping[key]} has dtype {info.dtype}; expected floating point")
     return cfg
+
+
+FLOAT_STORAGES = ("Float", "BFloat16", "Half", "Double")
+
+
+def check_finite(file: str | Path) -> None:
+    """NaN/Inf in any tensor of the state dict is refused by name (plan time; imports torch)."""
+    import torch
+
+    for key, value in load_state_dict(Path(file)).items():
+        if value.dtype.is_floating_point and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{file}: tensor {key} holds NaN or infinite values; export a checkpoint with finite weights")
 
 
 # ---------------------------------------------------------------------------------------------------------------

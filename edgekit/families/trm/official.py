@@ -18,8 +18,11 @@ def _open(root: Path, names: tuple[str, ...], load_config: Callable[..., Any]) -
     arch = arch_section(read_yaml(root / CONFIG_FILE), root / CONFIG_FILE)
     if arch.get("name") not in names:
         return None
+    from edgekit.families.trm.checkpoint import check_finite
+
     weights = find_weights_file(root)
     cfg = load_config(weights)
+    check_finite(weights)
     return {
         "config": {"architectures": [arch["name"]], **arch},
         "model_config": cfg,
