@@ -1,0 +1,5 @@
+import sys
+
+from edgekit.apps.chat import main
+
+sys.exit(main())

@@ -1,0 +1,2 @@
+"""Mobile-app layouts (placeholder while being written)."""
+TARGETS: dict = {}
