@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import cli_apps, cli_profile
+from . import cli_profile
 from .errors import EdgekitError
 
 
@@ -87,7 +87,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import export, make_plan
 
     options = {k.removeprefix("opt_"): v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
-    prep = make_plan(args.source, args.format, args.quant, args.adapter, options)
+    prep = make_plan(args.source, args.format, args.quant, args.adapter, options,
+                     allow_extra_tensors=args.allow_extra_tensors)
     progress = _progress(args.quiet)
     progress(f"plan: {prep.plan.family.value} -> {prep.plan.format.value} {prep.plan.quant.name}")
     export(prep, args.output, force=args.force, verify=not args.no_verify, progress=progress)
@@ -257,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", required=True, type=Path, help="bundle directory to create")
     e.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     e.add_argument("--no-verify", action="store_true", help="skip the parity check against PyTorch")
+    e.add_argument("--allow-extra-tensors", action="store_true",
+                   help="export a checkpoint holding tensors the model does not use, where dropping them provably "
+                        "changes nothing (never quantisation scales or layer tensors)")
     add_option_flags(e)
     e.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     e.set_defaults(func=cmd_export)
@@ -305,7 +309,6 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--no-check", action="store_true", help=NO_CHECK_HELP)
     i.set_defaults(func=cmd_info)
     cli_profile.add_parsers(sub)  # profile, device-test, golden, bench
-    cli_apps.add_parsers(sub)  # chat, serve, bundle --for
     add_verbose_flags(p, sub)
     return p
 

@@ -39,6 +39,7 @@ def make_plan(
     quant: str | None = None,
     adapter: str | Path | None = None,
     options: Mapping[str, Any] | None = None,
+    allow_extra_tensors: bool = False,
 ) -> PreparedExport:
     """Validate everything cheap first: format, checkpoint files, the recipe row, quant, options, adapter shapes.
 
@@ -46,7 +47,7 @@ def make_plan(
     from .recipes import RECIPES
 
     fmt = Format.parse(format)
-    ckpt = open_checkpoint(source)
+    ckpt = open_checkpoint(source, allow_extra_tensors=allow_extra_tensors)
     recipe = RECIPES.get(ckpt.family.family, fmt)
     tokenizer_check.check_checkpoint(ckpt, fmt.value)  # malformed tokenizer files; features the engine lacks
     spec = recipe.quant(quant)
@@ -54,7 +55,7 @@ def make_plan(
     lora = open_adapter(adapter, ckpt) if adapter is not None else None
     plan = ExportPlan(
         source=ckpt.path, family=ckpt.family.family, format=fmt, quant=spec, options=opts,
-        adapter=lora.path if lora else None,
+        adapter=lora.path if lora else None, allow_extra_tensors=allow_extra_tensors,
     )
     return PreparedExport(plan=plan, recipe=recipe, checkpoint=ckpt, adapter=lora)
 
@@ -181,7 +182,7 @@ def recorded_reference(
     from . import reference
 
     src = source or manifest["source"]["path"]
-    ckpt = open_checkpoint(src)
+    ckpt = open_checkpoint(src, allow_extra_tensors=bool(manifest["plan"].get("allow_extra_tensors", False)))
     if ckpt.family.family.value != manifest["family"]:
         raise CheckpointError(f"{src} is a {ckpt.family.family.value} checkpoint; the bundle is {manifest['family']}")
     if source is None and ckpt.sha256 != manifest["source"]["sha256"]:

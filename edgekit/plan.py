@@ -168,11 +168,13 @@ class ExportPlan:
     quant: QuantSpec
     options: Options
     adapter: Path | None = None
+    allow_extra_tensors: bool = False  # unused checkpoint tensors proven harmless to drop were accepted
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": str(self.source),
             "adapter": str(self.adapter) if self.adapter else None,
+            **({"allow_extra_tensors": True} if self.allow_extra_tensors else {}),
             "family": self.family.value,
             "format": self.format.value,
             "quant": self.quant.to_dict(),
