@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import cli_profile
+from . import cli_apps, cli_profile
 from .errors import EdgekitError
 
 
@@ -309,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--no-check", action="store_true", help=NO_CHECK_HELP)
     i.set_defaults(func=cmd_info)
     cli_profile.add_parsers(sub)  # profile, device-test, golden, bench
+    cli_apps.add_parsers(sub)  # chat, serve, bundle --for
     add_verbose_flags(p, sub)
     return p
 
