@@ -158,6 +158,9 @@ def verify_bundle_with(root: Path, model: Any, thresholds: Any, progress: Callab
     from . import kinds, runtimes
 
     manifest = read_manifest(root)
+    from .runtimes.probe import run_probe
+
+    run_probe(root, manifest)  # an engine that aborts the process (SIGABRT) becomes a BundleError here
     session = runtimes.load(root)
     try:
         report = kinds.behaviour(manifest["kind"]).verify(session, model, root, thresholds, progress=progress)

@@ -229,3 +229,15 @@ def check_checkpoint(checkpoint: Any, fmt: str) -> None:
         return
     vocab = getattr(checkpoint.model_config, "vocab_size", None)
     check_tokenizer_files(Path(checkpoint.path), fmt, int(vocab) if isinstance(vocab, int) else 1 << 31)
+
+
+# Verification's tokenizer check text: held-out prose is nearly all ASCII, so it adds accents, CJK, an emoji,
+# super/subscripts and vulgar fractions (what NFKC would change), digit runs (llama.cpp splits digits by its
+# pre-tokenizer regex), tabs, CRLF, runs of spaces, and every added token of the tokenizer.
+PROBE = "Prix: 1 234,50 € — ½ café naïve 東京 😀 x²=4 3.14159 0x1F\tTab  two  spaces\r\nline 12345678 "
+
+
+def probe_text(tok: Any) -> str:
+    """``PROBE`` followed by every added token of ``tok`` (a ``tokenizers.Tokenizer``), space-separated."""
+    added = [t.content for _, t in sorted(tok.get_added_tokens_decoder().items())]
+    return PROBE + " ".join(added) + " end"

@@ -101,7 +101,9 @@ def run(
     greedy = SamplingParams(max_tokens=GREEDY_TOKENS)
     from_text = session.generate(prompt_text, greedy).tokens
     from_ids = session.generate(session.tokenize(prompt_text), greedy).tokens
-    sample = text[:4000]
+    from ...tokenizer_check import probe_text
+
+    sample = text[:4000] + probe_text(tok)  # non-ASCII, digits, added tokens: not only ASCII prose
     metrics = {
         "top1": totals["agree"] / totals["n"],
         "mean_kl": totals["kl_sum"] / totals["n"],
