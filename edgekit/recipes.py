@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, replace
 from types import ModuleType
-from typing import Any, Iterator, Mapping
+from typing import Any, ClassVar, Iterator, Mapping
 
 from .errors import UnsupportedError
 from .families import Family
@@ -133,6 +133,7 @@ def _bitnet_options() -> tuple[type[Options], type[Options], type[Options]]:
 
     @dataclass(frozen=True)
     class BitNetGgufOptions(BitNetOptions, gguf.GgufOptions):
+        A48_IN_GRAPH: ClassVar[bool] = False
         embedding_type: str = option("f16", "BitNet GGUF: tensor type of the token embedding / output (f16, q8_0, "
                                             "f32)", ("f16", "q8_0", "f32"))
 

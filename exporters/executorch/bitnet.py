@@ -18,9 +18,13 @@ Ternary projections (W = codes x scale, one scale per tensor):
   BitNet's symmetric absmax int8 (scale max|x| / 127): that difference is what the verification measures.
 
 The LM head (tied to the embedding, a float matrix in BitNet) is int8 per channel for 8da4w (``head_bits``), and
-the embedding reads its bytes, as in the LFM2 pair.  ``a4.8`` activations and separate LoRA adapters are refused:
-XNNPACK has no 4-bit activation kernel, and a separate branch would not be the re-ternarised merged model that
-verification compares with.
+the embedding reads its bytes, as in the LFM2 pair.  Separate LoRA adapters are refused: a separate branch would
+not be the re-ternarised merged model that verification compares with.
+
+``--bitnet-activations a4.8``: XNNPACK has no 4-bit activation kernel, so each projection's input goes through
+the reference's own quantise/dequantise (``reference.fake_quant``: absmean int4 for q/k/v and gate/up, absmax int8
+with a top-K mask for o_proj, absmax int8 for down_proj) as portable ops before the matmul; 8da4w's kernel then
+re-quantises those values to its int8 grid.  Speed is a8's plus those ops.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from torch import nn
 
 from edgekit.errors import InternalError, UnsupportedError
 from edgekit.families.bitnet.config import BitNetConfig
+from edgekit.families.bitnet.reference import activation_modes, fake_quant
 from edgekit.families.bitnet.weights import BitNetWeights
 
 from .. import ExportJob
@@ -53,9 +58,22 @@ def hf_name(layer: int, leaf: str) -> str:
     return f"model.layers.{layer}.{block}.{leaf}.weight"
 
 
+class ActQuant(nn.Module):
+    """The activations one projection sees in the reference's mode (``reference.fake_quant``); identity for
+    "float" (a8 is left to XNNPACK's own dynamic int8 quantisation)."""
+
+    def __init__(self, mode: str = "float", topk: float | None = None) -> None:
+        super().__init__()
+        self.mode, self.topk = mode, topk
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.mode == "float" else fake_quant(x, self.mode, self.topk)
+
+
 class Attention(nn.Module):
     def __init__(self, c: BitNetConfig, context: int) -> None:
         super().__init__()
+        self.qkv_act, self.o_act = ActQuant(), ActQuant()
         hd = c.head_dim
         self.n_heads, self.n_kv, self.hd = c.num_attention_heads, c.num_key_value_heads, hd
         self.q_proj = nn.Linear(c.hidden_size, self.n_heads * hd, bias=False)
@@ -73,32 +91,35 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, pos: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         _, n, _ = x.shape
+        x = self.qkv_act(x)
         q = self.rope(self.q_proj(x).view(1, n, self.n_heads, self.hd), cos, sin)
         k = self.rope(self.k_proj(x).view(1, n, self.n_kv, self.hd), cos, sin)
         v = self.v_proj(x).view(1, n, self.n_kv, self.hd)
         torch.ops.llama.update_cache(k, self.k_cache, pos)
         torch.ops.llama.update_cache(v, self.v_cache, pos)
         out = torch.ops.llama.custom_sdpa(q, self.k_cache, self.v_cache, pos, None, 0, True)
-        return self.o_proj(self.attn_sub_norm(out.reshape(1, n, self.n_heads * self.hd)))
+        return self.o_proj(self.o_act(self.attn_sub_norm(out.reshape(1, n, self.n_heads * self.hd))))
 
 
 class FeedForward(nn.Module):
     def __init__(self, c: BitNetConfig) -> None:
         super().__init__()
         self.relu2 = c.hidden_act == "relu2"
+        self.gate_up_act, self.down_act = ActQuant(), ActQuant()
         self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
         self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
         self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=False)
         self.ffn_sub_norm = RMSNorm(c.intermediate_size, c.rms_norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.gate_up_act(x)
         g = self.gate_proj(x)
         if self.relu2:
             g = F.relu(g)
             g = g * g  # squared ReLU as a multiply: XNNPACK has no pow
         else:
             g = F.silu(g)
-        return self.down_proj(self.ffn_sub_norm(g * self.up_proj(x)))
+        return self.down_proj(self.down_act(self.ffn_sub_norm(g * self.up_proj(x))))
 
 
 class Block(nn.Module):
@@ -181,6 +202,19 @@ def load_weights(model: BitNet, w: BitNetWeights) -> dict[str, tuple[torch.Tenso
     return ternary
 
 
+def set_activations(model: BitNet, reference: Any) -> None:
+    """Put the reference's per-projection activation modes in front of the matmuls (a4.8 only; fused inputs
+    share one mode: q/k/v and gate/up)."""
+    if reference.activations != "a4.8":
+        return
+    modes = activation_modes(reference)
+    for i, layer in enumerate(model.layers):
+        for act, leaf in (("qkv_act", "q_proj"), ("o_act", "o_proj"), ("gate_up_act", "gate_proj"),
+                          ("down_act", "down_proj")):
+            owner = layer.mlp if act in ("gate_up_act", "down_act") else layer.self_attn
+            setattr(owner, act, ActQuant(*modes.get(hf_name(i, leaf), ("float", None))))
+
+
 def set_ternary(model: nn.Module, ternary: dict[str, tuple[torch.Tensor, float]]) -> float:
     """Overwrite the int4 per-channel tensors of the ternary projections with the codes and the scale (see the
     module docstring); returns the largest |dequantised - codes x scale| (0 when exact)."""
@@ -204,11 +238,6 @@ def set_ternary(model: nn.Module, ternary: dict[str, tuple[torch.Tensor, float]]
 def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
     options: LanguageOptions = job.plan.options
     spec = job.plan.quant
-    if getattr(options, "bitnet_activations", "a8") != "a8":
-        raise UnsupportedError(
-            "executorch BitNet: --bitnet-activations a4.8 has no XNNPACK kernel (4-bit activations); "
-            "use a8 here, or the a4.8 reference mode for measurement"
-        )
     if options.lora_mode != "merged":
         raise UnsupportedError("executorch BitNet: --lora-mode separate is not supported; the adapter is merged "
                                "into the master weights and re-ternarised (use --lora-mode merged)")
@@ -228,6 +257,7 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
     job.progress(f"building the ExecuTorch BitNet graph (context {max_context})")
     eager = BitNet(cfg, max_context, job.reference.inv_freq.detach().float().clone())
     ternary = load_weights(eager, w)
+    set_activations(eager, job.reference)
     eager = eager.eval()
     seconds: dict[str, float] = {}
     t = time.perf_counter()
@@ -266,7 +296,8 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
         ),
         "group_size": None,
         "ternary_weight_max_error": weight_error,
-        "activations": "int8 per token, asymmetric (XNNPACK)" if lq else "float32",
+        "activations": ("a4.8 quantise/dequantise before each projection, then " if job.reference.activations ==
+                        "a4.8" else "") + ("int8 per token, asymmetric (XNNPACK)" if lq else "float32"),
         "embedding_quant": options.embedding_quant,
         "shared_embedding": shared,
         "lora_mode": "merged",

@@ -27,12 +27,18 @@ Ternary projections (W = codes x scale, one scale per tensor):
 
 The tied embedding / LM head (a float matrix in BitNet) is quantised by ``quantize.apply`` at 8 bits (block 32,
 ``head_bits`` 4 for 4) and the embedding gathers from its blocks (``GatherBlockQuantized``); fp32 keeps it float.
-``a4.8`` activations are refused: ONNX Runtime has no 4-bit activation kernel.
+``--bitnet-activations a4.8`` (BitNet a4.8): ONNX Runtime has no 4-bit activation kernel, so the a4.8 numerics
+are written into the graph as quantise/dequantise arithmetic in front of each projection, mirroring the reference
+(``reference.fake_quant``): per-token absmean int4 for q/k/v and gate/up, absmax int8 times a top-K mask
+(``TopK`` + ``ScatterElements``, the same K and ties as ``torch.topk``) for o_proj, absmax int8 for down_proj.
+The matmuls then run on the dequantised values (fp32: exactly the reference's arithmetic up to float rounding;
+int2/int4: the kernel's own int8 block quantisation of them on top).  Speed is that of a8 plus the extra ops.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -41,6 +47,7 @@ import numpy as np
 
 from edgekit.errors import InternalError, UnsupportedError
 from edgekit.families.bitnet.config import BitNetConfig
+from edgekit.families.bitnet.reference import activation_modes
 from edgekit.families.bitnet.weights import BitNetWeights
 
 from .. import ExportJob
@@ -109,6 +116,32 @@ class Projections:
         )[0]
 
 
+def fake_quant(b: GraphBuilder, x: str, mode: str, topk: float | None, features: int, name: str) -> str:
+    """``reference.fake_quant`` as ONNX ops on ``x`` [batch, seq, features] float32 (ops in the reference's order,
+    so rounding boundaries fall the same way up to float reduction order)."""
+    if mode == "float":
+        return x
+    a4 = mode == "a4"
+    absx = b.op("Abs", [x], f"{name}/Abs")[0]
+    stat = b.op("ReduceMean" if a4 else "ReduceMax", [absx, b.i64([-1])], f"{name}/Reduce", keepdims=1)[0]
+    stat = b.op("Max", [stat, b.init(f"{name}/eps", np.array(1e-5, np.float32))], f"{name}/Clamp")[0]
+    top = np.float32(np.sqrt(np.float32(7.0))) if a4 else np.float32(127.0)
+    scale = b.op("Div", [b.init(f"{name}/qmax", np.array(top, np.float32)), stat], f"{name}/Scale")[0]
+    codes = b.op("Round", [b.op("Mul", [x, scale], f"{name}/Mul")[0]], f"{name}/Round")[0]
+    lo, hi = (-8.0, 7.0) if a4 else (-128.0, 127.0)
+    codes = b.op("Clip", [codes, b.init(f"{name}/lo", np.array(lo, np.float32)),
+                          b.init(f"{name}/hi", np.array(hi, np.float32))], f"{name}/Clip")[0]
+    if topk is not None:
+        k = max(1, math.ceil(topk * features))
+        idx = b.op("TopK", [absx, b.i64([k])], f"{name}/TopK", n_out=2, axis=-1, largest=1, sorted=1)[1]
+        zeros = b.op("Mul", [x, b.init(f"{name}/zero", np.array(0.0, np.float32))], f"{name}/Zeros")[0]
+        ones = b.op("Expand", [b.init(f"{name}/one", np.array(1.0, np.float32)),
+                               b.op("Shape", [idx], f"{name}/IdxShape")[0]], f"{name}/Ones")[0]
+        mask = b.op("ScatterElements", [zeros, idx, ones], f"{name}/Mask", axis=-1)[0]
+        codes = b.op("Mul", [codes, mask], f"{name}/Sparsify")[0]
+    return b.op("Div", [codes, scale], f"{name}/Dequant")[0]
+
+
 def state_inputs(c: BitNetConfig) -> dict[str, list[Any]]:
     return {
         f"past_key_values.{i}.{kv}": ["batch_size", c.num_key_value_heads, "past_sequence_length", c.head_dim]
@@ -123,7 +156,15 @@ def build(w: BitNetWeights, reference: Any, bits: int | None, block: int, accura
     c = w.config
     f = w.floats
     b = GraphBuilder()
-    proj = Projections(b, w, bits, block, accuracy_level)
+    matmul = Projections(b, w, bits, block, accuracy_level)
+    modes = activation_modes(reference) if reference.activations == "a4.8" else {}
+
+    def proj(x: str, names: list[str], name: str) -> str:
+        """The projections ``names`` (one input), behind the activation quantisation the reference applies
+        (fused projections share their input, hence their mode; a8 mode leaves it to the kernel)."""
+        mode, topk = modes.get(names[0], ("float", None))
+        features = (w.ternary[names[0]].shape[1] if names[0] in w.ternary else f[names[0]].shape[1])
+        return matmul(fake_quant(b, x, mode, topk, features, f"{name}/act"), names, name)
     eps = float(c.rms_norm_eps)
 
     seqlens = b.op("ReduceSum", ["attention_mask", b.i64([1])], "mask/ReduceSum", keepdims=0)[0]
@@ -280,9 +321,6 @@ def required_kernels(c: BitNetConfig, bits: int | None) -> dict[str, int]:
 def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
     options = job.plan.options
     name = job.plan.quant.name
-    if getattr(options, "bitnet_activations", "a8") != "a8":
-        raise UnsupportedError("onnx BitNet: --bitnet-activations a4.8 has no ONNX Runtime kernel (4-bit "
-                               "activations); use a8")
     if name not in ("fp32", *TERNARY_BITS):
         raise UnsupportedError(f"onnx BitNet quant {name!r}; valid: fp32, {', '.join(TERNARY_BITS)}")
     w = ternary_weights(job)
@@ -313,7 +351,9 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
         "genai_config": GENAI_CONFIG,
         "quant": {"name": name, "ternary_bits": bits, "block_size": block or None,
                   "accuracy_level": accuracy if bits else None, "head_bits": head_bits if bits else None,
-                  "ternary": "exact (codes + per-tensor scale)"},
+                  "ternary": "exact (codes + per-tensor scale)",
+                  "activations": (f"a4.8 quantise/dequantise in the graph, then " if job.reference.activations ==
+                                  "a4.8" else "") + ("int8 per block in MatMulNBits" if bits else "float32")},
         "signature": check.signature(out_dir / ARTIFACT),
         "tensor_types": check.tensor_types(out_dir / ARTIFACT),
         "state": state_manifest(c),

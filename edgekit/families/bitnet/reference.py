@@ -99,6 +99,31 @@ def topk_mask(x: torch.Tensor, fraction: float) -> torch.Tensor:
     return torch.zeros_like(x).scatter_(-1, idx, 1.0)
 
 
+def fake_quant(x: torch.Tensor, mode: str, topk: float | None = None) -> torch.Tensor:
+    """The activations a projection in ``mode`` ("a8", "a4" or "float") sees, dequantised: ``codes / scale`` of
+    ``quantize_a8`` / ``quantize_a4`` (times ``topk_mask`` when ``topk`` is set), float32 like ``x``.  What the
+    exporters put in front of a float or int8-activation kernel to express a4.8 (no engine has 4-bit kernels)."""
+    if mode == "float":
+        return x
+    q, s = quantize_a4(x) if mode == "a4" else quantize_a8(x)
+    if topk is not None:
+        q = q * topk_mask(x, topk)
+    return q / s
+
+
+def activation_modes(model: "BitNetReference") -> dict[str, tuple[str, float | None]]:
+    """HF weight name -> (mode, top-K fraction) of every ternary projection of ``model`` (float projections are
+    absent): what an exporter reproduces in front of each matmul."""
+    out: dict[str, tuple[str, float | None]] = {}
+    for i, layer in enumerate(model.layers):
+        for leaf in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
+            proj = getattr(layer, leaf)
+            if isinstance(proj, TernaryProjection):
+                block = "mlp" if leaf in ("gate_proj", "up_proj", "down_proj") else "self_attn"
+                out[f"model.layers.{i}.{block}.{leaf}.weight"] = (proj.mode, proj.topk)
+    return out
+
+
 class TernaryProjection(torch.nn.Module):
     """One BitLinear: ternary codes [out, in] (held as float32 for an exact integer matmul) times one scale."""
 

@@ -74,7 +74,7 @@ def test_squared_relu_is_refused_naming_what_works(tmp_path):
 def test_a48_and_ternary_on_lfm2_are_refused():
     from edgekit.export import make_plan
 
-    with pytest.raises(UnsupportedError, match="--bitnet-activations a4.8: no engine .* has 4-bit activation kernels"):
+    with pytest.raises(UnsupportedError, match="--bitnet-activations a4.8: llama.cpp.s bitnet graph cannot express 4-bit activations"):
         make_plan(BASE, "gguf", "tq2_0", options={"bitnet_activations": "a4.8"})
     with pytest.raises(UnsupportedError, match="unknown quantisation 'tq1_0' for lfm2 -> gguf; valid:"):
         make_plan("builtin:lfm2-tiny", "gguf", "tq1_0")
