@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import exported
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
@@ -27,8 +26,8 @@ PROMPTS = ["def fib(n):", "import os\n", "class Parser:\n    def", "for i in ran
 
 
 @pytest.fixture(scope="module")
-def bundle(export_cache) -> Path:
-    return exported(export_cache, "builtin:lfm2-tiny", "gguf", "q8_0", adapter="builtin:lfm2-tiny-lora")
+def bundle(lfm2_gguf) -> Path:
+    return lfm2_gguf
 
 
 @pytest.fixture(scope="module")

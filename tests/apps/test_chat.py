@@ -1,0 +1,93 @@
+"""apps/chat (``edgekit chat``) driven through a real pty with scripted input on the built-in LFM2 GGUF bundle:
+streaming, the tokens/s line, /reset, dropping old turns at the context limit, a message too long for the
+context, Ctrl-C during an answer, and a bundle that is not a language model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+pexpect = pytest.importorskip("pexpect")
+
+STATS = r"\[(\d+) tokens, [\d.]+ tok/s, first token \d+ ms, prompt (\d+) tokens\]"
+
+
+def spawn(bundle: Path, *args: str) -> "pexpect.spawn":
+    child = pexpect.spawn(sys.executable, ["-m", "edgekit", "chat", str(bundle), "--threads", "1", *args],
+                          encoding="utf-8", timeout=60, dimensions=(50, 200))
+    child.expect("commands: /reset")
+    return child
+
+
+def test_chat_turns_reset_and_context_limit(lfm2_gguf):
+    child = spawn(lfm2_gguf, "--ctx", "160", "--max-tokens", "48", "--temperature", "0")
+    child.expect_exact("> ")
+    child.sendline("def fib(n):")
+    child.expect(STATS)
+    first_prompt = int(child.match.group(2))
+    child.expect_exact("> ")
+    child.sendline("import os")
+    child.expect(STATS)
+    assert int(child.match.group(2)) > first_prompt  # the second turn carries the first
+    dropped = False
+    for line in ("class Parser:", "for i in range(10):", "while True:"):
+        child.expect_exact("> ")
+        child.sendline(line)
+        k = child.expect([r"\[context full: dropped the (\d+) oldest turn", STATS])
+        if k == 0:
+            dropped = True
+            child.expect(STATS)
+        assert int(child.match.group(2)) + 48 <= 160
+    assert dropped
+    child.expect_exact("> ")
+    child.sendline("x = " + " + ".join(f"value_{k}" for k in range(120)))  # far beyond 160 - 48 tokens
+    child.expect("cannot hold it")
+    child.expect_exact("> ")
+    child.sendline("/reset")
+    child.expect_exact("[conversation reset]")
+    child.expect_exact("> ")
+    child.sendline("def fib(n):")
+    child.expect(STATS)
+    assert int(child.match.group(2)) == first_prompt  # a fresh conversation again
+    child.expect_exact("> ")
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_ctrl_c_stops_the_answer_not_the_chat(lfm2_gguf):
+    child = spawn(lfm2_gguf, "--ignore-eos", "--max-tokens", "4000", "--temperature", "0")
+    child.expect_exact("> ")
+    child.sendline("def main():")
+    child.expect(r"\S+\s+\S+\s+\S+")  # answer text is streaming in
+    child.sendintr()
+    child.expect(STATS + r" \[stopped\]")
+    assert int(child.match.group(1)) < 4000
+    child.expect_exact("> ")
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_chat_refuses_a_solver_bundle(trm_onnx):
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-m", "edgekit", "chat", str(trm_onnx)], capture_output=True, text=True,
+                       input="", timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.startswith("edgekit: error:") and "not a language model" in r.stderr
+
+
+def test_template_rendering_and_fallback(lfm2_gguf, tmp_path):
+    from edgekit.apps.textgen import ChatTemplate
+
+    t = ChatTemplate.from_bundle(lfm2_gguf, {"model": {}})
+    assert t.stop_texts[0] == "<|im_end|>" and t.bos_token == "<|startoftext|>"
+    text = t.render([{"role": "user", "content": "hi"}])
+    assert text == "<|startoftext|><|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    plain = ChatTemplate.from_bundle(tmp_path, {"model": {}})
+    assert plain.source is None and plain.render([{"role": "user", "content": "hi"}]) == "User: hi\nAssistant:"
