@@ -39,10 +39,12 @@ def write(root: Path, manifest: Mapping[str, Any], model: Any, progress: Callabl
     text = verify.heldout_text()
     meta = manifest.get("model", {})
     bos = meta.get("bos_id") if meta.get("add_bos") else None
-    wins = verify.windows(tok.encode(text, add_special_tokens=False).ids, bos, verify.WINDOW, verify.MIN_TOKENS)
     top_ids, top_logits, lse, host_argmax = [], [], [], []
     session = runtimes.load(root)
     try:
+        window = min(verify.WINDOW, int(getattr(session, "n_ctx", verify.WINDOW)))  # sized to a small context
+        wins = verify.windows(tok.encode(text, add_special_tokens=False).ids, bos, window, verify.MIN_TOKENS)
+        n_greedy, n_prompt = verify.greedy_sizes(window)
         for i, w in enumerate(wins, 1):
             progress(f"golden: window {i}/{len(wins)}")
             ref = reference.logits(model, w)
@@ -51,8 +53,8 @@ def write(root: Path, manifest: Mapping[str, Any], model: Any, progress: Callabl
             top_logits.append(np.take_along_axis(ref, idx, axis=-1).round(5).tolist())
             lse.append(_lse(ref).round(6).tolist())
             host_argmax.append(session.logits(w).argmax(-1).tolist())
-        prompt = wins[0][: verify.GREEDY_PROMPT]
-        host_greedy = session.generate(prompt, SamplingParams(max_tokens=verify.GREEDY_TOKENS, stop_at_eos=False)).tokens
+        prompt = wins[0][:n_prompt]
+        host_greedy = session.generate(prompt, SamplingParams(max_tokens=n_greedy, stop_at_eos=False)).tokens
     finally:
         session.close()
     sample = text[:TOKENIZER_SAMPLE_CHARS]
@@ -61,7 +63,7 @@ def write(root: Path, manifest: Mapping[str, Any], model: Any, progress: Callabl
         "windows": wins,
         "reference": {"top_ids": top_ids, "top_logits": top_logits, "lse": lse},
         "host_engine": {"argmax": host_argmax, "greedy": list(host_greedy)},
-        "greedy": {"prompt": list(prompt), "reference": reference.greedy(model, prompt, verify.GREEDY_TOKENS)},
+        "greedy": {"prompt": list(prompt), "reference": reference.greedy(model, prompt, n_greedy)},
         "tokenizer": {"text": sample, "ids": tok.encode(sample, add_special_tokens=False).ids},
     }
 

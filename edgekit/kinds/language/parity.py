@@ -52,6 +52,17 @@ def windows(ids: Sequence[int], bos: int | None, window: int, min_tokens: int) -
     return out
 
 
+def greedy_sizes(n_ctx: int) -> tuple[int, int]:
+    """(greedy tokens, prompt tokens) of the greedy check, fitted to a context of ``n_ctx`` positions: the defaults
+    (``GREEDY_TOKENS`` after ``GREEDY_PROMPT``) where they fit, else half the context each (minus one position of
+    headroom), so a small model (``--max-context 64``, a 64-position config) verifies instead of failing on a
+    prompt the user never gave."""
+    if n_ctx >= GREEDY_PROMPT + GREEDY_TOKENS + 1:
+        return GREEDY_TOKENS, GREEDY_PROMPT
+    tokens = max(1, min(GREEDY_TOKENS, (n_ctx - 1) // 2))
+    return tokens, max(1, min(GREEDY_PROMPT, n_ctx - 1 - tokens))
+
+
 def greedy_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = 0
     for x, y in zip(a, b):
@@ -90,15 +101,16 @@ def run(
         progress(f"verify: window {i}/{len(wins)} ({len(w)} tokens)")
         part = compare_logits(ref_mod.logits(reference, w), session.logits(w))
         totals = {k: max(totals[k], part[k]) if k == "max_abs" else totals[k] + part[k] for k in totals}
-    prompt = wins[0][:GREEDY_PROMPT]
-    progress(f"verify: {GREEDY_TOKENS} greedy tokens")
+    n_greedy, n_prompt = greedy_sizes(window)
+    prompt = wins[0][:n_prompt]
+    progress(f"verify: {n_greedy} greedy tokens")
     from ...runtimes import SamplingParams
 
-    ref_greedy = ref_mod.greedy(reference, prompt, GREEDY_TOKENS)
-    got = session.generate(prompt, SamplingParams(max_tokens=GREEDY_TOKENS, stop_at_eos=False)).tokens
+    ref_greedy = ref_mod.greedy(reference, prompt, n_greedy)
+    got = session.generate(prompt, SamplingParams(max_tokens=n_greedy, stop_at_eos=False)).tokens
     # an engine may generate from text on another path (ExecuTorch: its C++ runner); both must agree
-    prompt_text = tok.decode(wins[0][1 if bos is not None else 0 : GREEDY_PROMPT])
-    greedy = SamplingParams(max_tokens=GREEDY_TOKENS)
+    prompt_text = tok.decode(wins[0][1 if bos is not None else 0 : n_prompt])
+    greedy = SamplingParams(max_tokens=n_greedy)
     from_text = session.generate(prompt_text, greedy).tokens
     from_ids = session.generate(session.tokenize(prompt_text), greedy).tokens
     from ...tokenizer_check import probe_text
@@ -111,7 +123,7 @@ def run(
         "tokens": int(totals["n"]),
         "windows": len(wins),
         "greedy_prefix": greedy_prefix(ref_greedy, got),
-        "greedy_tokens": GREEDY_TOKENS,
+        "greedy_tokens": n_greedy,
         "reference_greedy": ref_greedy,
         "engine_greedy": list(got),
         "text_prompt_match": from_text == from_ids,
