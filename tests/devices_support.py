@@ -48,6 +48,17 @@ def sshd_binary() -> str | None:
     return None
 
 
+def ssh_missing() -> str | None:
+    """Why the loopback ssh tests cannot run here (None: they can).  Nothing is installed by the tests: a machine
+    without the OpenSSH server and client skips them with this reason (`.ci/run` installs openssh-server)."""
+    missing = [name for name, found in (("sshd", sshd_binary()), ("ssh", shutil.which("ssh")),
+                                        ("ssh-keygen", shutil.which("ssh-keygen"))) if not found]
+    if missing:
+        return (f"{', '.join(missing)} not installed: these tests start a real sshd on 127.0.0.1 "
+                "(apt-get install openssh-server openssh-client, as .ci/run does)")
+    return None
+
+
 def start_sshd(workdir: Path, extra_env_path: str | None = None) -> Sshd:
     """sshd on 127.0.0.1:<free port>, accepting only a fresh key, as the current user."""
     workdir.mkdir(parents=True, exist_ok=True)

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from conftest import exported
-from devices_support import keygen, sshd_binary, start_sshd, stop
+from devices_support import keygen, ssh_missing, start_sshd, stop
 from edgekit.errors import DeviceError, RuntimeMissingError
 from edgekit.profiling.values import ProfileSpec
 
-pytestmark = pytest.mark.skipif(sshd_binary() is None, reason="openssh-server is not installed (see .ci/run)")
+pytestmark = pytest.mark.skipif(ssh_missing() is not None, reason=ssh_missing() or "")
 
 SMALL = ProfileSpec(prompts=(32,), gens=(8,), threads=(1,), repetitions=2)
 
