@@ -43,7 +43,7 @@ def solve_text(session: Any, text: str, max_steps: int | None = None) -> dict[st
     from edgekit.kinds.solver import grid
 
     if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
-        raise UnsupportedError(f"max_steps must be a positive integer, got {max_steps!r}")
+        raise UnsupportedError(f"max_steps: must be a positive integer, got {max_steps!r}")
     # a pasted grid: rows on lines, box rules ('|', '-', '+') and spaces are layout, not cells
     puzzles = grid.parse_lines("".join(c for c in text if c not in " \t\r\n|-+"), session.seq_len)
     if len(puzzles) != 1:
@@ -60,6 +60,15 @@ def solve_text(session: Any, text: str, max_steps: int | None = None) -> dict[st
     }
 
 
+def example(session: Any) -> str:
+    """The first held-out puzzle of the bundle (``held_out.npz``, written at export) as one line, else blanks."""
+    try:
+        with np.load(Path(session.root) / "held_out.npz") as data:
+            return "".join("." if t <= 1 else str(int(t) - 1) for t in data["inputs"][0])
+    except (OSError, KeyError, ValueError, IndexError):
+        return "." * session.seq_len
+
+
 def routes(session: Any, worker: Any, guarded: Callable[..., Any], read_body: Callable[..., Any],
            api_error: type) -> list[Any]:
     """The page and its API, for the server (apps/server) of a solver bundle."""
@@ -71,7 +80,8 @@ def routes(session: Any, worker: Any, guarded: Callable[..., Any], read_body: Ca
     from edgekit.errors import EdgekitError
 
     n = math.isqrt(session.seq_len)
-    page = PAGE.read_text(encoding="utf-8").replace("{{SIDE}}", str(n)).replace("{{ENGINE}}", session.engine)
+    page = (PAGE.read_text(encoding="utf-8").replace("{{SIDE}}", str(n)).replace("{{ENGINE}}", session.engine)
+            .replace("{{EXAMPLE}}", example(session)))
 
     async def show(_request: Any) -> Any:
         return HTMLResponse(page)
@@ -91,6 +101,6 @@ def routes(session: Any, worker: Any, guarded: Callable[..., Any], read_body: Ca
         try:
             return JSONResponse(await worker.call(job))
         except EdgekitError as exc:
-            raise api_error(400, str(exc), param="puzzle") from None
+            raise api_error(400, str(exc), param="max_steps" if str(exc).startswith("max_steps") else "puzzle") from None
 
     return [Route("/solver", show, methods=["GET"]), Route("/v1/solve", guarded(solve), methods=["POST"])]
