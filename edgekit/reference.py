@@ -25,6 +25,9 @@ def load_reference(checkpoint: Checkpoint, adapter: Adapter | None, options: Any
             model.edgekit_merge_report = report
         else:
             model = merge(model, adapter)
+    from .crosscheck import cross_check
+
+    cross_check(checkpoint, adapter, model)  # the same weights, loaded another way from the original files
     return model
 
 
