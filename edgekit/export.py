@@ -52,6 +52,7 @@ def make_plan(
     tokenizer_check.check_checkpoint(ckpt, fmt.value)  # malformed tokenizer files; features the engine lacks
     spec = recipe.quant(quant)
     opts = recipe.options.parse(options or {}, spec)
+    recipe.check_plan(ckpt.model_config, spec, opts)  # shapes the engine's kernels cannot run, by their limit
     lora = open_adapter(adapter, ckpt) if adapter is not None else None
     plan = ExportPlan(
         source=ckpt.path, family=ckpt.family.family, format=fmt, quant=spec, options=opts,

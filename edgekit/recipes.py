@@ -31,6 +31,9 @@ class Recipe:
     thresholds: Mapping[str, Any]  # quant name -> the family kind's Thresholds
     options: type[Options]
     module: str  # dotted module path with ``export(job, out_dir) -> dict``
+    # "module:function(model_config, quant, options)" raising UnsupportedError for shapes the engine cannot run,
+    # called by make_plan; a light module (no torch), since it runs before anything heavy
+    plan_check: str | None = None
 
     def __post_init__(self) -> None:
         if self.default_quant not in self.quants:
@@ -54,6 +57,12 @@ class Recipe:
 
     def exporter(self) -> ModuleType:
         return importlib.import_module(self.module)
+
+    def check_plan(self, model_config: Any, quant: QuantSpec, options: Options) -> None:
+        """Run the row's ``plan_check`` (if any): UnsupportedError naming the engine's limit."""
+        if self.plan_check:
+            module, _, name = self.plan_check.partition(":")
+            getattr(importlib.import_module(module), name)(model_config, quant, options)
 
     def describe(self) -> dict[str, Any]:
         from dataclasses import fields
@@ -192,6 +201,7 @@ def _builtin() -> RecipeTable:
         },
         options=onnx.OnnxOptions,
         module="edgekit.exporters.onnx.lfm2",
+        plan_check="edgekit.exporters.onnx.limits:check_lfm2",
     ))
     # LFM2 -> ExecuTorch.  Measured: fp32 1.0000 / 2.3e-5 max |Δlogit| / greedy 32; 8da8w 0.9741; 8da4w g32 with an
     # int8 head 0.8755 / 2.1e-2 (an int4 head: 0.8457, below the bar, so the default head stays int8).
