@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import cli_apps, cli_profile
+from . import cli_adapter, cli_apps, cli_profile
 from .errors import EdgekitError
 
 
@@ -142,6 +142,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         if not hasattr(session, "stream"):
             raise EdgekitError(f"{args.bundle} is a {session.manifest.get('kind')} model; use `edgekit solve` for it")
+        if args.adapter is not None:
+            session.use_adapter(args.adapter, args.adapter_scale)
         params = SamplingParams(
             max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed
         )
@@ -252,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="export a checkpoint (+ LoRA adapter) to a verified bundle")
     e.add_argument("source", help=f"Hugging Face checkpoint directory, or builtin:NAME ({', '.join(NAMES)})")
-    e.add_argument("--adapter", help="PEFT LoRA adapter directory (or builtin:NAME), merged before export")
+    e.add_argument("--adapter", action="append", help="PEFT LoRA adapter directory (or builtin:NAME), merged before "
+                   "export; with --lora-mode separate repeat it, optionally as NAME=PATH, for several named adapters")
     e.add_argument("--format", required=True, type=str.lower, choices=[t.value for t in Format], help="output format")
     e.add_argument("--quant", help=f"quantisation, case-insensitive. {_quant_help()}")
     e.add_argument("-o", "--output", required=True, type=Path, help="bundle directory to create")
@@ -281,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--top-p", type=float, default=0.95)
     r.add_argument("--seed", type=int)
     r.add_argument("--threads", type=int)
+    r.add_argument("--adapter", help="apply this separate adapter of the bundle (`edgekit adapter list BUNDLE`)")
+    r.add_argument("--adapter-scale", type=float, default=1.0, help="multiplier of the adapter's update (default 1)")
     r.add_argument("--no-check", action="store_true", help=NO_CHECK_HELP)
     r.set_defaults(func=cmd_run)
 
@@ -310,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_info)
     cli_profile.add_parsers(sub)  # profile, device-test, golden, bench
     cli_apps.add_parsers(sub)  # chat, serve, bundle --for
+    cli_adapter.add_parsers(sub)  # adapter add, adapter list
     add_verbose_flags(p, sub)
     return p
 

@@ -7,7 +7,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from . import __version__, tokenizer_check
 from .bundle import check_files, read_manifest, staging, write_manifest
@@ -27,6 +27,7 @@ class PreparedExport:
     recipe: Any  # edgekit.recipes.Recipe
     checkpoint: Checkpoint
     adapter: Adapter | None
+    adapters: tuple[Any, ...] = ()  # edgekit.adapters.NamedAdapter, kept separate (--lora-mode separate)
 
     @property
     def thresholds(self) -> Any:
@@ -37,13 +38,16 @@ def make_plan(
     source: str | Path,
     format: Format | str,
     quant: str | None = None,
-    adapter: str | Path | None = None,
+    adapter: str | Path | Sequence[str | Path] | None = None,
     options: Mapping[str, Any] | None = None,
     allow_extra_tensors: bool = False,
 ) -> PreparedExport:
     """Validate everything cheap first: format, checkpoint files, the recipe row, quant, options, adapter shapes.
+    ``adapter``: one adapter directory to merge, or (with the ``lora_mode="separate"`` option) one or more
+    ``NAME=PATH`` / ``PATH`` adapters to keep separate (``edgekit.adapters``).
 
     Raises ``UnsupportedError`` (format/quant/option), ``CheckpointError``, ``AdapterError``, each one line."""
+    from .adapters import plan_adapters
     from .recipes import RECIPES
 
     fmt = Format.parse(format)
@@ -53,12 +57,14 @@ def make_plan(
     spec = recipe.quant(quant)
     opts = recipe.options.parse(options or {}, spec)
     recipe.check_plan(ckpt.model_config, spec, opts)  # shapes the engine's kernels cannot run, by their limit
-    lora = open_adapter(adapter, ckpt) if adapter is not None else None
+    specs = [] if adapter is None else [adapter] if isinstance(adapter, (str, Path)) else list(adapter)
+    lora, named = plan_adapters(specs, ckpt, ckpt.family.family.value, fmt.value, spec.name, opts)
     plan = ExportPlan(
         source=ckpt.path, family=ckpt.family.family, format=fmt, quant=spec, options=opts,
-        adapter=lora.path if lora else None, allow_extra_tensors=allow_extra_tensors,
+        adapter=lora.path if lora else None, adapters=tuple((n.name, n.adapter.path) for n in named),
+        allow_extra_tensors=allow_extra_tensors,
     )
-    return PreparedExport(plan=plan, recipe=recipe, checkpoint=ckpt, adapter=lora)
+    return PreparedExport(plan=plan, recipe=recipe, checkpoint=ckpt, adapter=lora, adapters=named)
 
 
 def library_versions() -> dict[str, str]:
@@ -124,6 +130,7 @@ def _export_into(
 
     t0 = time.perf_counter()
     keep = (prep.checkpoint.path,) + ((prep.adapter.path,) if prep.adapter else ())
+    keep += tuple(n.adapter.path for n in prep.adapters)
     with staging(out, force=force, keep=keep) as tmp:
         progress(f"loading {prep.checkpoint.path}" + (f" + adapter {prep.adapter.path}" if prep.adapter else ""))
         model = reference.load_reference(prep.checkpoint, prep.adapter, prep.plan.options)
@@ -143,6 +150,25 @@ def _export_into(
         manifest = manifest_for(prep, artifact, time.perf_counter() - t0)
         if getattr(model, "edgekit_merge_report", None) is not None:
             manifest["adapter"]["merge"] = model.edgekit_merge_report
+        if prep.adapters:  # --lora-mode separate: the base is exported unmerged, each adapter to its own file
+            from . import adapters
+
+            written = adapters.writer(prep.plan.family.value, prep.plan.format.value, prep.plan.quant.name).write(
+                job, prep.adapters, tmp, manifest["artifact"]
+            )
+            adapters.attach(manifest, written, prep.adapters)
+            write_manifest(tmp, manifest)
+            if verify:
+                base, reports = adapters.verify_separate(
+                    tmp, model, prep.checkpoint, prep.plan.options, prep.thresholds, progress=progress
+                )
+                progress(adapters.tables(base, reports))
+                if adapters.failures(base, reports):
+                    raise ParityError(
+                        f"{prep.plan.format.value} {prep.plan.quant.name} failed verification: "
+                        f"{'; '.join(adapters.failures(base, reports))} (use --no-verify to keep the file anyway)"
+                    )
+            return
         write_manifest(tmp, manifest)
         if verify:
             report = verify_bundle_with(tmp, model, prep.thresholds, progress)
@@ -228,4 +254,12 @@ def verify_bundle(
     recipe = RECIPES.get(Family(manifest["family"]), Format.parse(manifest["format"]))
     thresholds = recipe.thresholds[recipe.quant(manifest["plan"]["quant"]["name"]).name]
     model = recorded_reference(manifest, progress, source, adapter)
+    if manifest.get("adapters"):  # separate adapters: the base, then each adapter switched in on one session
+        from . import adapters
+
+        ckpt = open_checkpoint(source or manifest["source"]["path"])
+        base, reports = adapters.verify_separate(
+            root, model, ckpt, recorded_options(manifest, ckpt), thresholds, progress=progress
+        )
+        return adapters.Combined(base, reports)
     return verify_bundle_with(root, model, thresholds, progress)

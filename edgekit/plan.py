@@ -167,7 +167,8 @@ class ExportPlan:
     format: Format
     quant: QuantSpec
     options: Options
-    adapter: Path | None = None
+    adapter: Path | None = None  # merged into the base
+    adapters: tuple[tuple[str, Path], ...] = ()  # (name, directory) kept separate (--lora-mode separate)
     allow_extra_tensors: bool = False  # unused checkpoint tensors proven harmless to drop were accepted
 
     def to_dict(self) -> dict[str, Any]:
@@ -175,6 +176,7 @@ class ExportPlan:
             "source": str(self.source),
             "adapter": str(self.adapter) if self.adapter else None,
             **({"allow_extra_tensors": True} if self.allow_extra_tensors else {}),
+            **({"adapters": {n: str(p) for n, p in self.adapters}} if self.adapters else {}),
             "family": self.family.value,
             "format": self.format.value,
             "quant": self.quant.to_dict(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import time
@@ -12,7 +13,9 @@ import numpy as np
 
 from ..errors import BundleError, EdgekitError, require
 from .decoding import check_fits
-from .protocol import Generation, Prompt, SamplingParams, StreamResult, Timing, generate_via_stream, utf8_text
+from .protocol import (
+    Generation, Prompt, SamplingParams, StreamResult, Timing, adapter_entry, generate_via_stream, utf8_text,
+)
 
 DEFAULT_CTX = 4096
 GGML_TYPE_F32 = 0
@@ -50,7 +53,8 @@ class LlamaCppSession:
     engine = "llama.cpp"
 
     def __init__(
-        self, root: Path, manifest: Mapping[str, Any], n_threads: int | None = None, n_ctx: int | None = None
+        self, root: Path, manifest: Mapping[str, Any], n_threads: int | None = None, n_ctx: int | None = None,
+        adapter: str | None = None,
     ) -> None:
         self._llama_cpp = require("llama_cpp", "gguf")
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
@@ -68,6 +72,13 @@ class LlamaCppSession:
         self._scorer: Any = None
         self.eos_ids = set(self.model.get("eos_ids") or [self._llm.token_eos()])
         self.vocab_size = int(self._llm.n_vocab())
+        # separate LoRA adapters (protocol.AdapterSession): loaded per model on first use, applied per context
+        self.adapters = tuple(((manifest.get("adapters") or {}).get("items") or {}))
+        self.active_adapter: str | None = None
+        self._scale = 1.0
+        self._lora: dict[int, dict[str, Any]] = {}  # id(Llama) -> adapter name -> llama_adapter_lora handle
+        if adapter is not None:
+            self.use_adapter(adapter)
 
     def _open(self, logits_all: bool, n_ctx: int | None = None) -> Any:
         try:
@@ -84,6 +95,42 @@ class LlamaCppSession:
             )
         except (ValueError, RuntimeError) as exc:
             raise BundleError(f"{self.path}: llama.cpp could not load the model ({exc})") from None
+
+    # -- adapters (protocol.AdapterSession) ---------------------------------------------------------------
+    def use_adapter(self, name: str | None, scale: float = 1.0) -> float:
+        """Apply adapter ``name`` (None: the base alone) at ``scale`` on every context, in place: the base model
+        stays loaded, the adapter file is read once per model; the sequence state is cleared.  Returns seconds."""
+        entry = adapter_entry(self.manifest, name, scale)
+        t0 = time.perf_counter()
+        for llm in (self._llm, self._scorer):
+            if llm is not None:
+                self._apply(llm, name, entry, float(scale))
+        self.active_adapter, self._scale = name, float(scale)
+        self.reset()
+        return time.perf_counter() - t0
+
+    def _apply(self, llm: Any, name: str | None, entry: Mapping[str, Any] | None, scale: float) -> None:
+        lc = self._llama_cpp
+        ctx = llm._ctx.ctx
+        if name is None:
+            rc = lc.llama_set_adapters_lora(ctx, None, 0, None)
+        else:
+            handles = self._lora.setdefault(id(llm), {})
+            if name not in handles:
+                path = self.root / entry["file"]  # type: ignore[index]
+                handle = lc.llama_adapter_lora_init(llm._model.model, str(path).encode())
+                if not handle:
+                    raise BundleError(f"{path}: llama.cpp could not load adapter {name!r}; re-add it to the bundle")
+                handles[name] = handle
+            adapters = (lc.llama_adapter_lora_p_ctypes * 1)(handles[name])
+            scales = (ctypes.c_float * 1)(scale)
+            rc = lc.llama_set_adapters_lora(ctx, adapters, 1, scales)
+        if rc != 0:
+            raise BundleError(f"{self.path}: llama.cpp refused adapter {name!r} (code {rc})")
+
+    def _free_adapters(self, llm: Any) -> None:
+        for handle in self._lora.pop(id(llm), {}).values():
+            self._llama_cpp.llama_adapter_lora_free(handle)
 
     # -- text ---------------------------------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
@@ -182,8 +229,11 @@ class LlamaCppSession:
         need = -(-len(tokens) // 512) * 512
         if self._scorer is None or self._scorer.n_ctx() < need:
             if self._scorer is not None:
+                self._free_adapters(self._scorer)
                 self._scorer.close()
             self._scorer = self._open(logits_all=True, n_ctx=need)
+            if self.active_adapter is not None:
+                self._apply(self._scorer, self.active_adapter, adapter_entry(self.manifest, self.active_adapter), self._scale)
         self._scorer.reset()
         self._scorer.eval(tokens)
         return np.array(self._scorer.scores[: len(tokens)], dtype=np.float32)
@@ -191,5 +241,6 @@ class LlamaCppSession:
     def close(self) -> None:
         for llm in (self._llm, self._scorer):
             if llm is not None:
+                self._free_adapters(llm)
                 llm.close()
         self._llm = self._scorer = None

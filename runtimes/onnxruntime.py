@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import BundleError, ContextLengthError, EdgekitError, EngineError, StateError, require
 from .decoding import TextCodec, check_fits, decode
-from .protocol import Generation, Prompt, SamplingParams, StreamResult, generate_via_stream, utf8_text
+from .protocol import Generation, Prompt, SamplingParams, StreamResult, adapter_entry, generate_via_stream, utf8_text
 
 DEFAULT_CTX = 4096
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
@@ -56,6 +56,7 @@ class OnnxSession:
         n_threads: int | None = None,
         n_ctx: int | None = None,
         providers: Sequence[str] | None = None,
+        adapter: str | None = None,
     ) -> None:
         self._ort = require("onnxruntime", "onnx")
         self.root = Path(root)
@@ -84,7 +85,45 @@ class OnnxSession:
         overridable = {i.name for i in self._session.get_overridable_initializers()}
         self._prunes_logits = art.get("logits_to_keep", {}).get("input") in overridable
         self._state = self.new_state()
+        # separate LoRA adapters (protocol.AdapterSession): their tensors are bound as inputs over the graph's
+        # zero-default branch initializers; a new generation invalidates cached decode bindings
+        self.adapters = tuple((manifest.get("adapters") or {}).get("items") or {})
+        self.active_adapter: str | None = None
+        self._adapter_values: dict[str, Any] = {}
+        self._adapter_params: dict[str, dict[str, Any]] = {}
+        self._adapter_gen = 0
+        if adapter is not None:
+            self.use_adapter(adapter)
         self.load_s = time.perf_counter() - t0
+
+    # -- adapters (protocol.AdapterSession) ---------------------------------------------------------------
+    def use_adapter(self, name: str | None, scale: float = 1.0) -> float:
+        """Bind adapter ``name``'s branch tensors (None: the graph's zero defaults, the base model) with
+        ``scale``; the file is read once; the session's own sequence state is reset.  Returns seconds."""
+        entry = adapter_entry(self.manifest, name, scale)
+        t0 = time.perf_counter()
+        values: dict[str, Any] = {}
+        if name is not None:
+            params = self._adapter_params.get(name)
+            if params is None:
+                path = self.root / entry["file"]  # type: ignore[index]
+                try:
+                    params = dict(self._ort.AdapterFormat.read_adapter(str(path)).get_parameters())
+                except Exception as exc:  # onnxruntime raises its own exception types
+                    raise BundleError(f"{path}: onnxruntime could not read adapter {name!r} ({exc})") from None
+                self._adapter_params[name] = params
+            scale_name = (self.manifest.get("adapters") or {}).get("scale_input", "lora_scale")
+            self._scale_array = np.array([scale], dtype=np.float32)  # the OrtValue shares this memory
+            values = {**params, scale_name: self._ort.OrtValue.ortvalue_from_numpy(self._scale_array)}
+        self._adapter_values = values
+        self._adapter_gen += 1
+        self.active_adapter = name
+        self._state.reset()
+        return time.perf_counter() - t0
+
+    def _bind_adapter(self, b: Any) -> None:
+        for k, v in self._adapter_values.items():
+            b.bind_ortvalue_input(k, v)
 
     # -- loading ------------------------------------------------------------------------------------------
     def _open(self, n_threads: int | None, providers: Sequence[str] | None, options: Mapping[str, Any]) -> Any:
@@ -241,6 +280,7 @@ class OnnxSession:
         else:  # scoring: ORT allocates, because the graph declares one position and checks buffers given to it
             b.bind_output("logits", "cpu")  # bound first: get_outputs() lists outputs in binding order
         self._bind_state(b, state)
+        self._bind_adapter(b)
         self._run_bound(b)
         if kept != 1:
             logits = b.get_outputs()[0].numpy()
@@ -250,6 +290,7 @@ class OnnxSession:
         """One token: everything but the attention mask stays bound between steps (one binding per conv
         buffer parity), so the per-token Python work does not grow with the number of layers."""
         key = tuple(id(a) for a in state.in_place.values()) + tuple(id(c[0]) for c in state.swap.values())
+        key += (-self._adapter_gen,)
         entry = state._decode.get(key)
         if entry is None:
             ids = np.zeros((1, 1), dtype=np.int64)
@@ -260,6 +301,7 @@ class OnnxSession:
                 b.bind_ortvalue_input("logits_to_keep", self._keep[False])
             b.bind_ortvalue_output("logits", self._value(state, logits))
             self._bind_state(b, state)
+            self._bind_adapter(b)
             if len(state._decode) > 4:  # arrays were swapped out of the state: drop stale bindings
                 state._decode.clear()
             entry = state._decode[key] = (b, ids, logits)

@@ -146,6 +146,37 @@ class SteppableSession(Protocol):
 
 
 @runtime_checkable
+class AdapterSession(Protocol):
+    """Sessions over a bundle exported with ``--lora-mode separate`` (all three language engines implement it).
+
+    ``adapters`` names the bundle's adapters (manifest order); ``active_adapter`` is the one applied (None: the
+    base alone, the state after loading unless ``load(bundle, adapter=NAME)``).  ``use_adapter(name | None,
+    scale=1.0)`` switches in place — the base stays loaded; the sequence state is dropped — and returns the
+    switch time in seconds; ``scale`` multiplies the adapter's update (1.0: as trained).  An unknown name raises
+    AdapterError listing the known ones."""
+
+    adapters: tuple[str, ...]
+    active_adapter: str | None
+
+    def use_adapter(self, name: str | None, scale: float = 1.0) -> float: ...
+
+
+def adapter_entry(manifest: Mapping[str, Any], name: str | None, scale: float = 1.0) -> Mapping[str, Any] | None:
+    """The manifest entry of adapter ``name`` (None for None); AdapterError for an unknown name or a bad scale."""
+    from ..errors import AdapterError
+
+    items = (manifest.get("adapters") or {}).get("items") or {}
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not np.isfinite(scale):
+        raise AdapterError(f"adapter scale must be a finite number, got {scale!r}")
+    if name is None:
+        return None
+    if name not in items:
+        known = ", ".join(items) or "none (export with --lora-mode separate --adapter NAME=PATH)"
+        raise AdapterError(f"no adapter {name!r} in this bundle; its adapters: {known}")
+    return items[name]
+
+
+@runtime_checkable
 class SolverSession(Protocol):
     engine: str
     manifest: Mapping[str, Any]

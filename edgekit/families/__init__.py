@@ -69,6 +69,9 @@ class FamilySpec:
     # "module:function" merging a LoRA adapter the family's own way (default: peft's merge_and_unload):
     # function(model, checkpoint, adapter, options) -> (merged model, report mapping for the manifest or None)
     merge_adapter: str | None = None
+    # "module:function" building base + adapter *unmerged*, where merging changes the model (BitNet's ternary
+    # weights): function(checkpoint, adapter, options) -> torch model; None: the merged reference is exact
+    unmerged_reference: str | None = None
 
     def build_reference(self, checkpoint: Any, options: Any = None) -> Any:
         """The torch reference: ``reference(checkpoint, options)``; ``options`` (the recipe's typed options or

@@ -40,3 +40,5 @@ class GgufOptions(Options):
 
     pretokenizer: str | None = option(None, "GGUF: llama.cpp pre-tokenizer name, when it cannot be derived from "
                                             "tokenizer.json")
+    lora_mode: str = option("merged", "GGUF: fold the adapter in (merged) or keep each --adapter NAME=PATH as a "
+                                      "llama.cpp LoRA adapter file, applied at run time (separate)", ("merged", "separate"))

@@ -22,4 +22,5 @@ SPEC = FamilySpec(
     read_config=BitNetConfig.from_hf,
     reference="edgekit.families.bitnet.reference:build_for_export",
     merge_adapter="edgekit.families.bitnet.lora:merge_for_export",
+    unmerged_reference="edgekit.families.bitnet.lora:unmerged_reference",
 )

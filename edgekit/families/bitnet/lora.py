@@ -240,3 +240,24 @@ def merge_for_export(model: Any, checkpoint: Any, adapter: Any, options: Any) ->
         accept_reternarisation=bool(getattr(options, "accept_reternarisation", False)),
     )
     return build_for_export(merged, options), (report.to_dict() if report is not None else None)
+
+
+def unmerged_reference(checkpoint: Any, adapter: Any, options: Any = None) -> Any:
+    """The registry's unmerged hook: base (ternary, exact) + the adapter as a float LoRA branch on each adapted
+    projection's unquantised input (peft's ``lora.Linear`` beside the quantised layer) — what an engine that
+    applies the adapter at run time (llama.cpp's LoRA adapter) computes, with no re-ternarisation."""
+    from edgekit.families.bitnet.reference import BitNetReference, load
+
+    weights = load(checkpoint.path)
+    updates = read_adapter(adapter.path, weights)
+    model = BitNetReference(
+        weights, activations=getattr(options, "bitnet_activations", "a8"), lora=_deltas(updates)
+    ).eval()
+    model.weights = weights
+    return model
+
+
+def _deltas(updates: Mapping[str, LoraUpdate]) -> dict[str, Any]:
+    from .reference import LoraDelta
+
+    return {k: LoraDelta(a=u.a, b=u.b, scaling=u.scaling) for k, u in updates.items()}
