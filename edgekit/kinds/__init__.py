@@ -49,8 +49,8 @@ class Report:
         return {**d, "passed": self.passed}
 
     def table(self) -> str:
-        lines = [f"{'metric':<18} {'measured':>12}  {'threshold':<12}"]
-        lines += [f"{a:<18} {b:>12}  {c:<12}" for a, b, c in self.rows]
+        lines = [f"{'metric':<26} {'measured':>14}  {'threshold':<12}"]
+        lines += [f"{a:<26} {b:>14}  {c:<12}" for a, b, c in self.rows]
         lines.append(f"{self.summary}: {'PASS' if self.passed else 'FAIL'}")
         return "\n".join(lines)
 

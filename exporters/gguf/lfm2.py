@@ -57,3 +57,31 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
 
     artifact = writer.write(out_dir, job.plan.quant, ARCH, metadata, tensors(job), job.progress, KEEP_F32)
     return {**artifact, "pretokenizer": voc.pretokenizer, "padded_vocab": voc.padded}
+
+
+def read_back(root: Path, manifest: Any, sources: Any) -> tuple[list[Any], dict[str, str]]:
+    """The bundle's GGUF tensors dequantised under the checkpoint's names ``sources`` (``edgekit.tensorcheck``):
+    the same name map as ``tensors``, inverted; the conv kernel gets its [hidden, 1, L] shape back; the tied LM
+    head is served by ``token_embd`` (alias)."""
+    import gguf
+
+    from . import readback
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LFM2, int(manifest["model"]["config"]["num_hidden_layers"]))
+    inverse: dict[str, str] = {}
+    for hf in sources:
+        if hf != "lm_head.weight":
+            name = names.get_name(hf, try_suffixes=(".weight", ".bias"))
+            if name is not None:
+                inverse[name] = hf
+
+    def source_of(name: str) -> Any:
+        hf = inverse.get(name)
+        if hf is None:
+            return None
+        return hf, ((lambda a: a[:, None, :]) if "conv.conv" in hf else (lambda a: a))
+
+    def modules_of(name: str, hf: str) -> tuple[str, ...]:
+        return ("lm_head",) if name == "token_embd.weight" else (hf.removesuffix(".weight"),)
+
+    return readback.read(root / manifest["artifact"]["file"], source_of, modules_of), {"lm_head.weight": "model.embed_tokens.weight"}

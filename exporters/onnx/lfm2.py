@@ -305,3 +305,33 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
         "libraries": builder.versions(),
         "export_seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def read_back(root: Path, manifest: Any, sources: Any) -> tuple[list[Any], dict[str, str]]:
+    """The bundle's weights dequantised under the checkpoint's names (``edgekit.tensorcheck``): the fused
+    q|k|v matrix split back by rows, the tied head (``LM_HEAD``) as the embedding; other float initializers
+    (RoPE tables) are not weights and are skipped."""
+    from ...tensorcheck import ReadTensor
+    from . import readback
+
+    c = manifest["model"]["config"]
+    kv_rows = int(c["num_key_value_heads"]) * (int(c["hidden_size"]) // int(c["num_attention_heads"]))
+    known = set(sources)
+    out: list[ReadTensor] = []
+    for w in readback.read(root / manifest["artifact"]["file"]):
+        def entry(source: str, values: Any, rows: Any = None, module: str | None = None) -> ReadTensor:
+            mods = (module,) if module else ((source.removesuffix(".weight"),) if w.matmul else ())
+            return ReadTensor(w.name, source, values, w.qtype, w.block, w.levels, rows, mods, w.act)
+
+        if w.name == LM_HEAD:
+            out.append(entry("model.embed_tokens.weight", w.values, module="lm_head"))
+        elif w.name.endswith(".self_attn.qkv_proj.weight"):
+            p = w.name.removesuffix("qkv_proj.weight")
+            nq, nkv = len(w.values) - 2 * kv_rows, kv_rows
+            start = 0
+            for part, size in (("q_proj", nq), ("k_proj", nkv), ("v_proj", nkv)):
+                out.append(entry(f"{p}{part}.weight", w.values[start : start + size]))
+                start += size
+        elif w.name in known:
+            out.append(entry(w.name, w.values))
+    return out, {"lm_head.weight": "model.embed_tokens.weight"}

@@ -15,29 +15,52 @@ from .golden import write as write_golden
 from .parity import run as verify
 
 
+COST_WARN_FACTOR = 10.0
+
+
 @dataclass(frozen=True)
 class Thresholds:
-    """Pass criteria of the teacher-forced parity check for one (family, format, quant) recipe."""
+    """Pass criteria of the teacher-forced parity check for one (family, format, quant) recipe.
+
+    ``min_top1`` / ``max_mean_kl`` / ``max_abs_logit`` / ``min_greedy_prefix`` hold the *fidelity* (the engine
+    vs the reference built from the file's own weights; ``parity``); ``cost_kl`` is what the quant costs the
+    built-in model (mean KL of that file reference vs the float one, nats/token): a cost more than
+    ``COST_WARN_FACTOR`` times it draws a warning, never a refusal; ``max_cost_kl`` (``--max-kl``) is the
+    user's optional hard budget on the cost."""
 
     min_top1: float
     max_mean_kl: float
     max_abs_logit: float | None = None  # only meaningful for float exports
     min_greedy_prefix: int = 0  # greedy tokens that must equal the reference before the first divergence
+    cost_kl: float | None = None
+    max_cost_kl: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Thresholds":
-        return cls(**{k: d[k] for k in ("min_top1", "max_mean_kl", "max_abs_logit", "min_greedy_prefix") if k in d})
+        keys = ("min_top1", "max_mean_kl", "max_abs_logit", "min_greedy_prefix", "cost_kl", "max_cost_kl")
+        return cls(**{k: d[k] for k in keys if k in d})
+
+    def warnings(self, m: Mapping[str, Any]) -> list[str]:
+        """A quantisation cost far above the built-in model's for this quant (one line each; not failures)."""
+        cost = m.get("cost")
+        if not cost or self.cost_kl is None or not cost["mean_kl"] > COST_WARN_FACTOR * self.cost_kl:
+            return []
+        return [f"quantisation cost mean KL {cost['mean_kl']:.2e} is {cost['mean_kl'] / self.cost_kl:.0f}x what this "
+                f"quant costs the built-in model ({self.cost_kl:.1e}); consider a wider quant or --max-kl"]
 
     def check(self, m: Mapping[str, Any]) -> list[str]:
         """Failures of metrics ``m`` against these thresholds (one line each); NaN never passes."""
-        fails = []
+        fails = list((m.get("tensor_check") or {}).get("failures", []))
         if not m["top1"] >= self.min_top1:
-            fails.append(f"top-1 agreement {m['top1']:.4f} < {self.min_top1}")
+            fails.append(f"fidelity top-1 agreement {m['top1']:.4f} < {self.min_top1}")
         if not m["mean_kl"] <= self.max_mean_kl:
-            fails.append(f"mean KL {m['mean_kl']:.3e} > {self.max_mean_kl:.1e}")
+            fails.append(f"fidelity mean KL {m['mean_kl']:.3e} > {self.max_mean_kl:.1e}")
+        cost = m.get("cost")
+        if self.max_cost_kl is not None and cost and not cost["mean_kl"] <= self.max_cost_kl:
+            fails.append(f"quantisation cost mean KL {cost['mean_kl']:.3e} > --max-kl {self.max_cost_kl:.1e}")
         if self.max_abs_logit is not None and not m["max_abs_logit"] <= self.max_abs_logit:
             fails.append(f"max |Δlogit| {m['max_abs_logit']:.3e} > {self.max_abs_logit}")
         # a context too small for the default greedy run compares fewer tokens (parity.greedy_sizes): all must agree
@@ -50,14 +73,30 @@ class Thresholds:
         return fails
 
     def rows(self, m: Mapping[str, Any]) -> list[tuple[str, str, str]]:
-        return [
-            ("top-1 agreement", f"{m['top1']:.4f}", f">= {self.min_top1}"),
-            ("mean KL", f"{m['mean_kl']:.2e}", f"<= {self.max_mean_kl:.0e}"),
+        tc = m.get("tensor_check")
+        if tc is None:
+            tensor = [("tensor check", "n/a", "no read-back")]
+        else:
+            tensor = [("tensor check", f"{tc['tensors']} tensors", "PASS" if tc["passed"] else "FAIL")]
+            tensor += [(f"  {t}", f"{w['rel_rms']:.1e}" + (f" {w['block_steps']:.2f}st" if w["block_steps"] else ""),
+                        "rel RMS, block")
+                       for t, w in sorted(tc["worst"].items())]
+        cost = m.get("cost") or {}
+        budget = f"<= {self.max_cost_kl:.0e}" if self.max_cost_kl is not None else (
+            f"built-in {self.cost_kl:.1e}" if self.cost_kl is not None else "reported")
+        costs = [
+            ("cost: top-1 vs float", f"{cost['top1']:.4f}", "vs float"),
+            ("cost: mean KL", f"{cost['mean_kl']:.2e}", budget),
+            ("cost: KL / entropy", f"{cost['kl_rel']:.2e}", f"H={cost['entropy']:.2f} nats"),
+        ] if cost else []
+        return tensor + [
+            ("fidelity: top-1 agreement", f"{m['top1']:.4f}", f">= {self.min_top1}"),
+            ("fidelity: mean KL", f"{m['mean_kl']:.2e}", f"<= {self.max_mean_kl:.0e}"),
             ("max |Δlogit|", f"{m['max_abs_logit']:.2e}", f"<= {self.max_abs_logit}" if self.max_abs_logit else "-"),
             ("greedy prefix", f"{m['greedy_prefix']}/{m['greedy_tokens']}", f">= {self.min_greedy_prefix}"),
             ("tokenizer match", str(m["tokenizer_match"]), "True"),
             ("text prompt match", str(m.get("text_prompt_match", "-")), "True"),
-        ]
+        ] + costs
 
 
 def bundle_files(checkpoint: Any) -> list[Path]:

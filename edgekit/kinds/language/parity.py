@@ -1,14 +1,24 @@
-"""Parity: an export against the merged PyTorch reference, on the same tokens, teacher-forced.
+"""Parity: an export against the merged PyTorch reference, on the same tokens, teacher-forced — in three parts.
+
+1. **Tensor check** (``edgekit.tensorcheck``): every weight read back from the written file and dequantised, vs
+   the merged float weight (name, shape, per-block error in quantisation steps, relative RMS error per type).
+2. **Fidelity**: the engine vs a reference built from *the file's own weights* (dequantised), with the engine's
+   activation quantisation simulated; near-exact for every quant, so graph and packing bugs cannot hide under
+   quantisation noise.  ``top1`` / ``mean_kl`` / ``max_abs_logit`` / greedy tokens are these numbers.
+3. **Quantisation cost** (reported, not a gate unless ``--max-kl``): that file reference vs the float reference —
+   top-1, mean KL and KL relative to the float model's own mean next-token entropy (``metrics["cost"]``); a
+   warning when it is far above what the quant costs on the built-in model (``Thresholds.cost_kl``).
 
 Metrics over a held-out text of at least ``MIN_TOKENS`` tokens, in windows of ``WINDOW`` tokens each starting
-from a fresh state: top-1 agreement, mean KL(reference || export), max |Δlogit|; plus ``GREEDY_TOKENS`` greedy
-tokens from a prompt, compared token by token; plus whether the engine tokenizes the text exactly as the
-checkpoint's own tokenizer does.
+from a fresh state; plus ``GREEDY_TOKENS`` greedy tokens from a prompt, compared token by token; plus whether the
+engine tokenizes the text exactly as the checkpoint's own tokenizer does.  A pair without a read-back yet
+(``read_back`` in its pair file) skips part 1, and its fidelity reference is the float one.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -29,17 +39,37 @@ def heldout_text() -> str:
 
 
 def compare_logits(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
-    """Per-position sums so windows can be pooled: agreeing top-1 count, KL sum, max |Δ|."""
+    """Per-position sums so windows can be pooled: agreeing top-1 count, KL sum, max |Δ|, and the reference's
+    next-token entropy sum (nats)."""
     ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
     log_p = ref64 - np.logaddexp.reduce(ref64, axis=-1, keepdims=True)
     log_q = got64 - np.logaddexp.reduce(got64, axis=-1, keepdims=True)
-    kl = np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)
+    p = np.exp(log_p)
+    kl = np.sum(p * (log_p - log_q), axis=-1)
     return {
         "agree": float(np.sum(ref.argmax(-1) == got.argmax(-1))),
         "kl_sum": float(np.sum(kl)),
         "max_abs": float(np.max(np.abs(ref64 - got64))),
+        "entropy_sum": float(np.sum(-p * log_p)),
         "n": float(ref.shape[0]),
     }
+
+
+def _pool(totals: dict[str, float], part: dict[str, float]) -> dict[str, float]:
+    return {k: max(totals.get(k, 0.0), part[k]) if k == "max_abs" else totals.get(k, 0.0) + part[k] for k in part}
+
+
+def file_reference(root: Path, manifest: Any, reference: Any) -> tuple[Any, Any]:
+    """(tensor check or None, the reference built from the file's weights — ``reference`` itself where the
+    pair has no read-back)."""
+    from ... import tensorcheck
+    from ...reference import state_dict
+
+    got = tensorcheck.read_back(root, manifest, reference)
+    if got is None:
+        return None, reference
+    read, aliases = got
+    return tensorcheck.check(read, state_dict(reference), aliases), tensorcheck.fidelity_reference(reference, read)
 
 
 def windows(ids: Sequence[int], bos: int | None, window: int, min_tokens: int) -> list[list[int]]:
@@ -81,9 +111,12 @@ def run(
     window: int = WINDOW,
     min_tokens: int = MIN_TOKENS,
     progress: Callable[[str], None] = print,
+    max_kl: float | None = None,
 ) -> Report:
-    """Compare ``session`` (any LanguageSession) with ``reference`` (the merged torch model, from the bundle at
-    ``root``, whose ``tokenizer.json`` is the checkpoint's); ``thresholds`` is a ``language.Thresholds``."""
+    """Check ``session`` (any LanguageSession) of the bundle at ``root`` (whose ``tokenizer.json`` is the
+    checkpoint's) against ``reference`` (the merged float torch model): tensor check, fidelity, cost (module
+    docstring); ``thresholds`` is a ``language.Thresholds``; ``max_kl``: an optional hard budget on the cost's
+    mean KL (nats/token).  Raises ``EdgekitError`` when the text is too short; a failed check is in the report."""
     from tokenizers import Tokenizer
 
     from ... import reference as ref_mod
@@ -96,17 +129,25 @@ def run(
     wins = windows(ids, bos, window, min_tokens)
     if sum(len(w) for w in wins) < min_tokens:
         raise EdgekitError(f"verification text has {len(ids)} tokens; at least {min_tokens} are needed")
-    totals = {"agree": 0.0, "kl_sum": 0.0, "max_abs": 0.0, "n": 0.0}
+    progress("verify: reading the weights back from the file (tensor check)")
+    tcheck, qref = file_reference(Path(root), session.manifest, reference)
+    fid: dict[str, float] = {}
+    cost: dict[str, float] = {}
     for i, w in enumerate(wins, 1):
         progress(f"verify: window {i}/{len(wins)} ({len(w)} tokens)")
-        part = compare_logits(ref_mod.logits(reference, w), session.logits(w))
-        totals = {k: max(totals[k], part[k]) if k == "max_abs" else totals[k] + part[k] for k in totals}
+        float_logits = ref_mod.logits(reference, w)
+        engine_logits = session.logits(w)
+        file_logits = float_logits if qref is reference else ref_mod.logits(qref, w)
+        fid = _pool(fid, compare_logits(file_logits, engine_logits))
+        # without a read-back the engine itself is the only measure of what quantisation cost
+        cost = _pool(cost, compare_logits(float_logits, engine_logits if qref is reference else file_logits))
+    totals = fid
     n_greedy, n_prompt = greedy_sizes(window)
     prompt = wins[0][:n_prompt]
     progress(f"verify: {n_greedy} greedy tokens")
     from ...runtimes import SamplingParams
 
-    ref_greedy = ref_mod.greedy(reference, prompt, n_greedy)
+    ref_greedy = ref_mod.greedy(qref, prompt, n_greedy)
     got = session.generate(prompt, SamplingParams(max_tokens=n_greedy, stop_at_eos=False)).tokens
     # an engine may generate from text on another path (ExecuTorch: its C++ runner); both must agree
     prompt_text = tok.decode(wins[0][1 if bos is not None else 0 : n_prompt])
@@ -129,7 +170,21 @@ def run(
         "text_prompt_match": from_text == from_ids,
         "tokenizer_match": session.tokenize(sample, add_special=False) == tok.encode(sample, add_special_tokens=False).ids,
         "text_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "fidelity_reference": "file weights" if qref is not reference else "float (no read-back for this pair)",
+        "act_quant": sorted({str(v) for v in getattr(qref, "edgekit_act_quant", {}).values()}),
+        "tensor_check": tcheck.to_dict() if tcheck is not None else None,
+        "cost": {
+            "top1": cost["agree"] / cost["n"],
+            "mean_kl": cost["kl_sum"] / cost["n"],
+            "entropy": cost["entropy_sum"] / cost["n"],
+            "kl_rel": (cost["kl_sum"] / cost["entropy_sum"]) if cost["entropy_sum"] > 0 else 0.0,
+        },
     }
+    if max_kl is not None:
+        thresholds = replace(thresholds, max_cost_kl=max_kl)
+    metrics["warnings"] = thresholds.warnings(metrics)
+    for w in metrics["warnings"]:
+        progress(f"warning: {w}")
     return Report(
         metrics=metrics, thresholds=thresholds.to_dict(), failures=thresholds.check(metrics),
         rows=thresholds.rows(metrics), summary=f"{metrics['tokens']} tokens in {metrics['windows']} windows",

@@ -1,0 +1,329 @@
+"""The tensor check, the first verification gate: every weight read back from the written file, dequantised,
+against the merged float32 weight it came from.
+
+A format's read-back (``exporters/<format>/readback.py``) turns the file into ``ReadTensor`` values: the
+dequantised float32 array under the checkpoint's own (Hugging Face) tensor name, the row range of that tensor it
+holds (a fused q|k|v matrix is split back into its parts), the storage type, the quantisation block along the
+input axis and the number of levels of one value, the modules that multiply by it (so a reference built from the
+file's weights can quantise their inputs as the engine does) and that activation quantisation (``ActQuant``).
+The family pair file (``exporters/<format>/<family>.py``) owns the name mapping and exposes
+``read_back(root, manifest, sources) -> (list[ReadTensor], aliases)``.
+
+``check(read, weights)`` then asks, per tensor:
+
+* the right name and shape (every float weight of the reference must be covered, none may be foreign);
+* per block, the largest |error| against the block's own quantisation step, estimated from the float block as
+  ``2 * max|w| / (levels - 1)`` (the step of a symmetric round-to-nearest quantiser; an asymmetric one's step is
+  never larger), so round-to-nearest gives <= 0.5 and a wrong scale, a transposed or a swapped block gives
+  several steps;
+* the relative RMS error ``||w_file - w|| / ||w||`` within a bound per storage type (``REL_RMS_BOUND``).
+
+The bounds were measured on the built-in LFM2 (+ LoRA) with ``python -m edgekit.tensorcheck builtin:lfm2-tiny
+--adapter builtin:lfm2-tiny-lora`` (prints the worst value per type for every format x quant) and set at
+about twice the worst measurement; calibrated quantisers (GPTQ-style error feedback) move weights by more than
+half a step by design, so ``BLOCK_STEP_BOUND`` leaves room for that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+# Worst measured value per type (see the module docstring for the command) -> the bound, about 2x above.
+# Float storage: relative RMS only (F16 rounding is 2^-11 relative, BF16 2^-8).
+REL_RMS_BOUND: Mapping[str, float] = {
+    "F32": 1e-6,  # measured 0
+    "F16": 1e-3,  # measured 2.1e-4
+    "BF16": 6e-3,  # measured 1.7e-3
+    "Q8_0": 1.5e-2,  # measured 5.5e-3
+    "Q6_K": 4e-2,  # measured 1.8e-2 (importance-weighted by llama.cpp's quantiser)
+    "Q5_K": 8e-2,  # measured 3.7e-2
+    "Q5_0": 8e-2,
+    "Q4_K": 0.15,  # measured 7.4e-2
+    "Q4_0": 0.17,  # measured 8.4e-2
+    "TQ1_0": 1e-2,  # ternary: exact up to the fp16 scale
+    "TQ2_0": 1e-2,
+    "INT8": 1.5e-2,
+    "INT4": 0.17,
+    "INT2": 1e-2,
+}
+# per block: largest |error| / the block's step.  Round-to-nearest gives <= 0.5 (Q8_0 measured 0.56: the step
+# estimate is from the float block, the scale from an fp16); llama.cpp's importance-weighted K-quant / Q4_0
+# search trades a larger error on unimportant columns for a smaller one on important ones: measured Q6_K 1.75,
+# Q5_K 1.39, Q4_K 1.15, Q4_0 1.61 steps.  A wrong, swapped or transposed block is off by about half the levels
+# (4-bit: ~7 steps, 8-bit: ~127).
+BLOCK_STEP_BOUND: Mapping[str, float] = {
+    "Q8_0": 1.0,
+    "Q6_K": 3.0,
+    "Q5_K": 3.0,
+    "Q5_0": 3.0,
+    "Q4_K": 3.0,
+    "Q4_0": 3.0,
+    "TQ1_0": 0.1,
+    "TQ2_0": 0.1,
+    "INT8": 1.0,
+    "INT4": 1.0,
+    "INT2": 0.1,
+}
+
+
+@dataclass(frozen=True)
+class ActQuant:
+    """How an engine quantises the *inputs* of a matmul with this weight (simulated in the fidelity reference).
+
+    ``kind``: ``"none"``; ``"f16"`` / ``"bf16"`` (rounded to that float type); ``"sym_block"`` (symmetric int8,
+    scale = max|x| / 127 per ``block`` values along the last axis: llama.cpp's Q8_0 (block 32) and Q8_K (block
+    256), ONNX Runtime's MatMulNBits at accuracy level 4 (block = the weight block)); ``"asym_token"`` (int8
+    asymmetric per token, scale = (max - min) / 255 with 0 representable: torchao's / XNNPACK's dynamic
+    activations of 8da*).  ``scale_f16``: the scale is stored as float16 (Q8_0)."""
+
+    kind: str = "none"
+    block: int = 0
+    scale_f16: bool = False
+
+    def apply(self, x: Any) -> Any:
+        """Fake-quantise torch tensor ``x`` (any shape, float32; last axis = the matmul's input features)."""
+        import torch
+
+        if self.kind == "none":
+            return x
+        if self.kind == "f16":
+            return x.to(torch.float16).to(x.dtype)
+        if self.kind == "bf16":
+            return x.to(torch.bfloat16).to(x.dtype)
+        if self.kind == "sym_block":
+            k = x.shape[-1]
+            b = self.block if self.block and k % self.block == 0 else k
+            xb = x.reshape(*x.shape[:-1], k // b, b)
+            scale = xb.abs().amax(-1, keepdim=True) / 127.0
+            inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
+            q = torch.clamp(torch.round(xb * inv), -127, 127)
+            if self.scale_f16:
+                scale = scale.to(torch.float16).to(x.dtype)
+            return (q * scale).reshape(x.shape)
+        if self.kind == "asym_token":
+            lo = torch.clamp(x.amin(-1, keepdim=True), max=0.0)
+            hi = torch.clamp(x.amax(-1, keepdim=True), min=0.0)
+            scale = torch.clamp((hi - lo) / 255.0, min=torch.finfo(torch.float32).eps)
+            zero = torch.clamp(-128 - torch.round(lo / scale), -128, 127)
+            q = torch.clamp(torch.round(x / scale) + zero, -128, 127)
+            return (q - zero) * scale
+        raise ValueError(f"unknown activation quantisation {self.kind!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "block": self.block, "scale_f16": self.scale_f16}
+
+
+@dataclass(frozen=True)
+class ReadTensor:
+    """One weight as the file holds it, dequantised to float32 and oriented like the checkpoint's tensor.
+
+    ``name``: the tensor's name in the file; ``source``: the checkpoint (HF) name it came from; ``rows``: the
+    [start, stop) rows of ``source`` it holds (None: all); ``qtype``: storage type (``REL_RMS_BOUND`` keys);
+    ``block``: values per quantisation block along the last axis (0: float / per tensor); ``levels``: values one
+    weight can take (2**bits; 3 for ternary; 0 for float); ``modules``: the reference's linear modules that
+    multiply by this weight; ``act``: how the engine quantises their inputs."""
+
+    name: str
+    source: str
+    values: np.ndarray
+    qtype: str
+    block: int = 0
+    levels: int = 0
+    rows: tuple[int, int] | None = None
+    modules: tuple[str, ...] = ()
+    act: ActQuant = field(default_factory=ActQuant)
+
+
+@dataclass(frozen=True)
+class TensorRow:
+    name: str
+    source: str
+    qtype: str
+    rel_rms: float
+    block_steps: float  # worst block's max |error| in units of its step (NaN for float types)
+    failure: str | None = None
+
+
+@dataclass(frozen=True)
+class TensorCheck:
+    """The tensor check's result: one row per file tensor and the failures (one line each)."""
+
+    rows: tuple[TensorRow, ...]
+    failures: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def worst(self) -> dict[str, dict[str, float]]:
+        """Per storage type: the worst relative RMS error and block error (in steps), and how many tensors."""
+        out: dict[str, dict[str, float]] = {}
+        for r in self.rows:
+            w = out.setdefault(r.qtype, {"tensors": 0, "rel_rms": 0.0, "block_steps": 0.0})
+            w["tensors"] += 1
+            w["rel_rms"] = max(w["rel_rms"], r.rel_rms)
+            if r.block_steps == r.block_steps:
+                w["block_steps"] = max(w["block_steps"], r.block_steps)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "failures": list(self.failures), "tensors": len(self.rows),
+                "worst": self.worst()}
+
+
+def block_steps(got: np.ndarray, ref: np.ndarray, block: int, levels: int) -> float:
+    """Largest |got - ref| of any block, in units of that block's step ``2 max|ref| / (levels - 1)``."""
+    k = ref.shape[-1]
+    b = block if block and k % block == 0 else k
+    r = ref.reshape(-1, b).astype(np.float64)
+    e = np.abs(got.reshape(-1, b).astype(np.float64) - r).max(-1)
+    step = 2.0 * np.abs(r).max(-1) / max(levels - 1, 1)
+    tiny = step <= 1e-30
+    ratio = np.where(tiny, np.where(e <= 1e-30, 0.0, np.inf), e / np.where(tiny, 1.0, step))
+    return float(ratio.max()) if ratio.size else 0.0
+
+
+def check(read: Sequence[ReadTensor], weights: Mapping[str, np.ndarray], aliases: Mapping[str, str] | None = None) -> TensorCheck:
+    """Compare every read-back tensor with ``weights`` (float32, checkpoint names); ``aliases`` maps a weight
+    that needs no tensor of its own to the one that serves it (a tied LM head -> the embedding)."""
+    aliases = dict(aliases or {})
+    rows: list[TensorRow] = []
+    fails: list[str] = []
+    covered: dict[str, int] = {}
+    for t in read:
+        if t.source not in weights:
+            fails.append(f"tensor check: {t.name} claims to hold {t.source!r}, which the model does not have")
+            continue
+        ref = np.asarray(weights[t.source], dtype=np.float32)
+        if t.rows is not None:
+            ref = ref[t.rows[0] : t.rows[1]]
+        covered[t.source] = covered.get(t.source, 0) + int(np.prod(ref.shape))
+        got = np.asarray(t.values, dtype=np.float32)
+        if got.shape != ref.shape:
+            fails.append(f"tensor check: {t.name} has shape {list(got.shape)}, {t.source} is {list(ref.shape)}")
+            continue
+        diff = got.astype(np.float64) - ref
+        norm = float(np.sqrt(np.sum(ref.astype(np.float64) ** 2)))
+        rel = float(np.sqrt(np.sum(diff**2)) / norm) if norm > 0 else float(np.sqrt(np.sum(diff**2)))
+        if not np.all(np.isfinite(got)):
+            rel = float("inf")
+        steps = block_steps(got, ref, t.block, t.levels) if t.levels else float("nan")
+        why = None
+        rel_bound = REL_RMS_BOUND.get(t.qtype)
+        step_bound = BLOCK_STEP_BOUND.get(t.qtype)
+        if rel_bound is None:
+            why = f"tensor check: {t.name} has storage type {t.qtype}, which has no recorded error bound"
+        elif not rel <= rel_bound:
+            why = f"tensor check: {t.name} ({t.qtype}) relative RMS error {rel:.2e} > {rel_bound:.0e} against {t.source}"
+        elif step_bound is not None and t.levels and not steps <= step_bound:
+            why = (f"tensor check: {t.name} ({t.qtype}) has a block off by {steps:.2f} quantisation steps "
+                   f"(bound {step_bound}) against {t.source}")
+        if why:
+            fails.append(why)
+        rows.append(TensorRow(t.name, t.source, t.qtype, rel, steps, why))
+    for name, w in weights.items():
+        if name in aliases or w.ndim == 0:
+            continue
+        if covered.get(name, 0) != int(np.prod(w.shape)):
+            got = covered.get(name, 0)
+            fails.append(f"tensor check: the file holds {got} of the {int(np.prod(w.shape))} values of {name}")
+    return TensorCheck(tuple(rows), tuple(fails))
+
+
+def fidelity_reference(model: Any, read: Sequence[ReadTensor]) -> Any:
+    """A copy of the float reference ``model`` whose weights are the file's (dequantised) and whose linear
+    modules quantise their inputs as the engine does (forward pre-hooks with each tensor's ``ActQuant``)."""
+    import copy
+
+    import torch
+
+    ref = copy.deepcopy(model)
+    params = dict(ref.named_parameters(remove_duplicate=False))
+    buffers = dict(ref.named_buffers())
+    with torch.no_grad():
+        for t in read:
+            p = params.get(t.source, buffers.get(t.source))
+            if p is None:
+                continue
+            v = torch.from_numpy(np.ascontiguousarray(t.values, dtype=np.float32)).to(p.dtype)
+            if t.rows is None:
+                p.copy_(v.reshape(p.shape))
+            else:
+                p[t.rows[0] : t.rows[1]].copy_(v.reshape(p[t.rows[0] : t.rows[1]].shape))
+    modules = {k: m for k, m in ref.named_modules() if isinstance(m, torch.nn.Linear)}
+    hooked: dict[str, ActQuant] = {}
+    for t in read:
+        for m in t.modules:
+            if t.act.kind != "none":
+                hooked[m] = t.act
+    for name, act in hooked.items():
+        if name in modules:
+            modules[name].register_forward_pre_hook(lambda mod, args, act=act: (act.apply(args[0]), *args[1:]))
+    ref.edgekit_act_quant = {k: v.to_dict() for k, v in hooked.items()}
+    return ref
+
+
+def _measure(argv: Sequence[str] | None = None) -> None:
+    """Print the worst tensor-check values per type for every quant of a family's recipes (bounds measurement)."""
+    import argparse
+    import tempfile
+
+    from .export import export, make_plan
+    from .plan import Format
+    from .recipes import RECIPES
+
+    ap = argparse.ArgumentParser(prog="python -m edgekit.tensorcheck")
+    ap.add_argument("source")
+    ap.add_argument("--adapter")
+    ap.add_argument("--format", action="append")
+    args = ap.parse_args(argv)
+    for fmt in args.format or [f.value for f in Format]:
+        prep0 = make_plan(args.source, fmt, adapter=args.adapter)
+        for q in prep0.recipe.quants:
+            prep = make_plan(args.source, fmt, q, adapter=args.adapter)
+            with tempfile.TemporaryDirectory() as tmp:
+                out = export(prep, f"{tmp}/b", verify=False, progress=lambda s: None)
+                from .bundle import read_manifest
+                from . import reference
+
+                model = reference.load_reference(prep.checkpoint, prep.adapter, prep.plan.options)
+                res = run_check(out, read_manifest(out), model)
+                print(fmt, q, "PASS" if res.passed else res.failures[:2], res.worst())
+
+
+def read_back(root: Any, manifest: Mapping[str, Any], model: Any) -> tuple[list[ReadTensor], dict[str, str]] | None:
+    """The bundle's weights read back by its recipe's pair file (None where the pair has no read-back yet), and
+    the aliases (weights served by another tensor)."""
+    from pathlib import Path
+
+    from .checkpoint import open_checkpoint  # noqa: F401  (import order: recipes need the families)
+    from .families import Family
+    from .plan import Format
+    from .recipes import RECIPES
+
+    recipe = RECIPES.get(Family(manifest["family"]), Format.parse(manifest["format"]))
+    pair = recipe.exporter()
+    fn = getattr(pair, "read_back", None)
+    if fn is None:
+        return None
+    from . import reference
+
+    return fn(Path(root), manifest, list(reference.state_dict(model)))
+
+
+def run_check(root: Any, manifest: Mapping[str, Any], model: Any) -> TensorCheck | None:
+    """Read the bundle at ``root`` back and check it against the float reference ``model`` (None: no read-back)."""
+    from . import reference
+
+    got = read_back(root, manifest, model)
+    if got is None:
+        return None
+    read, aliases = got
+    return check(read, reference.state_dict(model), aliases)
+
+
+if __name__ == "__main__":
+    _measure()
