@@ -240,8 +240,9 @@ class BitNetConfig:
             if out_f % VALUES_PER_BYTE == 0:
                 forms.append(((out_f // VALUES_PER_BYTE, in_f), frozenset({"U8"})))
             rules[name] = TensorRule(forms=tuple(forms))
-            scale = name[: -len(".weight")] + ".weight_scale"
-            rules[scale] = TensorRule(forms=(((1,), FLOAT_DTYPES), ((), FLOAT_DTYPES)), required=False)
+            if not self.quantization.master_weights:  # master weights carry no scale: one is an unexpected tensor
+                scale = name[: -len(".weight")] + ".weight_scale"
+                rules[scale] = TensorRule(forms=(((1,), FLOAT_DTYPES), ((), FLOAT_DTYPES)), required=False)
         for name, shape in _float_shapes(self).items():
             rules[name] = TensorRule.floats(*shape)
         if self.tie_word_embeddings:
