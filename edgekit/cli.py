@@ -83,6 +83,10 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
 NO_CHECK_HELP = "skip the sha256 check of the bundle's files (sizes are still checked)"
 
 
+MAX_KL_HELP = ("refuse a bundle whose quantisation costs more than this mean KL (nats/token) against the float model "
+               "(reported either way; the tensor check and engine fidelity always gate)")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export, make_plan
 
@@ -91,7 +95,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                      allow_extra_tensors=args.allow_extra_tensors)
     progress = _progress(args.quiet)
     progress(f"plan: {prep.plan.family.value} -> {prep.plan.format.value} {prep.plan.quant.name}")
-    export(prep, args.output, force=args.force, verify=not args.no_verify, progress=progress)
+    export(prep, args.output, force=args.force, verify=not args.no_verify, progress=progress, max_kl=args.max_kl)
     return 0
 
 
@@ -128,7 +132,7 @@ def cmd_formats(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from .export import verify_bundle
 
-    report = verify_bundle(args.bundle, args.source, args.adapter, progress=_progress(args.quiet))
+    report = verify_bundle(args.bundle, args.source, args.adapter, progress=_progress(args.quiet), max_kl=args.max_kl)
     print(report.table())
     return 0 if report.passed else 1
 
@@ -261,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", required=True, type=Path, help="bundle directory to create")
     e.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     e.add_argument("--no-verify", action="store_true", help="skip the parity check against PyTorch")
+    e.add_argument("--max-kl", type=float, help=MAX_KL_HELP)
     e.add_argument("--allow-extra-tensors", action="store_true",
                    help="export a checkpoint holding tensors the model does not use, where dropping them provably "
                         "changes nothing (never quantisation scales or layer tensors)")
@@ -272,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("bundle", type=Path)
     v.add_argument("--source", help="checkpoint to compare with (default: the one recorded in the bundle)")
     v.add_argument("--adapter", help="adapter to merge (default: the one recorded in the bundle)")
+    v.add_argument("--max-kl", type=float, help=MAX_KL_HELP)
     v.add_argument("-q", "--quiet", action="store_true")
     v.set_defaults(func=cmd_verify)
 

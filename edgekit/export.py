@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 from . import __version__, tokenizer_check
 from .bundle import check_files, read_manifest, staging, write_manifest
 from .checkpoint import Checkpoint, open_checkpoint
-from .errors import BundleError, CheckpointError, ParityError, WriteError
+from .errors import BundleError, CheckpointError, ParityError, UnsupportedError, WriteError
 from .lora import Adapter, open_adapter
 from .plan import ExportPlan, Format
 
@@ -107,11 +107,13 @@ def export(
     force: bool = False,
     verify: bool = True,
     progress: Callable[[str], None] = print,
+    max_kl: float | None = None,
 ) -> Path:
-    """Run the export; returns the bundle path.  Raises ParityError (leaving nothing at ``out``) on a failed check."""
+    """Run the export; returns the bundle path.  Raises ParityError (leaving nothing at ``out``) on a failed check.
+    ``max_kl``: an optional hard budget on the quantisation cost (mean KL vs the float model, nats/token)."""
     out = Path(out)
     try:
-        _export_into(prep, out, force, verify, progress)
+        _export_into(prep, out, force, verify, progress, max_kl)
     except OSError as exc:  # the staging directory is gone by now
         free = shutil.disk_usage(out.parent).free / 1e6 if out.parent.exists() else 0.0
         raise WriteError(
@@ -122,12 +124,25 @@ def export(
     return out
 
 
+def with_budget(thresholds: Any, max_kl: float | None) -> Any:
+    """``thresholds`` with the user's ``--max-kl`` budget on the quantisation cost (language models only)."""
+    if max_kl is None:
+        return thresholds
+    if not hasattr(thresholds, "max_cost_kl"):
+        raise UnsupportedError("--max-kl applies to language models (a KL budget per token); solvers have none")
+    from dataclasses import replace
+
+    return replace(thresholds, max_cost_kl=float(max_kl))
+
+
 def _export_into(
-    prep: PreparedExport, out: Path, force: bool, verify: bool, progress: Callable[[str], None]
+    prep: PreparedExport, out: Path, force: bool, verify: bool, progress: Callable[[str], None],
+    max_kl: float | None = None,
 ) -> None:
     from . import reference
     from .exporters import ExportJob
 
+    thresholds = with_budget(prep.thresholds, max_kl)
     t0 = time.perf_counter()
     keep = (prep.checkpoint.path,) + ((prep.adapter.path,) if prep.adapter else ())
     keep += tuple(n.adapter.path for n in prep.adapters)
@@ -160,7 +175,7 @@ def _export_into(
             write_manifest(tmp, manifest)
             if verify:
                 base, reports = adapters.verify_separate(
-                    tmp, model, prep.checkpoint, prep.plan.options, prep.thresholds, progress=progress
+                    tmp, model, prep.checkpoint, prep.plan.options, thresholds, progress=progress
                 )
                 progress(adapters.tables(base, reports))
                 if adapters.failures(base, reports):
@@ -171,7 +186,7 @@ def _export_into(
             return
         write_manifest(tmp, manifest)
         if verify:
-            report = verify_bundle_with(tmp, model, prep.thresholds, progress)
+            report = verify_bundle_with(tmp, model, thresholds, progress)
             progress(report.table())
             if not report.passed:
                 raise ParityError(
@@ -242,9 +257,10 @@ def verify_bundle(
     source: str | Path | None = None,
     adapter: str | Path | None = None,
     progress: Callable[[str], None] = print,
+    max_kl: float | None = None,
 ) -> Any:
     """``edgekit verify``: rebuild the reference from the recorded source (and adapter) and check the bundle
-    against the thresholds of its recipe."""
+    against the thresholds of its recipe (tensor check, fidelity; the cost within ``max_kl`` where given)."""
     from .families import Family
     from .recipes import RECIPES
 
@@ -252,7 +268,7 @@ def verify_bundle(
     manifest = read_manifest(root)
     check_files(root, manifest, hashes=True)  # a file modified in place keeps its size; only its digest tells
     recipe = RECIPES.get(Family(manifest["family"]), Format.parse(manifest["format"]))
-    thresholds = recipe.thresholds[recipe.quant(manifest["plan"]["quant"]["name"]).name]
+    thresholds = with_budget(recipe.thresholds[recipe.quant(manifest["plan"]["quant"]["name"]).name], max_kl)
     model = recorded_reference(manifest, progress, source, adapter)
     if manifest.get("adapters"):  # separate adapters: the base, then each adapter switched in on one session
         from . import adapters

@@ -7,7 +7,7 @@ holds (a fused q|k|v matrix is split back into its parts), the storage type, the
 input axis and the number of levels of one value, the modules that multiply by it (so a reference built from the
 file's weights can quantise their inputs as the engine does) and that activation quantisation (``ActQuant``).
 The family pair file (``exporters/<format>/<family>.py``) owns the name mapping and exposes
-``read_back(root, manifest, sources) -> (list[ReadTensor], aliases)``.
+``file_weights(root, manifest, sources) -> (list[ReadTensor], aliases)``.
 
 ``check(read, weights)`` then asks, per tensor:
 
@@ -216,11 +216,11 @@ def check(read: Sequence[ReadTensor], weights: Mapping[str, np.ndarray], aliases
         step_bound = BLOCK_STEP_BOUND.get(t.qtype)
         if rel_bound is None:
             why = f"tensor check: {t.name} has storage type {t.qtype}, which has no recorded error bound"
-        elif not rel <= rel_bound:
-            why = f"tensor check: {t.name} ({t.qtype}) relative RMS error {rel:.2e} > {rel_bound:.0e} against {t.source}"
         elif step_bound is not None and t.levels and not steps <= step_bound:
             why = (f"tensor check: {t.name} ({t.qtype}) has a block off by {steps:.2f} quantisation steps "
-                   f"(bound {step_bound}) against {t.source}")
+                   f"(bound {step_bound}; relative RMS error {rel:.2e}) against {t.source}")
+        elif not rel <= rel_bound:
+            why = f"tensor check: {t.name} ({t.qtype}) relative RMS error {rel:.2e} > {rel_bound:.1e} against {t.source}"
         if why:
             fails.append(why)
         rows.append(TensorRow(t.name, t.source, t.qtype, rel, steps, why))
@@ -306,7 +306,7 @@ def read_back(root: Any, manifest: Mapping[str, Any], model: Any) -> tuple[list[
 
     recipe = RECIPES.get(Family(manifest["family"]), Format.parse(manifest["format"]))
     pair = recipe.exporter()
-    fn = getattr(pair, "read_back", None)
+    fn = getattr(pair, "file_weights", None)
     if fn is None:
         return None
     from . import reference

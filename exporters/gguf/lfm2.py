@@ -59,7 +59,7 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
     return {**artifact, "pretokenizer": voc.pretokenizer, "padded_vocab": voc.padded}
 
 
-def read_back(root: Path, manifest: Any, sources: Any) -> tuple[list[Any], dict[str, str]]:
+def file_weights(root: Path, manifest: Any, sources: Any) -> tuple[list[Any], dict[str, str]]:
     """The bundle's GGUF tensors dequantised under the checkpoint's names ``sources`` (``edgekit.tensorcheck``):
     the same name map as ``tensors``, inverted; the conv kernel gets its [hidden, 1, L] shape back; the tied LM
     head is served by ``token_embd`` (alias)."""

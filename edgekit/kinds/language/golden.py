@@ -28,7 +28,8 @@ def _lse(x: np.ndarray) -> np.ndarray:
 
 
 def write(root: Path, manifest: Mapping[str, Any], model: Any, progress: Callable[[str], None]) -> dict[str, Any]:
-    """The golden data of the bundle at ``root`` from the merged reference ``model``."""
+    """The golden data of the bundle at ``root`` from the merged reference ``model`` (its fidelity reference, built
+    from the file's weights where the pair can read them back)."""
     from tokenizers import Tokenizer
 
     from ... import reference, runtimes
@@ -40,6 +41,9 @@ def write(root: Path, manifest: Mapping[str, Any], model: Any, progress: Callabl
     meta = manifest.get("model", {})
     bos = meta.get("bos_id") if meta.get("add_bos") else None
     top_ids, top_logits, lse, host_argmax = [], [], [], []
+    # the fidelity reference (the file's own weights, the engine's activation quantisation): a device is held to
+    # the fidelity thresholds, so it is compared with what the file itself computes, not with the float model
+    model = verify.file_reference(Path(root), manifest, model)[1]
     session = runtimes.load(root)
     try:
         window = min(verify.WINDOW, int(getattr(session, "n_ctx", verify.WINDOW)))  # sized to a small context

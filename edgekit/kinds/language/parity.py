@@ -12,7 +12,7 @@
 Metrics over a held-out text of at least ``MIN_TOKENS`` tokens, in windows of ``WINDOW`` tokens each starting
 from a fresh state; plus ``GREEDY_TOKENS`` greedy tokens from a prompt, compared token by token; plus whether the
 engine tokenizes the text exactly as the checkpoint's own tokenizer does.  A pair without a read-back yet
-(``read_back`` in its pair file) skips part 1, and its fidelity reference is the float one.
+(``file_weights`` in its pair file) skips part 1, and its fidelity reference is the float one.
 """
 
 from __future__ import annotations
