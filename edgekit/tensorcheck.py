@@ -248,7 +248,7 @@ def fidelity_reference(model: Any, read: Sequence[ReadTensor]) -> Any:
             p = params.get(t.source, buffers.get(t.source))
             if p is None:
                 continue
-            v = torch.from_numpy(np.ascontiguousarray(t.values, dtype=np.float32)).to(p.dtype)
+            v = torch.from_numpy(np.array(t.values, dtype=np.float32, copy=True)).to(p.dtype)
             if t.rows is None:
                 p.copy_(v.reshape(p.shape))
             else:

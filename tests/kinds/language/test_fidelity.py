@@ -1,0 +1,128 @@
+"""Issue 11: verification in three parts — the tensor check (weights read back from the file), fidelity (the
+engine vs a reference built from the file's own weights) and the quantisation cost (reported).
+
+A random-weight LFM2 of another shape has flat next-token distributions: its quantised exports are correct, and
+the old gate (engine vs the *float* model) refused them.  Fidelity must pass at the recipe's tight level on it;
+a file with one tensor's block scales swapped must be refused by the tensor check although its quantisation
+cost alone would have passed; and ``edgekit verify`` on a bundle whose artifact was altered (and re-hashed in the
+manifest) must fail on the tensor check.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import exported
+from factory import make_lfm2
+from parity import quants
+from edgekit.bundle import read_manifest, write_manifest
+from edgekit.families import Family
+from edgekit.plan import Format
+from edgekit.recipes import RECIPES
+
+
+@pytest.fixture(scope="module")
+def flat_lfm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another shape than the built-in (8 heads of 32, attention first, 4 layers), random weights."""
+    return make_lfm2(tmp_path_factory.mktemp("flat") / "lfm2", hidden=256, intermediate=512, heads=8, kv_heads=2,
+                     layer_types=("full_attention", "conv", "full_attention", "conv"), seed=11)
+
+
+# every quant of the pairs with a read-back; two run by default (< 90 s together), the rest with -m slow
+DEFAULT_FLAT = {("gguf", "q4_k_m"), ("onnx", "int4")}
+FLAT_CASES = [
+    pytest.param(fmt.value, q, marks=() if (fmt.value, q) in DEFAULT_FLAT else pytest.mark.slow)
+    for fmt in (Format.GGUF, Format.ONNX)
+    for q in quants(Family.LFM2, fmt)
+]
+
+
+@pytest.mark.parametrize("fmt,quant", FLAT_CASES)
+def test_flat_random_model_passes_fidelity(export_cache, flat_lfm2, fmt, quant):
+    bundle = exported(export_cache, str(flat_lfm2), fmt, quant)  # raises ParityError when verification fails
+    v = read_manifest(bundle)["verification"]
+    t = RECIPES.get(Family.LFM2, Format.parse(fmt)).thresholds[quant]
+    m = v["metrics"]
+    assert v["passed"], v["failures"]
+    assert m["tensor_check"]["passed"] and m["fidelity_reference"] == "file weights"
+    assert m["top1"] >= t.min_top1 and m["mean_kl"] <= t.max_mean_kl, m
+    # the cost is reported, and on this flat model it is far from the fidelity: quantisation moves top-1 choices
+    assert m["cost"]["mean_kl"] > 3 * m["mean_kl"], (m["cost"], m["mean_kl"])
+
+
+def _swap_block_scales(path: Path, tensor: str) -> None:
+    """Swap the fp16 scales of the first two Q8_0 blocks of every row of ``tensor``, in place."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path), "r+")
+    t = next(t for t in reader.tensors if t.name == tensor)
+    assert t.tensor_type == gguf.GGMLQuantizationType.Q8_0
+    rows = t.data.reshape(t.data.shape[0], -1, 34)  # Q8_0 block: fp16 scale + 32 int8
+    first = rows[:, 0, :2].copy()
+    rows[:, 0, :2] = rows[:, 1, :2]
+    rows[:, 1, :2] = first
+    reader.data.flush()
+
+
+def test_swapped_scales_refused_by_tensor_check_while_cost_would_pass(export_cache, tmp_path):
+    from edgekit import reference
+    from edgekit.export import recorded_reference
+    from edgekit.kinds.language import parity
+
+    src = exported(export_cache, "builtin:lfm2-tiny", "gguf", "q8_0", adapter="builtin:lfm2-tiny-lora", verify=False)
+    bundle = tmp_path / "b"
+    shutil.copytree(src, bundle)
+    _swap_block_scales(bundle / "model.gguf", "blk.3.ffn_up.weight")
+    manifest = read_manifest(bundle)
+    model = recorded_reference(manifest, lambda _m: None)
+    tc, file_ref = parity.file_reference(bundle, manifest, model)
+    assert not tc.passed
+    assert any("blk.3.ffn_up.weight" in f and "quantisation steps" in f for f in tc.failures), tc.failures
+    # the file's own model costs little against the float one: a check of the cost alone would let it through
+    tokens = parity.windows(__import__("tokenizers").Tokenizer.from_file(str(bundle / "tokenizer.json")).encode(
+        parity.heldout_text(), add_special_tokens=False).ids, 1, 256, 256)[0]
+    c = parity.compare_logits(reference.logits(model, tokens), reference.logits(file_ref, tokens))
+    assert c["kl_sum"] / c["n"] < 2e-3 and c["agree"] / c["n"] >= 0.97, c  # the pre-issue-11 q8_0 bar vs float
+
+
+def test_verify_fails_on_tensor_check_for_altered_rehashed_bundle(export_cache, tmp_path):
+    from edgekit.export import verify_bundle
+
+    src = exported(export_cache, "builtin:lfm2-tiny", "gguf", "q8_0", adapter="builtin:lfm2-tiny-lora", verify=False)
+    bundle = tmp_path / "b"
+    shutil.copytree(src, bundle)
+    _swap_block_scales(bundle / "model.gguf", "blk.0.shortconv.in_proj.weight")
+    write_manifest(bundle, read_manifest(bundle))  # re-hash: the file check alone no longer notices
+    report = verify_bundle(bundle, progress=lambda _m: None)
+    assert not report.passed
+    assert any(f.startswith("tensor check: blk.0.shortconv.in_proj.weight") for f in report.failures), report.failures
+    assert read_manifest(bundle)["verification"]["metrics"]["tensor_check"]["passed"] is False
+
+
+def test_read_back_decodes_matmul_nbits_layout():
+    """4-bit values packed low nibble first, default zero point 8; 2-bit four per byte."""
+    from edgekit.exporters.onnx.readback import dequantize_matmul_nbits, unpack
+
+    assert unpack(np.array([[0x21]], dtype=np.uint8), 4, 2).tolist() == [[1, 2]]
+    assert unpack(np.array([[0b11100100]], dtype=np.uint8), 2, 4).tolist() == [[0, 1, 2, 3]]
+    q = np.arange(16, dtype=np.uint8)
+    packed = (q[0::2] | (q[1::2] << 4)).reshape(1, 1, 8)
+    got = dequantize_matmul_nbits(packed, np.array([0.5], dtype=np.float32), None, 1, 16, 4, 16)
+    assert np.allclose(got, (np.arange(16) - 8) * 0.5)
+
+
+def test_act_quant_simulations():
+    import torch
+
+    from edgekit.tensorcheck import ActQuant
+
+    x = torch.linspace(-1, 3, 64).reshape(2, 32)
+    q8 = ActQuant("sym_block", 32).apply(x)
+    assert torch.allclose(q8, x, atol=3 / 127 / 2 + 1e-6) and not torch.equal(q8, x)
+    tok = ActQuant("asym_token").apply(x)
+    assert torch.allclose(tok, x, atol=(4 / 255) / 2 + 1e-6)
+    assert torch.equal(ActQuant().apply(x), x)
