@@ -142,6 +142,7 @@ def _bitnet_options() -> tuple[type[Options], type[Options], type[Options]]:
 
     @dataclass(frozen=True)
     class BitNetGgufOptions(BitNetOptions, gguf.GgufOptions):
+        CALIBRATED = ()  # ternary weights are stored exactly: nothing to calibrate
         A48_IN_GRAPH: ClassVar[bool] = False
         embedding_type: str = option("f16", "BitNet GGUF: tensor type of the token embedding / output (f16, q8_0, "
                                             "f32)", ("f16", "q8_0", "f32"))

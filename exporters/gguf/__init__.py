@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...plan import Options, QuantSpec, WeightKind, option
+from edgekit.calibration import CalibrationOptions
+from ...plan import QuantSpec, WeightKind, option
 
 ARTIFACT = "model.gguf"
 
@@ -35,10 +36,15 @@ QUANTS: dict[str, QuantSpec] = {
 
 
 @dataclass(frozen=True)
-class GgufOptions(Options):
+class GgufOptions(CalibrationOptions):
     FORMAT_NAME = "gguf"
+    # llama.cpp's quantiser weighs each column's rounding error by the importance matrix for these types
+    CALIBRATED = ("q4_0", "q4_k_m", "q5_k_m", "q6_k")
 
     pretokenizer: str | None = option(None, "GGUF: llama.cpp pre-tokenizer name, when it cannot be derived from "
                                             "tokenizer.json")
     lora_mode: str = option("merged", "GGUF: fold the adapter in (merged) or keep each --adapter NAME=PATH as a "
                                       "llama.cpp LoRA adapter file, applied at run time (separate)", ("merged", "separate"))
+
+    def validate(self, quant: QuantSpec, given: set[str]) -> None:
+        self.check_calibration(quant, given)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edgekit import calibration as calibration_mod
+
 from ...errors import UnsupportedError
 from .. import ExportJob
 from . import vocab, writer
@@ -55,8 +57,32 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
         w.add_shortconv_l_cache(cfg.conv_L_cache)
         vocab.add_to_writer(w, job.checkpoint.path, voc, cfg.bos_token_id, cfg.eos_token_ids, cfg.pad_token_id)
 
-    artifact = writer.write(out_dir, job.plan.quant, ARCH, metadata, tensors(job), job.progress, KEEP_F32)
-    return {**artifact, "pretokenizer": voc.pretokenizer, "padded_vocab": voc.padded}
+    imatrix, calibration = None, None
+    if job.plan.options.calibrates(job.plan.quant):
+        stats = calibration_mod.for_job(job)
+        imatrix = importance_matrix(job, stats.values)
+        calibration = {**stats.summary(), "method": "llama.cpp importance matrix (llama_model_quantize_params.imatrix)"}
+    artifact = writer.write(out_dir, job.plan.quant, ARCH, metadata, tensors(job), job.progress, KEEP_F32, imatrix)
+    return {**artifact, "pretokenizer": voc.pretokenizer, "padded_vocab": voc.padded, "calibration": calibration}
+
+
+def importance_matrix(job: ExportJob, values: dict[str, Any]) -> dict[str, Any]:
+    """Importance per linear (reference module names) -> llama.cpp's tensor names.  The tied LM head's entry
+    goes to ``token_embd.weight``: llama.cpp's graph multiplies by that tensor for the output, so that is the
+    name ``llama-imatrix`` records it under."""
+    import gguf
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LFM2, job.config.num_hidden_layers)
+    out: dict[str, Any] = {}
+    for module, v in values.items():
+        if module == "lm_head":
+            out["token_embd.weight"] = v
+            continue
+        name = names.get_name(module + ".weight", try_suffixes=(".weight",))
+        if name is None:
+            raise UnsupportedError(f"GGUF: no llama.cpp tensor name for {module!r}")
+        out[name] = v
+    return out
 
 
 def file_weights(root: Path, manifest: Any, sources: Any) -> tuple[list[Any], dict[str, str]]:

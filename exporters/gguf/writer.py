@@ -101,11 +101,13 @@ def write(
     tensors: Mapping[str, np.ndarray],
     progress: Callable[[str], None],
     keep_f32: tuple[str, ...] = (),
+    imatrix: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Write ``model.gguf`` into ``out_dir`` at quantisation ``spec``; returns the manifest's artifact section.
 
     Types the ``gguf`` package encodes are written directly; the others are written as F32 to a staging file
-    and converted by llama.cpp's quantiser (the staging file is removed)."""
+    and converted by llama.cpp's quantiser (the staging file is removed), with ``imatrix`` (GGUF tensor name ->
+    float32 [n_per_row] mean squared input activation) as its importance matrix where given."""
     from . import ARTIFACT
 
     qtype, file_type, ftype = ggml_plan(spec)
@@ -115,8 +117,8 @@ def write(
     progress(f"writing GGUF tensors as {qtype.name}")
     write_gguf(staged, arch, metadata_writer, tensors, qtype, file_type, keep_f32)
     if ftype is not None:
-        progress(f"quantising to {spec.name.upper()} with llama.cpp")
-        requantize(staged, target, ftype)
+        progress(f"quantising to {spec.name.upper()} with llama.cpp" + (" and an importance matrix" if imatrix else ""))
+        requantize(staged, target, ftype, imatrix=imatrix)
         staged.unlink()
     return {
         "file": ARTIFACT,
@@ -126,13 +128,35 @@ def write(
     }
 
 
-def requantize(src: Path, dst: Path, ftype: FT, threads: int | None = None) -> None:
+def requantize(
+    src: Path, dst: Path, ftype: FT, threads: int | None = None, imatrix: Mapping[str, np.ndarray] | None = None
+) -> None:
+    """Convert ``src`` to file type ``ftype`` at ``dst`` with llama.cpp's ``llama_model_quantize``.
+
+    ``imatrix``: GGUF tensor name -> float32 [n_per_row] importance per input column (mean squared activation),
+    handed over as llama.h's null-terminated ``llama_model_imatrix_data`` array — the same values
+    ``llama-quantize --imatrix`` passes after reading an imatrix file (``in_sum2 / counts``).  Tensors without an
+    entry are quantised unweighted, as llama.cpp does.  Raises ``EdgekitError`` when llama.cpp fails."""
     import llama_cpp
 
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp logs every tensor otherwise
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(ftype)
     params.nthread = threads or os.cpu_count() or 1
+    keep: list[Any] = []  # the buffers must outlive the call
+    if imatrix:
+        entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
+        for k, (name, values) in enumerate(imatrix.items()):
+            arr = np.ascontiguousarray(values, dtype=np.float32)
+            if not np.all(np.isfinite(arr)):
+                raise EdgekitError(f"importance matrix for {name} has non-finite values; check the calibration text")
+            keep.append(arr)
+            entries[k].name = name.encode()
+            entries[k].data = arr.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            entries[k].size = arr.size
+        entries[len(imatrix)].name = None  # the terminator llama.cpp reads up to
+        keep.append(entries)
+        params.imatrix = entries
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
         raise EdgekitError(f"llama.cpp's quantiser failed on {src} (code {rc})")

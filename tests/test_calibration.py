@@ -1,0 +1,107 @@
+"""Calibration text (bad input, disjointness from the verification text) and the importance statistics."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekit import calibration as cal
+from edgekit.builtin import train
+from edgekit.errors import UnsupportedError
+from edgekit.export import make_plan
+
+CALIBRATION_MODULES = ("contextlib.py", "queue.py", "sched.py")  # what edgekit/data/calibration.txt is made of
+
+
+def test_builtin_sample_is_disjoint_from_the_verification_text():
+    assert not set(CALIBRATION_MODULES) & set(train.HELDOUT_MODULES)
+    text = cal.default_text()
+    assert cal.overlap(text, cal.heldout_text()) is None
+    # the check can fail: a sample carrying a slice of the held-out text is caught
+    held = cal.heldout_text()
+    assert cal.overlap(text + held[5000:5400], held) is not None
+
+
+def test_builtin_sample_is_long_enough():
+    ckpt = Path(train.__file__).parent / "lfm2-tiny"
+    windows = cal.token_windows(cal.default_text(), ckpt / "tokenizer.json", bos=1)
+    assert sum(len(w) for w in windows) >= 4 * cal.MIN_TOKENS
+    assert all(w[0] == 1 for w in windows)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "is empty"),
+        (b"  \n\t ", "is empty"),
+        (b"def f():\n    return 1\n", "characters; at least 1024 tokens"),
+        (b"\xff\xfe\x00\x01" * 1000, "not UTF-8"),
+        (b"ab\x00cd" * 1000, "NUL bytes"),
+    ],
+)
+def test_bad_calibration_files_are_refused(tmp_path, content, message):
+    f = tmp_path / "cal.txt"
+    f.write_bytes(content)
+    with pytest.raises(cal.CalibrationError, match=message):
+        cal.load_text(f)
+    with pytest.raises(UnsupportedError, match=message):  # at plan time, before anything is loaded
+        make_plan("builtin:lfm2-tiny", "gguf", "q4_k_m", options={"calibration": str(f)})
+
+
+def test_overlapping_calibration_file_is_refused(tmp_path):
+    f = tmp_path / "cal.txt"
+    f.write_text(cal.default_text()[:20000] + cal.heldout_text()[10000:10300], encoding="utf-8")
+    with pytest.raises(cal.CalibrationError, match="overlaps the verification text"):
+        make_plan("builtin:lfm2-tiny", "gguf", "q4_k_m", options={"calibration": str(f)})
+
+
+def test_missing_calibration_file_is_refused(tmp_path):
+    with pytest.raises(cal.CalibrationError, match="no such file"):
+        make_plan("builtin:lfm2-tiny", "gguf", "q4_0", options={"calibration": str(tmp_path / "nope.txt")})
+
+
+def test_calibration_options_apply_to_calibrated_quants_only(tmp_path):
+    f = tmp_path / "cal.txt"
+    f.write_text(cal.default_text(), encoding="utf-8")
+    prep = make_plan("builtin:lfm2-tiny", "gguf", "q4_k_m", options={"calibration": str(f)})
+    assert prep.plan.options.calibrates(prep.plan.quant)
+    assert make_plan("builtin:lfm2-tiny", "gguf", "q4_k_m").plan.options.calibrates(prep.plan.quant)
+    plain = make_plan("builtin:lfm2-tiny", "gguf", "q4_k_m", options={"no_calibration": True})
+    assert not plain.plan.options.calibrates(plain.plan.quant)
+    with pytest.raises(UnsupportedError, match="apply to calibrated quants"):
+        make_plan("builtin:lfm2-tiny", "gguf", "q8_0", options={"calibration": str(f)})
+    with pytest.raises(UnsupportedError, match="not both"):
+        make_plan("builtin:lfm2-tiny", "gguf", "q4_0", options={"calibration": str(f), "no_calibration": True})
+    with pytest.raises(UnsupportedError, match="apply to calibrated quants"):  # ternary BitNet: nothing to calibrate
+        make_plan("builtin:bitnet-tiny", "gguf", "tq2_0", options={"no_calibration": True})
+
+
+@pytest.fixture(scope="module")
+def tiny_reference():
+    from edgekit.checkpoint import open_checkpoint
+    from edgekit.reference import load_reference
+
+    ckpt = open_checkpoint("builtin:lfm2-tiny")
+    return ckpt, load_reference(ckpt, None)
+
+
+def test_importance_statistics_shape_and_values(tiny_reference):
+    import torch
+
+    ckpt, model = tiny_reference
+    text = cal.load_text(None)
+    windows = cal.token_windows(text.text, ckpt.path / "tokenizer.json", ckpt.model_config.bos_token_id, window=128)[:4]
+    imp = cal.importance(model, windows, text)
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert set(imp.values) == set(linears)
+    assert imp.tokens == sum(len(w) for w in windows)
+    for name, v in imp.values.items():
+        assert v.dtype == np.float32 and v.shape == (linears[name].in_features,)
+        assert np.all(np.isfinite(v)) and np.all(v >= 0) and v.max() > 0
+    # the LM head's input is the final hidden state (after the last norm): E[h^2] per channel, computed directly
+    with torch.inference_mode():
+        hidden = model.model(input_ids=torch.tensor(windows)).last_hidden_state
+    direct = (hidden.reshape(-1, hidden.shape[-1]).double() ** 2).mean(0).float().numpy()
+    np.testing.assert_allclose(imp.values["lm_head"], direct, rtol=1e-4)
+    s = imp.summary()
+    assert s["sha256"] == text.sha256 and s["source"] == cal.DEFAULT_NAME and s["tokens"] == imp.tokens
