@@ -89,8 +89,10 @@ def test_corrupt_gguf_is_a_clear_error(export_cache, tmp_path):
     bundle = shutil.copytree(exported(export_cache, "builtin:lfm2-tiny", "gguf", "q8_0", adapter="builtin:lfm2-tiny-lora"), tmp_path / "b")
     size = (bundle / "model.gguf").stat().st_size
     (bundle / "model.gguf").write_bytes(b"\0" * size)  # same size, garbage content
-    with pytest.raises(BundleError, match="llama.cpp could not load"):
+    with pytest.raises(BundleError, match="sha256 differs"):  # refused before llama.cpp maps the file
         load(bundle)
+    with pytest.raises(BundleError, match="llama.cpp could not load"):  # --no-check: the engine's own refusal
+        load(bundle, check=False)
 
 
 def test_loading_a_gguf_bundle_imports_no_torch(export_cache):
