@@ -7,7 +7,8 @@ holds (a fused q|k|v matrix is split back into its parts), the storage type, the
 input axis and the number of levels of one value, the modules that multiply by it (so a reference built from the
 file's weights can quantise their inputs as the engine does) and that activation quantisation (``ActQuant``).
 The family pair file (``exporters/<format>/<family>.py``) owns the name mapping and exposes
-``file_weights(root, manifest, sources) -> (list[ReadTensor], aliases)``.
+``file_weights(root, manifest, weights) -> (list[ReadTensor], aliases) | None`` (``weights``: the merged float32
+weights by checkpoint name; None: nothing to read back for this bundle).
 
 ``check(read, weights)`` then asks, per tensor:
 
@@ -242,6 +243,15 @@ def fidelity_reference(model: Any, read: Sequence[ReadTensor]) -> Any:
 
     ref = copy.deepcopy(model)
     params = dict(ref.named_parameters(remove_duplicate=False))
+    # a tied pair (embedding / LM head) that the file stores twice, differently quantised: untie the copy
+    sources = {t.source for t in read}
+    for name in sorted(sources):
+        p = params.get(name)
+        if p is not None and any(o is p and n != name and n in sources for n, o in params.items()):
+            owner, _, attr = name.rpartition(".")
+            clone = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
+            setattr(ref.get_submodule(owner), attr, clone)
+            params[name] = clone
     buffers = dict(ref.named_buffers())
     with torch.no_grad():
         for t in read:
@@ -311,7 +321,7 @@ def read_back(root: Any, manifest: Mapping[str, Any], model: Any) -> tuple[list[
         return None
     from . import reference
 
-    return fn(Path(root), manifest, list(reference.state_dict(model)))
+    return fn(Path(root), manifest, reference.state_dict(model))
 
 
 def run_check(root: Any, manifest: Mapping[str, Any], model: Any) -> TensorCheck | None:

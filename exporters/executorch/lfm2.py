@@ -451,3 +451,26 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
         "stage_seconds": {k: round(v, 2) for k, v in {**seconds, **result.seconds}.items()},
         "export_seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def file_weights(root: Path, manifest: Mapping[str, Any], weights: Mapping[str, np.ndarray]) -> Any:
+    """The export's quantised weights under the checkpoint's names (``edgekit.tensorcheck``), re-derived with
+    the bundle's recorded quant and options (``readback``: a ``.pte``'s XNNPACK weights are not parsed); None for
+    separate LoRA adapters (their reference is the unmerged base)."""
+    from ...families import Family
+    from ...plan import Format
+    from ...recipes import RECIPES
+    from ...tensorcheck import ReadTensor
+    from . import readback
+
+    recipe = RECIPES.get(Family.LFM2, Format.EXECUTORCH)
+    spec = recipe.quant(manifest["plan"]["quant"]["name"])
+    options = recipe.options.from_dict(manifest["plan"].get("options") or {})
+    if getattr(options, "lora_mode", "merged") == "separate":
+        return None
+    special = ("model.embed_tokens.weight", "lm_head.weight")
+    linears = [n for n, w in weights.items() if w.ndim == 2 and n not in special]
+    read = readback.read(weights, options, spec, linears)
+    covered = {t.source for t in read}
+    read += [ReadTensor(n, n, w, "F32") for n, w in weights.items() if n not in covered]
+    return read, {}
