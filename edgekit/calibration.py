@@ -202,8 +202,9 @@ class CalibrationOptions(Options):
 
     CALIBRATED: ClassVar[tuple[str, ...]] = ()
 
-    calibration: str | None = option(None, "calibrated quants: calibration text file for the importance statistics "
-                                           "(default: edgekit's built-in sample, disjoint from the verification text)")
+    calibration: str | None = option(None, "calibrated quants (GGUF q4_0, q4_k_m, q5_k_m): UTF-8 text for the "
+                                           "importance statistics, >= 1024 tokens, sharing nothing with the "
+                                           "verification text (default: edgekit's built-in sample)")
     no_calibration: bool = option(False, "calibrated quants: plain round-to-nearest, no calibration")
 
     def calibrates(self, quant: QuantSpec) -> bool:

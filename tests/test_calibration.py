@@ -105,3 +105,41 @@ def test_importance_statistics_shape_and_values(tiny_reference):
     np.testing.assert_allclose(imp.values["lm_head"], direct, rtol=1e-4)
     s = imp.summary()
     assert s["sha256"] == text.sha256 and s["source"] == cal.DEFAULT_NAME and s["tokens"] == imp.tokens
+
+
+def _export(tmp_path, fmt, quant, options, name):
+    from edgekit.bundle import read_manifest
+    from edgekit.export import export
+
+    out = tmp_path / name
+    export(make_plan("builtin:lfm2-tiny", fmt, quant, "builtin:lfm2-tiny-lora", options), out, progress=lambda _m: None)
+    return read_manifest(out)
+
+
+@pytest.mark.slow
+def test_gguf_q4_k_m_calibrated_and_plain_pass_verification(tmp_path):
+    """Both exports verify; the calibrated one records its sample and differs from the plain one (the importance
+    matrix reached llama.cpp's quantiser)."""
+    calibrated = _export(tmp_path, "gguf", "q4_k_m", {}, "cal")
+    plain = _export(tmp_path, "gguf", "q4_k_m", {"no_calibration": True}, "plain")
+    assert calibrated["verification"]["passed"] and plain["verification"]["passed"]
+    c = calibrated["artifact"]["calibration"]
+    assert c["source"] == cal.DEFAULT_NAME and c["sha256"] == cal.load_text(None).sha256 and c["tokens"] >= 4096
+    assert plain["artifact"]["calibration"] is None
+    assert calibrated["files"]["model.gguf"]["sha256"] != plain["files"]["model.gguf"]["sha256"]
+    assert calibrated["files"]["model.gguf"]["size"] == plain["files"]["model.gguf"]["size"]
+
+
+@pytest.mark.slow
+def test_onnx_int4_hqq_passes_verification(tmp_path):
+    m = _export(tmp_path, "onnx", "int4", {"weight_algorithm": "hqq"}, "hqq")
+    assert m["verification"]["passed"], m["verification"]["failures"]
+    assert m["artifact"]["quant"]["algorithm"] == "hqq"
+
+
+def test_onnx_weight_algorithm_applies_to_int4_only():
+    assert make_plan("builtin:lfm2-tiny", "onnx", "int4", options={"weight_algorithm": "hqq"}).plan.options.weight_algorithm == "hqq"
+    with pytest.raises(UnsupportedError, match="applies to --quant int4 only"):
+        make_plan("builtin:lfm2-tiny", "onnx", "int8", options={"weight_algorithm": "hqq"})
+    with pytest.raises(UnsupportedError, match="no option --calibration"):  # no calibrated ONNX quantiser (README)
+        make_plan("builtin:lfm2-tiny", "onnx", "int4", options={"calibration": "x.txt"})

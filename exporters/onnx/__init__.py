@@ -50,11 +50,16 @@ class OnnxOptions(Options):
     accuracy_level: int = option(4, "ONNX int8/int4: MatMulNBits compute type (0 default, 1 fp32, 2 fp16, 3 bf16, "
                                     "4 int8 activations)", (0, 1, 2, 3, 4))
     head_bits: int | None = option(None, "ONNX int4: bits of the tied embedding / LM head (default 4)", (4, 8))
+    weight_algorithm: str = option("affine", "ONNX int4: scale choice, affine (symmetric round-to-nearest) or hqq "
+                                             "(onnxruntime's HQQ: float zero point per block, +1 bit per weight, "
+                                             "float compute; LM head stays affine)", ("affine", "hqq"))
     lora_mode: str = option("merged", "ONNX: fold the adapter in (merged) or give the graph LoRA inputs and keep each "
                                       "--adapter NAME=PATH as an ONNX Runtime adapter file (separate)",
                             ("merged", "separate"))
 
     def validate(self, quant: QuantSpec, given: set[str]) -> None:
+        if quant.name != "int4" and "weight_algorithm" in given and self.weight_algorithm != "affine":
+            raise UnsupportedError(f"onnx --weight-algorithm {self.weight_algorithm} applies to --quant int4 only")
         blockwise = sorted(k for k in ("block_size", "accuracy_level") if k in given)
         if quant.name not in BLOCKWISE and blockwise:
             flags = ", ".join("--" + k.replace("_", "-") for k in blockwise)

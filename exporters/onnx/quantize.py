@@ -47,6 +47,7 @@ class OnnxQuant:
     block_size: int = 32
     accuracy_level: int = 4
     head_bits: int = 4
+    algorithm: str = "affine"  # "affine" (symmetric round-to-nearest) or "hqq" (onnxruntime's HQQ, asymmetric)
 
     @property
     def bits(self) -> int:
@@ -56,7 +57,7 @@ class OnnxQuant:
         if self.name not in BLOCKWISE:
             return {"name": self.name}
         return {"name": self.name, "block_size": self.block_size, "accuracy_level": self.accuracy_level,
-                "head_bits": self.head_bits}
+                "head_bits": self.head_bits, "algorithm": self.algorithm}
 
 
 def native(quant: QuantSpec, options: OnnxOptions) -> OnnxQuant:
@@ -66,6 +67,7 @@ def native(quant: QuantSpec, options: OnnxOptions) -> OnnxQuant:
         block_size=options.block_size,
         accuracy_level=options.accuracy_level,
         head_bits=(options.head_bits or 4) if quant.name == "int4" else 8,
+        algorithm=getattr(options, "weight_algorithm", "affine") if quant.name == "int4" else "affine",
     )
 
 
@@ -108,16 +110,28 @@ def _weights_direct(model: Any) -> None:
                 n.input[i] = alias[name]
 
 
+def _config(q: OnnxQuant, bits: int, head: bool = False) -> Any:
+    """The weight-only config of onnxruntime's MatMulNBitsQuantizer for ``q.algorithm`` at ``bits``: symmetric
+    round-to-nearest (``DefaultWeightOnlyQuantConfig``) or HQQ (``HQQWeightOnlyQuantConfig``: half-quadratic
+    proximal search of each block's zero point, asymmetric, no data).  A tied head stays symmetric round-to-nearest:
+    ``GatherBlockQuantized`` serves the embedding from its blocks and takes no zero points."""
+    from onnxruntime.quantization import matmul_nbits_quantizer as mnq
+
+    if q.algorithm == "hqq" and bits == 4 and not head:
+        return mnq.HQQWeightOnlyQuantConfig(block_size=q.block_size, bits=bits, op_types_to_quantize=("MatMul",))
+    return mnq.DefaultWeightOnlyQuantConfig(
+        block_size=q.block_size, is_symmetric=True, accuracy_level=q.accuracy_level, bits=bits,
+        op_types_to_quantize=("MatMul",),
+    )
+
+
 def _blockwise(model: Any, q: OnnxQuant, head: TiedHead | None) -> Any:
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
 
     def run(model: Any, bits: int, include: list[str] | None, exclude: list[str] | None) -> Any:
-        cfg = DefaultWeightOnlyQuantConfig(
-            block_size=q.block_size, is_symmetric=True, accuracy_level=q.accuracy_level, bits=bits,
-            op_types_to_quantize=("MatMul",),
-        )
+        cfg = _config(q, bits, head=include is not None)
         quant = MatMulNBitsQuantizer(
             model, bits=bits, block_size=q.block_size, is_symmetric=True, accuracy_level=q.accuracy_level,
             nodes_to_include=include, nodes_to_exclude=exclude, algo_config=cfg,

@@ -1,0 +1,115 @@
+"""Round-to-nearest vs calibrated (or data-free search) 4-bit quantisation, every format, on the built-in trained
+LFM2 + LoRA: the table in bench/RESULTS.md ("Calibrated 4-bit quantisation").
+
+    .venv/bin/python bench/calibration_quality.py [--out bench/RESULTS.md] [--only gguf]
+
+Each scheme is exported without verification, then measured the way the issue defines quality: the engine's
+teacher-forced logits against the merged PyTorch reference (float32) on the held-out text (2,048 tokens in
+windows of 512, each from a fresh state): top-1 agreement and mean KL(reference || engine); plus the greedy
+prefix (how many of 32 greedy tokens after a 48-token prompt match the reference's), the bundle's bytes and the
+export wall time (calibration included; a shared machine: compare rows of one run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from common import cpu_name  # noqa: E402
+
+from edgekit import reference as ref_mod  # noqa: E402
+from edgekit import runtimes  # noqa: E402
+from edgekit.bundle import read_manifest  # noqa: E402
+from edgekit.export import export, make_plan  # noqa: E402
+from edgekit.kinds.language import parity  # noqa: E402
+
+# (format, quant, label, options)
+SCHEMES = [
+    ("gguf", "q4_k_m", "round-to-nearest", {"no_calibration": True}),
+    ("gguf", "q4_k_m", "imatrix (calibrated)", {}),
+    ("gguf", "q4_0", "round-to-nearest", {"no_calibration": True}),
+    ("gguf", "q4_0", "imatrix (calibrated)", {}),
+    ("gguf", "q5_k_m", "round-to-nearest", {"no_calibration": True}),
+    ("gguf", "q5_k_m", "imatrix (calibrated)", {}),
+    ("onnx", "int4", "round-to-nearest (affine)", {}),
+    ("onnx", "int4", "HQQ (data-free)", {"weight_algorithm": "hqq"}),
+    ("executorch", "8da4w", "round-to-nearest (affine)", {}),
+    ("executorch", "8da4w", "HQQ scale-only (data-free)", {"weight_algorithm": "hqq"}),
+]
+SOURCE, ADAPTER = "builtin:lfm2-tiny", "builtin:lfm2-tiny-lora"
+
+
+def measure(bundle: Path, model, text: str) -> dict[str, float]:
+    from tokenizers import Tokenizer
+
+    from edgekit.runtimes.protocol import SamplingParams
+
+    m = read_manifest(bundle)
+    tok = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+    ids = tok.encode(text, add_special_tokens=False).ids
+    bos = m["model"].get("bos_id") if m["model"].get("add_bos") else None
+    session = runtimes.load(bundle)
+    try:
+        tot = {"agree": 0.0, "kl_sum": 0.0, "n": 0.0}
+        for w in parity.windows(ids, bos, parity.WINDOW, parity.MIN_TOKENS):
+            c = parity.compare_logits(ref_mod.logits(model, w), session.logits(w))
+            for k in tot:
+                tot[k] += c[k]
+        prompt = ([bos] if bos is not None else []) + ids[: parity.GREEDY_PROMPT]
+        want = ref_mod.greedy(model, prompt, parity.GREEDY_TOKENS)
+        got = session.generate(prompt, SamplingParams(max_tokens=parity.GREEDY_TOKENS, stop_at_eos=False)).tokens
+    finally:
+        session.close()
+    return {
+        "top1": tot["agree"] / tot["n"], "kl": tot["kl_sum"] / tot["n"], "tokens": int(tot["n"]),
+        "greedy": parity.greedy_prefix(want, got), "bytes": sum(f["size"] for f in m["files"].values()),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", type=Path, help="markdown file to append the table to")
+    ap.add_argument("--only", help="one format")
+    args = ap.parse_args()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"]
+    text = parity.heldout_text()
+    model = None
+    rows = ["| format | quant | scheme | top-1 | mean KL | greedy | bundle MB | export s |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, (fmt, quant, label, opts) in enumerate(SCHEMES):
+            if args.only and fmt != args.only:
+                continue
+            prep = make_plan(SOURCE, fmt, quant, ADAPTER, opts)
+            if model is None:
+                model = ref_mod.load_reference(prep.checkpoint, prep.adapter, prep.plan.options)
+            t0 = time.perf_counter()
+            out = export(prep, Path(tmp) / f"b{k}", verify=False, progress=lambda _m: None)
+            seconds = time.perf_counter() - t0
+            r = measure(out, model, text)
+            rows.append(
+                f"| {fmt} | {quant} | {label} | {r['top1']:.4f} | {r['kl']:.2e} | {r['greedy']}/{parity.GREEDY_TOKENS} | "
+                f"{r['bytes'] / 1e6:.2f} | {seconds:.0f} |"
+            )
+            print(rows[-1], flush=True)
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    table = (
+        f"\ncommit {commit}, {cpu_name()}, {when}, load average at start {' '.join(load)} (2 cores shared by "
+        f"several jobs); {r['tokens']} held-out tokens; command: `.venv/bin/python bench/calibration_quality.py`\n\n"
+        + "\n".join(rows) + "\n"
+    )
+    print(table)
+    if args.out:
+        with args.out.open("a", encoding="utf-8") as f:
+            f.write(table)
+
+
+if __name__ == "__main__":
+    main()
