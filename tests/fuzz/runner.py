@@ -135,9 +135,10 @@ def gen_config(rng: random.Random, i: int, d: Path, base: Path) -> Case:
             k = rng.randrange(len(raw))
             raw = raw[:k] + bytes([rng.choice(b"{}[]:,\"")]) + raw[k + 1:]
         p.write_bytes(raw)
-        # a flipped structural character may still parse and change nothing: the oracle re-reads the file
+        # a flipped character may still parse: right to accept only if the model the config describes is the same
         if how == "flip":
-            return Case("config", i, f"byte flip ({how})", "either", "plan", oracle=lambda _d, raw=raw: _same_json(raw, cfg))
+            return Case("config", i, f"byte flip ({how})", "either", "plan",
+                        oracle=lambda _d, raw=raw: _config_equivalent(raw, cfg))
         return Case("config", i, f"bytes ({how})", "refuse", "plan")
     variant = rng.choice(["indent", "sorted", "comment", "version"])
     if variant == "comment":
@@ -148,11 +149,20 @@ def gen_config(rng: random.Random, i: int, d: Path, base: Path) -> Case:
     return Case("config", i, f"benign ({variant})", "accept", "plan")
 
 
-def _same_json(raw: bytes, original: Any) -> bool:
+def _config_equivalent(raw: bytes, original: dict[str, Any]) -> bool:
+    """The mutated config describes the same model: every original key has its value, or is absent (a renamed
+    key) and transformers' default equals the original value; keys added by the mutation are unknown to both."""
     try:
-        return json.loads(raw.decode("utf-8")) == original
+        new = json.loads(raw.decode("utf-8"))
     except Exception:
         return False
+    if not isinstance(new, dict):
+        return False
+    from transformers import Lfm2Config
+
+    defaults = Lfm2Config().to_dict()
+    missing = object()
+    return all(new.get(k, defaults.get(k, missing)) == v for k, v in original.items())
 
 
 def gen_safetensors(rng: random.Random, i: int, d: Path, base: Path) -> Case:
@@ -280,7 +290,7 @@ def gen_tokenizer(rng: random.Random, i: int, d: Path, base: Path) -> Case:
     if kind == "template":
         (ck / "chat_template.jinja").write_text(rng.choice(
             ["{% for m in messages %}{{ m.content }}", "{{ messages[0].content ", "{% if x %}a{% endfor %}",
-             "{% raw %}", "{{ x | }}"]), encoding="utf-8")
+             "{% endfor %}", "{{ x | }}"]), encoding="utf-8")  # ("{% raw %}" alone is valid: it renders "")
         return Case("tokenizer", i, "chat template syntax error", "refuse", "plan")
     save_json(tj, tok, indent=rng.choice([None, 2]), ensure_ascii=rng.random() < 0.5)
     return Case("tokenizer", i, "benign (re-serialised tokenizer.json)", "accept", "plan")
