@@ -158,6 +158,7 @@ def main() -> None:
     ap.add_argument("--bundle", type=Path, help="a GGUF bundle (default: export builtin:lfm2-tiny + LoRA, q8_0)")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--single", type=int, default=50, help="requests of the one-client row")
     ap.add_argument("--max-tokens", type=int, default=32)
     # 1 thread: on a shared, loaded 2-core machine llama.cpp's per-op thread barrier with 2 threads made one
     # 32-token generation take 7.1 s instead of 0.06 s (raw llama_cpp.Llama, load average 13)
@@ -181,12 +182,13 @@ def main() -> None:
         for kind in (KINDS if rnd % 2 == 0 else KINDS[::-1]):
             with server(kind, bundle, args.threads, args.ctx) as base:
                 refs[kind] = reference(base, args.max_tokens)
-                for stream in (False, True):
-                    r = load(base, args.clients, args.requests, args.max_tokens, stream, refs[kind])
-                    results.setdefault((kind, stream), []).append(r)
-                    print(f"round {rnd} {kind:44s} stream={stream!s:5s} {r['rps']:7.2f} req/s  p50 "
+                for clients, stream, n in ((1, False, args.single), (args.clients, False, args.requests),
+                                           (args.clients, True, args.requests)):
+                    r = load(base, clients, n, args.max_tokens, stream, refs[kind])
+                    results.setdefault((kind, stream, clients), []).append(r)
+                    print(f"round {rnd} {kind:44s} clients={clients} stream={stream!s:5s} {r['rps']:7.2f} req/s  p50 "
                           f"{r['p50']*1e3:7.1f} p90 {r['p90']*1e3:7.1f} p99 {r['p99']*1e3:7.1f} ms  complete "
-                          f"{r['complete']}/{args.requests}", file=sys.stderr, flush=True)
+                          f"{r['complete']}/{n}", file=sys.stderr, flush=True)
                 if rnd == 0 and kind != LLAMA_NO_INTERRUPT:
                     bad[kind] = malformed(base)
     load_after = os.getloadavg()
@@ -197,34 +199,37 @@ def main() -> None:
         f"### edgekit serve vs llama_cpp.server — same GGUF ({bundle.name}: builtin:lfm2-tiny + LoRA), "
         f"{args.threads} threads each",
         "",
-        f"`.venv/bin/python bench/server_bench.py` — {cpu_name()}, {os.cpu_count()} cores, commit {git_commit()}; "
+        f"`.venv/bin/python bench/server_bench.py --rounds {args.rounds}` — {cpu_name()}, {os.cpu_count()} cores, commit {git_commit()}; "
         f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (1 min). {args.clients} concurrent "
-        f"clients, {args.requests} greedy `/v1/completions` requests per row, {args.max_tokens} tokens at most, "
+        f"clients ({args.single} requests one at a time in the 1-client row), {args.requests} greedy `/v1/completions` requests per row, {args.max_tokens} tokens at most, "
         f"{len(PROMPTS)} prompts in turn; latency = send to last byte; {args.rounds} rounds, servers alternating; "
         "the row is the median of the rounds' figures.",
         "",
-        "| server | stream | req/s | p50 ms | p90 ms | p99 ms | TTFT p50 ms | complete answers | text returned | "
+        "| server | clients | stream | req/s | p50 ms | p90 ms | p99 ms | TTFT p50 ms | complete answers | text returned | "
         "rounds' req/s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     med = lambda rows, k: statistics.median(r[k] for r in rows)  # noqa: E731
-    for stream in (False, True):
+    for clients, stream, n in ((1, False, args.single), (args.clients, False, args.requests),
+                               (args.clients, True, args.requests)):
         for kind in KINDS:
-            rows = results[(kind, stream)]
+            rows = results[(kind, stream, clients)]
             ttft = [r["ttft_p50"] for r in rows if r["ttft_p50"] is not None]
             lines.append(
-                f"| {kind} | {'yes' if stream else 'no'} | {med(rows, 'rps'):.2f} | {med(rows, 'p50') * 1e3:.1f} | "
+                f"| {kind} | {clients} | {'yes' if stream else 'no'} | {med(rows, 'rps'):.2f} | {med(rows, 'p50') * 1e3:.1f} | "
                 f"{med(rows, 'p90') * 1e3:.1f} | {med(rows, 'p99') * 1e3:.1f} | "
                 + (f"{statistics.median(ttft) * 1e3:.1f}" if ttft else "-")
-                + f" | {sum(r['complete'] for r in rows)}/{len(rows) * args.requests}"
+                + f" | {sum(r['complete'] for r in rows)}/{len(rows) * n}"
                 + f" | {100 * min(r['chars'] for r in rows):.0f} %"
                 + " | " + ", ".join(f"{r['rps']:.2f}" for r in rows) + " |")
-    ratio = med(results[("edgekit", False)], "rps") / med(results[(LLAMA_NO_INTERRUPT, False)], "rps")
-    ratio_s = med(results[("edgekit", True)], "rps") / med(results[(LLAMA_NO_INTERRUPT, True)], "rps")
+    rat = lambda stream, c: (med(results[("edgekit", stream, c)], "rps")  # noqa: E731
+                             / med(results[(LLAMA_NO_INTERRUPT, stream, c)], "rps"))
+    ratio1, ratio, ratio_s = rat(False, 1), rat(False, args.clients), rat(True, args.clients)
     lines += [
         "",
-        f"edgekit / llama_cpp.server (complete answers, `--interrupt_requests False`) requests/s: {ratio:.2f}x "
-        f"without streaming, {ratio_s:.2f}x streaming. A complete answer is the same text as that server's own "
+        f"edgekit / llama_cpp.server (complete answers, `--interrupt_requests False`) requests/s: {ratio1:.2f}x "
+        f"one client at a time, {ratio:.2f}x with {args.clients} clients without streaming, {ratio_s:.2f}x streaming. "
+        "A complete answer is the same text as that server's own "
         "single-client greedy answer to the prompt; text returned = characters received / characters of the "
         f"complete answers (lowest round). Greedy single-client texts identical between edgekit and llama_cpp.server: "
         f"{same}/{len(PROMPTS)} prompts.",
