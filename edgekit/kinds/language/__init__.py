@@ -16,6 +16,12 @@ from .parity import run as verify
 
 
 COST_WARN_FACTOR = 10.0
+# The engine's own error (activation rounding it does differently, accumulation order, an F16 KV cache) is
+# amplified by a sensitive model exactly as the quantisation error is: on a random-weight LFM2 whose q4_k_m
+# costs mean KL 0.115 / top-1 0.38, llama.cpp's fidelity was 1.7e-3 / 0.90 (built-in model: cost 1.1e-2,
+# fidelity 2.9e-4).  So the fidelity bars widen on such a model: the engine may add at most this share of the
+# quantisation's KL, and the square root of it of its top-1 flips (flips grow like the logit noise, ~sqrt(KL)).
+FIDELITY_SHARE_OF_COST = 0.05
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,16 @@ class Thresholds:
         keys = ("min_top1", "max_mean_kl", "max_abs_logit", "min_greedy_prefix", "cost_kl", "max_cost_kl")
         return cls(**{k: d[k] for k in keys if k in d})
 
+    def fidelity_bars(self, m: Mapping[str, Any]) -> tuple[float, float]:
+        """(top-1 bar, mean KL bar) of the fidelity: the recipe's, widened where the quantisation itself costs
+        this model much more (``FIDELITY_SHARE_OF_COST``); only when fidelity is measured against the file's own
+        weights (otherwise fidelity and cost are one number)."""
+        cost = m.get("cost")
+        if not cost or m.get("fidelity_reference") != "file weights":
+            return self.min_top1, self.max_mean_kl
+        top1 = min(self.min_top1, 1.0 - FIDELITY_SHARE_OF_COST**0.5 * (1.0 - cost["top1"]))
+        return top1, max(self.max_mean_kl, FIDELITY_SHARE_OF_COST * cost["mean_kl"])
+
     def warnings(self, m: Mapping[str, Any]) -> list[str]:
         """A quantisation cost far above the built-in model's for this quant (one line each; not failures)."""
         cost = m.get("cost")
@@ -54,10 +70,11 @@ class Thresholds:
     def check(self, m: Mapping[str, Any]) -> list[str]:
         """Failures of metrics ``m`` against these thresholds (one line each); NaN never passes."""
         fails = list((m.get("tensor_check") or {}).get("failures", []))
-        if not m["top1"] >= self.min_top1:
-            fails.append(f"fidelity top-1 agreement {m['top1']:.4f} < {self.min_top1}")
-        if not m["mean_kl"] <= self.max_mean_kl:
-            fails.append(f"fidelity mean KL {m['mean_kl']:.3e} > {self.max_mean_kl:.1e}")
+        top1_bar, kl_bar = self.fidelity_bars(m)
+        if not m["top1"] >= top1_bar:
+            fails.append(f"fidelity top-1 agreement {m['top1']:.4f} < {top1_bar:.4g}")
+        if not m["mean_kl"] <= kl_bar:
+            fails.append(f"fidelity mean KL {m['mean_kl']:.3e} > {kl_bar:.2e}")
         cost = m.get("cost")
         if self.max_cost_kl is not None and cost and not cost["mean_kl"] <= self.max_cost_kl:
             fails.append(f"quantisation cost mean KL {cost['mean_kl']:.3e} > --max-kl {self.max_cost_kl:.1e}")
@@ -89,9 +106,10 @@ class Thresholds:
             ("cost: mean KL", f"{cost['mean_kl']:.2e}", budget),
             ("cost: KL / entropy", f"{cost['kl_rel']:.2e}", f"H={cost['entropy']:.2f} nats"),
         ] if cost else []
+        top1_bar, kl_bar = self.fidelity_bars(m)
         return tensor + [
-            ("fidelity: top-1 agreement", f"{m['top1']:.4f}", f">= {self.min_top1}"),
-            ("fidelity: mean KL", f"{m['mean_kl']:.2e}", f"<= {self.max_mean_kl:.0e}"),
+            ("fidelity: top-1 agreement", f"{m['top1']:.4f}", f">= {top1_bar:.4g}"),
+            ("fidelity: mean KL", f"{m['mean_kl']:.2e}", f"<= {kl_bar:.2g}"),
             ("max |Δlogit|", f"{m['max_abs_logit']:.2e}", f"<= {self.max_abs_logit}" if self.max_abs_logit else "-"),
             ("greedy prefix", f"{m['greedy_prefix']}/{m['greedy_tokens']}", f">= {self.min_greedy_prefix}"),
             ("tokenizer match", str(m["tokenizer_match"]), "True"),
@@ -132,10 +150,16 @@ def metadata(checkpoint: Any, artifact: Mapping[str, Any] | None = None) -> dict
 
 def summary(m: Mapping[str, Any]) -> str:
     """One line of verification metrics (``edgekit info``)."""
-    return (
+    line = (
         f"top-1 {m['top1']:.4f}, mean KL {m['mean_kl']:.2e}, max |Δlogit| {m['max_abs_logit']:.2e}, "
         f"greedy {m['greedy_prefix']}/{m['greedy_tokens']}"
     )
+    cost, tc = m.get("cost"), m.get("tensor_check")
+    if cost is None:
+        return line
+    tensors = "n/a" if tc is None else ("PASS" if tc["passed"] else "FAIL")
+    return (f"tensor check {tensors}; fidelity {line}; quantisation cost top-1 {cost['top1']:.4f}, "
+            f"mean KL {cost['mean_kl']:.2e}")
 
 
 def io(checkpoint: Any) -> dict[str, Any]:

@@ -44,6 +44,7 @@ def write(root: Path, manifest: Mapping[str, Any], model: Any, progress: Callabl
     # the fidelity reference (the file's own weights, the engine's activation quantisation): a device is held to
     # the fidelity thresholds, so it is compared with what the file itself computes, not with the float model
     model = verify.file_reference(Path(root), manifest, model)[1]
+    host_metrics = (manifest.get("verification") or {}).get("metrics") or {}
     session = runtimes.load(root)
     try:
         window = min(verify.WINDOW, int(getattr(session, "n_ctx", verify.WINDOW)))  # sized to a small context
@@ -69,6 +70,9 @@ def write(root: Path, manifest: Mapping[str, Any], model: Any, progress: Callabl
         "host_engine": {"argmax": host_argmax, "greedy": list(host_greedy)},
         "greedy": {"prompt": list(prompt), "reference": reference.greedy(model, prompt, n_greedy)},
         "tokenizer": {"text": sample, "ids": tok.encode(sample, add_special_tokens=False).ids},
+        # the host's quantisation cost, so a device's fidelity bars widen exactly as the host's did
+        "cost": host_metrics.get("cost"),
+        "fidelity_reference": host_metrics.get("fidelity_reference"),
     }
 
 
@@ -118,6 +122,8 @@ def compare(session: Any, golden: Mapping[str, Any]) -> DeviceCheck:
         "host_top1": host_agree / totals["n"],  # agreement with the host engine on the same bundle
         "host_greedy_prefix": greedy_prefix(golden["host_engine"]["greedy"], got_greedy),
         "tokenizer_match": session.tokenize(tok["text"], add_special=False) == tok["ids"],
+        "cost": golden.get("cost"),
+        "fidelity_reference": golden.get("fidelity_reference"),
     }
     from . import Thresholds
 

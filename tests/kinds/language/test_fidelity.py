@@ -49,9 +49,10 @@ def test_flat_random_model_passes_fidelity(export_cache, flat_lfm2, fmt, quant):
     m = v["metrics"]
     assert v["passed"], v["failures"]
     assert m["tensor_check"]["passed"] and m["fidelity_reference"] == "file weights"
-    assert m["top1"] >= t.min_top1 and m["mean_kl"] <= t.max_mean_kl, m
-    # the cost is reported, and on this flat model it is far from the fidelity: quantisation moves top-1 choices
-    assert m["cost"]["mean_kl"] > 3 * m["mean_kl"], (m["cost"], m["mean_kl"])
+    top1_bar, kl_bar = t.fidelity_bars(m)
+    assert m["top1"] >= top1_bar and m["mean_kl"] <= kl_bar, m
+    # the engine adds at most 5 % of what quantisation costs this sensitive model, whatever that cost is
+    assert m["mean_kl"] <= max(t.max_mean_kl, 0.05 * m["cost"]["mean_kl"]), (m["cost"], m["mean_kl"])
 
 
 def _swap_block_scales(path: Path, tensor: str) -> None:
