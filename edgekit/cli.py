@@ -332,7 +332,8 @@ def add_verbose_flags(p: argparse.ArgumentParser, sub: Any) -> None:
     help_ = "on an error, also print its details and traceback"
     p.add_argument("-v", "--verbose", action="store_true", help=help_)
     for sp in sub.choices.values():
-        sp.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=help_)
+        if "--verbose" not in sp._option_string_actions:  # a subcommand may already have its own
+            sp.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=help_)
 
 
 def report_error(exc: BaseException, verbose: bool, prefix: str = "edgekit: error: ", hint: str = "") -> None:
