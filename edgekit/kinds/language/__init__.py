@@ -40,13 +40,18 @@ class Thresholds:
     min_greedy_prefix: int = 0  # greedy tokens that must equal the reference before the first divergence
     cost_kl: float | None = None
     max_cost_kl: float | None = None
+    # bars against the *float* model, for where the engine cannot be held to the file's weights (a separate
+    # LoRA adapter switched in over a quantised base): the pre-issue-11 bars, measured on the built-in
+    float_min_top1: float | None = None
+    float_max_kl: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Thresholds":
-        keys = ("min_top1", "max_mean_kl", "max_abs_logit", "min_greedy_prefix", "cost_kl", "max_cost_kl")
+        keys = ("min_top1", "max_mean_kl", "max_abs_logit", "min_greedy_prefix", "cost_kl", "max_cost_kl",
+                "float_min_top1", "float_max_kl")
         return cls(**{k: d[k] for k in keys if k in d})
 
     def fidelity_bars(self, m: Mapping[str, Any]) -> tuple[float, float]:
@@ -54,6 +59,8 @@ class Thresholds:
         this model much more (``FIDELITY_SHARE_OF_COST``); only when fidelity is measured against the file's own
         weights (otherwise fidelity and cost are one number)."""
         cost = m.get("cost")
+        if m.get("fidelity_reference", "file weights") != "file weights" and self.float_min_top1 is not None:
+            return self.float_min_top1, self.float_max_kl if self.float_max_kl is not None else self.max_mean_kl
         if not cost or m.get("fidelity_reference") != "file weights":
             return self.min_top1, self.max_mean_kl
         top1 = min(self.min_top1, 1.0 - FIDELITY_SHARE_OF_COST**0.5 * (1.0 - cost["top1"]))

@@ -129,8 +129,11 @@ def run(
     wins = windows(ids, bos, window, min_tokens)
     if sum(len(w) for w in wins) < min_tokens:
         raise EdgekitError(f"verification text has {len(ids)} tokens; at least {min_tokens} are needed")
-    progress("verify: reading the weights back from the file (tensor check)")
-    tcheck, qref = file_reference(Path(root), session.manifest, reference)
+    if getattr(session, "active_adapter", None) is None:
+        progress("verify: reading the weights back from the file (tensor check)")
+        tcheck, qref = file_reference(Path(root), session.manifest, reference)
+    else:  # a separate adapter switched in: the file holds the base only, so the engine is held to the float model
+        tcheck, qref = None, reference
     fid: dict[str, float] = {}
     cost: dict[str, float] = {}
     for i, w in enumerate(wins, 1):
@@ -170,7 +173,9 @@ def run(
         "text_prompt_match": from_text == from_ids,
         "tokenizer_match": session.tokenize(sample, add_special=False) == tok.encode(sample, add_special_tokens=False).ids,
         "text_sha256": hashlib.sha256(text.encode()).hexdigest(),
-        "fidelity_reference": "file weights" if qref is not reference else "float (no read-back for this pair)",
+        "fidelity_reference": "file weights" if qref is not reference else (
+            "float (no read-back for this pair)" if getattr(session, "active_adapter", None) is None
+            else "float (a separate adapter is switched in; the file holds the base)"),
         "act_quant": sorted({str(v) for v in getattr(qref, "edgekit_act_quant", {}).values()}),
         "tensor_check": tcheck.to_dict() if tcheck is not None else None,
         "cost": {

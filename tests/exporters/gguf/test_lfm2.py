@@ -65,15 +65,15 @@ PROMPT = b"import os\nimport sys\n\n\ndef main(argv):\n    "
 
 
 def test_llama_cpp_alone_runs_q4_k_m_like_the_reference(export_cache, reference_model):
-    """The reference model, teacher-forced on llama.cpp's own greedy text, picks the same next token at least
-    as often as the Q4_K_M top-1 threshold says."""
+    """The float reference model, teacher-forced on llama.cpp's own greedy text, picks the same next token at
+    least 85 % of the time (Q4_K_M's quantisation cost on this model: top-1 0.914 teacher-forced)."""
     from edgekit.reference import logits
 
     bundle = exported(export_cache, "builtin:lfm2-tiny", "gguf", "q4_k_m", adapter="builtin:lfm2-tiny-lora")
     prompt, got = plain_greedy(bundle / "model.gguf", PROMPT, 32)
     ref_next = logits(reference_model, prompt + got)[len(prompt) - 1 : -1].argmax(-1)
     agreement = float((ref_next == got).mean())
-    assert agreement >= GGUF.thresholds["q4_k_m"].min_top1, (agreement, got)
+    assert agreement >= 0.85, (agreement, got)
 
 
 def test_llama_cpp_alone_runs_f32_exactly_like_the_reference(export_cache, reference_model):
