@@ -240,6 +240,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         lines.append(f"verified    {'PASS' if v['passed'] else 'FAIL'}: {summary}")
     else:
         lines.append("verified    no (run: edgekit verify BUNDLE)")
+    if m.get("adapters"):
+        from .adapters import describe
+
+        lines += [f"adapters    {line}" for line in describe(m)]
     print("\n".join(lines))
     return 0
 

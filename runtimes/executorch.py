@@ -20,7 +20,9 @@ import numpy as np
 
 from ..errors import BundleError, ContextLengthError, require
 from .decoding import TextCodec, check_fits, decode
-from .protocol import Generation, Prompt, SamplingParams, StreamResult, Timing, generate_via_stream, utf8_text
+from .protocol import (
+    Generation, Prompt, SamplingParams, StreamResult, Timing, adapter_entry, generate_via_stream, utf8_text,
+)
 
 _METADATA = ("get_max_seq_len", "get_max_context_len", "get_vocab_size")
 
@@ -45,7 +47,7 @@ class ExecuTorchSession:
 
     def __init__(
         self, root: Path, manifest: Mapping[str, Any], n_threads: int | None = None, n_ctx: int | None = None,
-        use_runner: bool = True,
+        use_runner: bool = True, adapter: str | None = None,
     ) -> None:
         self._torch, runtime = _kernels()
         self.root = Path(root)
@@ -56,6 +58,17 @@ class ExecuTorchSession:
         data = [self.root / f for f in art.get("data_files", [])]
         if len(data) > 1:
             raise BundleError(f"{self.root}: more than one .ptd file ({', '.join(map(str, data))}); expected at most one")
+        # separate LoRA adapters (protocol.AdapterSession): the program's LoRA data file is chosen at load time
+        self.adapters = tuple((manifest.get("adapters") or {}).get("items") or {})
+        self.active_adapter: str | None = None
+        if self.adapters:
+            if data:
+                raise BundleError(f"{self.root}: a separate-adapter program takes no other data file; re-export it")
+            entry = adapter_entry(manifest, adapter)
+            data = [self.root / (entry["file"] if entry else art["lora_base_data"])]
+            self.active_adapter = adapter
+        elif adapter is not None:
+            adapter_entry(manifest, adapter)  # raises: the bundle has no adapters
         self._runtime, self._data = runtime, (data[0] if data else None)
         self._use_runner = use_runner
         self._runner: Any = None
@@ -125,6 +138,29 @@ class ExecuTorchSession:
                 return None
             self._forward = None  # one XNNPACK copy of the weights at a time
         return self._runner
+
+    # -- adapters (protocol.AdapterSession) ---------------------------------------------------------------
+    def use_adapter(self, name: str | None, scale: float = 1.0) -> float:
+        """Load the program with adapter ``name``'s data file (None: the zero-branch file, the base alone).
+        XNNPACK packs weights when a method loads, so this reloads the program (the .pte is memory-mapped);
+        the scale is baked into the data file: only 1.0 is accepted.  Returns seconds."""
+        from ..errors import AdapterError
+
+        entry = adapter_entry(self.manifest, name, scale)
+        if float(scale) != 1.0:
+            raise AdapterError(
+                f"ExecuTorch applies an adapter at scale 1.0 only (its weights are constants of the data file); "
+                f"GGUF and ONNX bundles take any scale, got {scale}"
+            )
+        t0 = time.perf_counter()
+        data = self.root / (entry["file"] if entry else self.manifest["artifact"]["lora_base_data"])
+        self.close_runner()
+        self._forward = self._program = None
+        self._data = data
+        self._program, self._forward = self._open(self._runtime, data)
+        self.active_adapter = name
+        self.reset()
+        return time.perf_counter() - t0
 
     # -- text ---------------------------------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:

@@ -149,7 +149,7 @@ class SteppableSession(Protocol):
 class AdapterSession(Protocol):
     """Sessions over a bundle exported with ``--lora-mode separate`` (all three language engines implement it).
 
-    ``adapters`` names the bundle's adapters (manifest order); ``active_adapter`` is the one applied (None: the
+    ``adapters`` names the bundle's adapters (sorted); ``active_adapter`` is the one applied (None: the
     base alone, the state after loading unless ``load(bundle, adapter=NAME)``).  ``use_adapter(name | None,
     scale=1.0)`` switches in place — the base stays loaded; the sequence state is dropped — and returns the
     switch time in seconds; ``scale`` multiplies the adapter's update (1.0: as trained).  An unknown name raises

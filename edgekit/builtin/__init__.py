@@ -12,7 +12,7 @@ from ..errors import CheckpointError
 
 PREFIX = "builtin:"
 ROOT = Path(__file__).parent
-NAMES = ("lfm2-tiny", "lfm2-tiny-lora", "bitnet-tiny", "bitnet-tiny-lora", "trm-sudoku")
+NAMES = ("lfm2-tiny", "lfm2-tiny-lora", "lfm2-tiny-lora2", "bitnet-tiny", "bitnet-tiny-lora", "trm-sudoku")
 
 
 def resolve(source: str | Path) -> Path:

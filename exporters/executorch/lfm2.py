@@ -282,7 +282,8 @@ def lora_modules(targets: Sequence[str], rank: int, scale: float) -> dict[str, L
 PARAMS_FILE = "params.json"
 DEFAULT_CONTEXT = 2048
 EMBEDDING_BITS = {"none": None, "8": 8, "4": 4}
-LORA_DATA = "adapter"  # -> adapter.ptd
+LORA_DATA = "adapter"  # the tag of the LoRA constants: lowering writes adapter.ptd
+LORA_BASE_DATA = "lora_zero.ptd"  # that file with zero branches: the base model alone
 SHARED_DATA = "model"  # -> model.ptd: the tied embedding / LM head table, stored once
 # ExecuTorch's ShortConvBlock hard-codes this kernel length, so export_llm can only rebuild models that use it
 EXPORT_LLM_CONV_KERNEL = 3
@@ -347,21 +348,43 @@ def _base_weights(job: ExportJob) -> dict[str, np.ndarray]:
     return out
 
 
-def _lora(job: ExportJob) -> tuple[dict[str, LoraSpec], dict[str, np.ndarray]]:
-    """(LoRA specs per module type, PEFT tensors) of the plan's adapter, for separate mode."""
-    from safetensors.torch import load_file
+def _lora(job: ExportJob) -> tuple[dict[str, LoraSpec], dict[str, dict[str, Any]]]:
+    """(LoRA branch spec per module type, factors per adapter name) of the plan's separate adapters.  A branch's
+    rank is the largest any adapter uses on that module type (smaller ones are zero-padded, exactly); PEFT's
+    scaling is folded into B (``edgekit.adapters.factors``), so every branch has scale 1."""
+    from ...adapters import factors
+    from ...lora import open_adapter
 
-    if job.plan.adapter is None:
+    if not job.plan.adapters:
         raise UnsupportedError("executorch --lora-mode separate needs --adapter")
-    root = Path(job.plan.adapter)
-    cfg = json.loads((root / "adapter_config.json").read_text())
-    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
-        raise AdapterError(f"{root}: per-module rank/alpha patterns are not supported with --lora-mode separate; use merged")
-    rank, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
-    scale = alpha / (rank**0.5) if cfg.get("use_rslora") else alpha / rank
-    tensors = {k: v.float().numpy() for k, v in load_file(str(root / "adapter_model.safetensors")).items()}
-    targets = sorted({k.split(".lora_")[0].rsplit(".", 1)[-1] for k in tensors})
-    return lora_modules(targets, rank, scale), tensors
+    per_name = {name: factors(open_adapter(path, job.checkpoint)) for name, path in job.plan.adapters}
+    ranks: dict[str, int] = {}
+    for f in per_name.values():
+        for module, lf in f.items():
+            leaf = module.rsplit(".", 1)[-1]
+            ranks[leaf] = max(ranks.get(leaf, 0), lf.rank)
+    return {leaf: LoraSpec(r, 1.0) for leaf, r in sorted(ranks.items())}, per_name
+
+
+def load_factors(model: Lfm2, f: Mapping[str, Any]) -> None:
+    """One adapter's factors (``edgekit.adapters.LoraFactors`` by HF module name) into the LoRA branches, zero
+    elsewhere and beyond each factor's rank; in_proj's B is split in three like its base weight."""
+    params = dict(model.named_parameters())
+    d = model.shape.hidden_size
+    with torch.no_grad():
+        for name, p in params.items():
+            if ".lora_" in name:
+                p.zero_()
+        for module, lf in f.items():
+            for name, part in _dest(module + ".weight"):
+                a, b = torch.from_numpy(lf.a), torch.from_numpy(lf.b)
+                if part is not None:
+                    b = b[part * d : (part + 1) * d]
+                pa, pb = params[name.replace(".base.weight", ".lora_a.weight")], params[name.replace(".base.weight", ".lora_b.weight")]
+                if lf.rank > pa.shape[0]:
+                    raise AdapterError(f"{module}: rank {lf.rank} exceeds the program's LoRA branch rank {pa.shape[0]}")
+                pa[: lf.rank].copy_(a)
+                pb[:, : lf.rank].copy_(b)
 
 
 def _versions() -> dict[str, str]:
@@ -381,17 +404,16 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
     cfg = job.config.with_context(max_context)
 
     t0 = time.perf_counter()
-    lora_specs, lora_tensors = _lora(job) if separate else ({}, {})
+    lora_specs, lora_factors = _lora(job) if separate else ({}, {})
     job.progress(f"building the ExecuTorch LFM2 graph (context {max_context}, LoRA {options.lora_mode})")
     torch.manual_seed(0)
     eager = Lfm2(cfg, lora_specs)
     load_weights(eager, _base_weights(job) if separate else job.weights)
     if separate:
-        with torch.no_grad():
-            for name, p in eager.named_parameters():
-                if ".lora_" in name:
-                    p.zero_()  # modules the adapter does not touch keep a zero branch
-        load_lora(eager, lora_tensors)
+        from . import adapters as adapter_data
+
+        adapter_data.set_placeholders(eager)  # distinct values: XNNPACK keys external data by content hash
+        placeholders = adapter_data.lora_values(eager)
 
     seconds: dict[str, float] = {}
     t = time.perf_counter()
@@ -422,6 +444,20 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
         eager, example_inputs(), ({1: tokens}, {0: 1}), out_dir, ARTIFACT, runner_metadata(cfg, max_context),
         job.progress, tag if (separate or shared) else None,
     )
+    adapter_files: dict[str, Any] = {}
+    lora_keys: dict[str, Any] = {}
+    if separate:
+        from ...adapters import ADAPTER_DIR
+
+        lowered = out_dir / f"{LORA_DATA}.ptd"
+        lora_keys = adapter_data.key_map(lowered, placeholders)
+        zeros = {k: np.zeros_like(v) for k, v in placeholders.items()}
+        adapter_data.write_data(lowered, lora_keys, zeros, out_dir / LORA_BASE_DATA)
+        for name, f in lora_factors.items():
+            rel = f"{ADAPTER_DIR}/{name}{adapter_data.SUFFIX}"
+            size = adapter_data.write_data(lowered, lora_keys, adapter_data.adapter_values(eager, f), out_dir / rel)
+            adapter_files[name] = {"file": rel, "bytes": size, "max_rank": max(lf.rank for lf in f.values())}
+        lowered.unlink()
     params_note = None
     if job.config.conv_L_cache == EXPORT_LLM_CONV_KERNEL:
         (out_dir / PARAMS_FILE).write_text(json.dumps(params_json(job.config), indent=2) + "\n")
@@ -432,7 +468,8 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
         )
     return {
         "file": ARTIFACT,
-        "data_files": [f for f in result.files if f.endswith(".ptd")],
+        # a separate LoRA's data files are chosen at load time (``lora_base_data`` or an adapter's)
+        "data_files": [f for f in result.files if f.endswith(".ptd") and not (separate and f == f"{LORA_DATA}.ptd")],
         "params": None if params_note else PARAMS_FILE,
         **({"params_note": params_note} if params_note else {}),
         "backend": "xnnpack",
@@ -442,6 +479,9 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
         "embedding_quant": options.embedding_quant,
         "shared_embedding": shared,
         "lora_mode": options.lora_mode,
+        **({"lora_base_data": LORA_BASE_DATA, "lora_branches": {k: v.rank for k, v in lora_specs.items()},
+            "lora_keys": lora_keys} if separate else {}),
+        **({"adapter_files": adapter_files} if separate else {}),
         "max_context": max_context,
         "max_seq_len": max_context - 1,
         # prefill is one forward call for any prompt up to max_seq_len tokens (no static shapes needed)

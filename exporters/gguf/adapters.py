@@ -5,7 +5,7 @@ adapter``, ``adapter.type = lora``, ``adapter.lora.alpha`` (float32), ``general.
 and per adapted weight two tensors ``<base tensor name>.lora_a`` (numpy [r, in], ggml ne [in, r]) and ``.lora_b``
 (numpy [out, r], ggml ne [r, out]).  llama.cpp's graph adds ``scale * B (A x)`` after the base matmul (and after
 BitNet's per-tensor ``.scale`` multiply, ``llm_graph_context::build_lora_mm``), where ``scale = adapter_scale *
-alpha / rank`` — or ``adapter_scale`` itself when alpha is 0.  edgekit folds PEFT's scaling (rsLoRA and per-module
+alpha / rank`` — or ``adapter_scale`` itself when alpha is 0 (BitNet's ffn_up / ffn_gate: see ``POST_SCALED``).  edgekit folds PEFT's scaling (rsLoRA and per-module
 patterns included) into B and writes alpha = 0, so ``adapter_scale`` (``use_adapter(name, scale)``) is exactly the
 multiplier of the adapter as trained.  Factors are stored as F32: the adapter is small and must stay exact.
 """
@@ -72,9 +72,30 @@ def write_file(path: Path, arch: str, name: str, tensors: Mapping[str, LoraFacto
     return path.stat().st_size
 
 
-def _one(out_dir: Path, family: str, n_layers: int, named: NamedAdapter) -> dict[str, Any]:
+# llama.cpp (the version llama-cpp-python 0.3.36 bundles) multiplies a BitNet projection's output by its
+# per-tensor ``.scale`` at two places: ``build_lora_mm(w, cur, w_s)`` scales *before* adding the LoRA branch
+# (q/k/v/o/down), but ``build_ffn`` scales ffn_up / ffn_gate *after* ``build_lora_mm(up, cur)`` has added it, so
+# those two branches come out multiplied by the scale: their B is divided by it here (measured on the built-in:
+# without it, llama.cpp + adapter vs the unmerged reference was 5x farther than the base vs its reference).
+POST_SCALED = ("mlp.up_proj", "mlp.gate_proj")
+
+
+def _post_scale_fix(family: str, checkpoint: Any, f: dict[str, LoraFactors]) -> dict[str, LoraFactors]:
+    if family != "bitnet" or not any(m.endswith(POST_SCALED) for m in f):
+        return f
+    from ...families.bitnet.weights import load
+
+    ternary = load(checkpoint.path).ternary
+    out = dict(f)
+    for m, lf in f.items():
+        if m.endswith(POST_SCALED):
+            out[m] = LoraFactors(lf.a, (lf.b / np.float32(ternary[m + ".weight"].scale)).astype(np.float32))
+    return out
+
+
+def _one(out_dir: Path, family: str, n_layers: int, named: NamedAdapter, checkpoint: Any) -> dict[str, Any]:
     namer = tensor_namer(family, n_layers)
-    f = factors(named.adapter)
+    f = _post_scale_fix(family, checkpoint, factors(named.adapter))
     rel = f"{ADAPTER_DIR}/{named.name}.gguf"
     size = write_file(out_dir / rel, arch_of(family), named.name, {namer(m): lf for m, lf in f.items()})
     return {"file": rel, "bytes": size, "tensors": 2 * len(f), "max_rank": max(lf.rank for lf in f.values())}
@@ -87,7 +108,7 @@ def write(job: Any, named: Sequence[NamedAdapter], out_dir: Path, artifact: dict
     items = {}
     for n in named:
         job.progress(f"writing llama.cpp LoRA adapter {n.name!r}")
-        items[n.name] = _one(out_dir, family, n_layers, n)
+        items[n.name] = _one(out_dir, family, n_layers, n, job.checkpoint)
     return {"mechanism": MECHANISM, "items": items}
 
 
@@ -96,4 +117,4 @@ def add_adapter(
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
     """One more adapter file into the (staged) bundle at ``root``; llama.cpp needs nothing else."""
-    return _one(root, manifest["family"], checkpoint.model_config.num_hidden_layers, named)
+    return _one(root, manifest["family"], checkpoint.model_config.num_hidden_layers, named, checkpoint)

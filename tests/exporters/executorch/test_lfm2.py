@@ -144,11 +144,10 @@ def test_context_beyond_model(rand_lfm2, tmp_path):
 
 
 def test_separate_lora_needs_adapter(rand_lfm2, tmp_path):
-    from edgekit.export import export, make_plan
+    from edgekit.export import make_plan
 
-    prep = make_plan(rand_lfm2, "executorch", "fp32", None, {"lora_mode": "separate"})
-    with pytest.raises(UnsupportedError, match="needs --adapter"):
-        export(prep, tmp_path / "out", progress=lambda _m: None)
+    with pytest.raises(UnsupportedError, match="needs at least one --adapter"):
+        make_plan(rand_lfm2, "executorch", "fp32", None, {"lora_mode": "separate"})
 
 
 # -- parity: a random attention-first model (float only: random weights say nothing about quantisation) -------
@@ -217,7 +216,9 @@ def test_builtin_with_adapter(export_cache, quant):
 def test_builtin_separate_lora(export_cache):
     bundle = _export(export_cache, "builtin:lfm2-tiny", "8da4w", adapter="builtin:lfm2-tiny-lora", lora_mode="separate")
     m = _check_report(bundle, "8da4w")
-    assert m["artifact"]["data_files"] == ["adapter.ptd"] and (bundle / "adapter.ptd").is_file()
+    assert m["artifact"]["data_files"] == [] and (bundle / m["artifact"]["lora_base_data"]).is_file()
+    entry = m["adapters"]["items"]["lfm2-tiny-lora"]
+    assert (bundle / entry["file"]).is_file() and entry["verification"]["passed"]
 
 
 def test_random_separate_lora_fp32(export_cache, rand_lfm2, tmp_path_factory):
@@ -225,14 +226,15 @@ def test_random_separate_lora_fp32(export_cache, rand_lfm2, tmp_path_factory):
     lora = make_lora(rand_lfm2, tmp_path_factory.mktemp("lora") / "a", ["in_proj", "q_proj", "w2"], r=4, alpha=8)
     bundle = _export(export_cache, str(rand_lfm2), "fp32", adapter=str(lora), lora_mode="separate")
     m = _check_report(bundle, "fp32")
-    assert m["artifact"]["data_files"] == ["adapter.ptd"]
+    assert m["artifact"]["data_files"] == [] and list(m["adapters"]["items"]) == ["a"]
+    assert m["adapters"]["items"]["a"]["verification"]["passed"]
     # plain executorch.runtime runs the pair (program + adapter data), as an app that swaps adapters would
     import torch
     import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401
     import executorch.kernels.quantized  # noqa: F401
     from executorch.runtime import Runtime
 
-    program = Runtime.get().load_program(bundle / "model.pte", data_path=bundle / "adapter.ptd")
+    program = Runtime.get().load_program(bundle / "model.pte", data_path=bundle / m["adapters"]["items"]["a"]["file"])
     out = program.load_method("forward").execute([torch.tensor([[1, 2, 3]]), torch.tensor([0])])[0]
     assert torch.isfinite(out).all()
 

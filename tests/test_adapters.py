@@ -1,0 +1,313 @@
+"""Separate LoRA adapters (``edgekit.adapters``): one base artifact + named adapter files per format, switched in
+place by the session, verified per adapter; ``edgekit adapter add``; the refusals.
+
+Default tests export without the full verification (it costs minutes per model on 2 cores) and instead compare
+the engine's teacher-forced logits, per adapter after an in-place switch, with the adapter's unmerged reference on
+a short window; the slow tests run the kind's full verification for every adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekit.errors import AdapterError, BundleError, CheckpointError, UnsupportedError
+
+LORA1 = "builtin:lfm2-tiny-lora"
+LORA2 = "builtin:lfm2-tiny-lora2"
+TOKENS = list(range(3, 99))  # one short teacher-forced window
+
+
+def _export(cache: dict, fmt: str, quant: str, adapters: list[str], source: str = "builtin:lfm2-tiny",
+            verify: bool = False) -> Path:
+    from edgekit.export import export, make_plan
+
+    key = ("sep", source, fmt, quant, tuple(adapters), verify)
+    if key not in cache:
+        out = cache["root"] / f"sep{len(cache)}-{fmt}-{quant}"
+        prep = make_plan(source, fmt, quant, adapters, {"lora_mode": "separate"})
+        export(prep, out, verify=verify, progress=lambda _m: None)
+        cache[key] = out
+    return cache[key]
+
+
+def _references(bundle: Path) -> dict:
+    """name (None = base) -> float32 logits of the reference over TOKENS."""
+    from edgekit import adapters, reference
+    from edgekit.bundle import read_manifest
+    from edgekit.checkpoint import open_checkpoint
+    from edgekit.export import recorded_options
+    from edgekit.lora import open_adapter
+
+    m = read_manifest(bundle)
+    ckpt = open_checkpoint(m["source"]["path"])
+    opts = recorded_options(m, ckpt)
+    out = {None: reference.logits(ckpt.family.build_reference(ckpt, opts), TOKENS)}
+    for name, e in m["adapters"]["items"].items():
+        model = adapters.adapter_reference(ckpt, open_adapter(e["source"]["path"], ckpt), opts)
+        out[name] = reference.logits(model, TOKENS)
+    return out
+
+
+def _switch_and_compare(bundle: Path, tol: float, order: list) -> dict:
+    """Switch through ``order`` on one session; every state's logits must match its reference within ``tol``
+    (max |Δ|), and be 5x farther (mean |Δ|) from every other state's reference (the switch took effect)."""
+    import edgekit
+
+    refs = _references(bundle)
+    got = {}
+    with_session = edgekit.load(bundle)
+    try:
+        assert set(with_session.adapters) == {k for k in refs if k is not None}
+        for name in order:
+            seconds = with_session.use_adapter(name)
+            assert with_session.active_adapter == name and seconds >= 0
+            got[name] = with_session.logits(TOKENS)
+    finally:
+        with_session.close()
+    for name in order:
+        err = float(np.abs(got[name] - refs[name]).max())
+        assert err < tol, (name, err)
+        mean = float(np.abs(got[name] - refs[name]).mean())
+        for other in refs:
+            if other != name:
+                assert float(np.abs(got[name] - refs[other]).mean()) > 5 * mean, (name, other)
+    return got
+
+
+# -- plan-time refusals (no export) ----------------------------------------------------------------------------
+def test_several_adapters_need_separate_mode():
+    from edgekit.export import make_plan
+
+    with pytest.raises(UnsupportedError, match="--lora-mode separate"):
+        make_plan("builtin:lfm2-tiny", "gguf", "f32", [LORA1, LORA2])
+    with pytest.raises(UnsupportedError, match="NAME=PATH"):
+        make_plan("builtin:lfm2-tiny", "gguf", "f32", [f"a={LORA1}"])
+
+
+def test_separate_needs_an_adapter():
+    from edgekit.export import make_plan
+
+    with pytest.raises(UnsupportedError, match="at least one --adapter"):
+        make_plan("builtin:lfm2-tiny", "gguf", "f32", None, {"lora_mode": "separate"})
+
+
+@pytest.mark.parametrize("specs, match", [
+    ([f"x={LORA1}", f"x={LORA2}"], "two adapters are named 'x'"),
+    ([f"bad name={LORA1}"], "not valid"),
+    ([f"a={LORA1}", f"b={LORA1}"], "same files"),
+    (["builtin:bitnet-tiny-lora"], "another base model|not linear layers|LoRA may target"),
+])
+def test_bad_adapters_refused(specs, match):
+    from edgekit.export import make_plan
+
+    with pytest.raises(AdapterError, match=match):
+        make_plan("builtin:lfm2-tiny", "gguf", "f32", specs, {"lora_mode": "separate"})
+
+
+@pytest.mark.parametrize("source, fmt, quant", [
+    ("builtin:lfm2-tiny", "onnx", "fp16"),
+    ("builtin:bitnet-tiny", "onnx", "int2"),
+    ("builtin:bitnet-tiny", "executorch", "8da4w"),
+])
+def test_unsupported_combination_names_what_works(source, fmt, quant):
+    from edgekit.export import make_plan
+
+    lora = "builtin:bitnet-tiny-lora" if "bitnet" in source else LORA1
+    with pytest.raises(UnsupportedError, match="works for: lfm2 gguf .*bitnet gguf"):
+        make_plan(source, fmt, quant, [lora], {"lora_mode": "separate"})
+
+
+def test_factors_fold_peft_scaling():
+    """B @ A with the folded scaling equals what peft merges into each weight (rsLoRA adapter, rank 4)."""
+    from edgekit import adapters, reference
+    from edgekit.checkpoint import open_checkpoint
+    from edgekit.lora import open_adapter
+
+    ckpt = open_checkpoint("builtin:lfm2-tiny")
+    lora = open_adapter(LORA2, ckpt)
+    assert lora.config["use_rslora"] and lora.config["r"] == 4
+    base = reference.state_dict(ckpt.family.build_reference(ckpt))
+    merged = reference.state_dict(reference.load_reference(ckpt, lora))
+    f = adapters.factors(lora)
+    assert {m.rsplit(".", 1)[1] for m in f} == {"q_proj", "v_proj", "out_proj", "w1", "w2", "w3"}
+    for module, lf in f.items():
+        delta = merged[module + ".weight"] - base[module + ".weight"]
+        np.testing.assert_allclose(lf.b @ lf.a, delta, atol=2e-6)
+
+
+# -- one format each: export separate with two adapters, switch in place, compare ------------------------------
+def test_gguf_two_adapters_switch(export_cache):
+    bundle = _export(export_cache, "gguf", "f32", [LORA1, f"http={LORA2}"])
+    m = json.loads((bundle / "edgekit.json").read_text())
+    assert m["adapter"] is None and m["adapters"]["mode"] == "separate"
+    assert sorted(m["adapters"]["items"]) == ["http", "lfm2-tiny-lora"]
+    import gguf
+
+    r = gguf.GGUFReader(str(bundle / m["adapters"]["items"]["http"]["file"]))
+    fields = {f.name: f for f in r.fields.values()}
+    assert bytes(fields["general.type"].parts[-1]).decode() == "adapter"
+    assert bytes(fields["adapter.type"].parts[-1]).decode() == "lora"
+    assert bytes(fields["general.architecture"].parts[-1]).decode() == "lfm2"
+    names = {t.name for t in r.tensors}
+    assert "blk.0.shortconv.out_proj.weight.lora_a" in names and not any("in_proj" in n for n in names)
+    # base -> adapter -> other adapter -> base on one session: F32 llama.cpp vs the references
+    _switch_and_compare(bundle, 2e-3, [None, "http", "lfm2-tiny-lora", None])
+
+
+def test_gguf_scale_and_unknown_name(export_cache):
+    import edgekit
+
+    bundle = _export(export_cache, "gguf", "f32", [LORA1, f"http={LORA2}"])
+    s = edgekit.load(bundle)
+    try:
+        base = s.logits(TOKENS[:32])
+        s.use_adapter("http", 1.0)
+        full = s.logits(TOKENS[:32])
+        s.use_adapter("http", 0.5)
+        half = s.logits(TOKENS[:32])
+        s.use_adapter("http", 0.0)
+        zero = s.logits(TOKENS[:32])
+        with pytest.raises(AdapterError, match="no adapter 'nope'.*http, lfm2-tiny-lora"):
+            s.use_adapter("nope")
+        assert s.active_adapter == "http"
+    finally:
+        s.close()
+    assert np.abs(zero - base).max() < 1e-4
+    assert 0 < np.abs(half - base).max() < np.abs(full - base).max()
+
+
+def test_onnx_two_adapters_switch(export_cache):
+    bundle = _export(export_cache, "onnx", "fp32", [LORA1, f"http={LORA2}"])
+    m = json.loads((bundle / "edgekit.json").read_text())
+    import onnxruntime as ort
+
+    params = ort.AdapterFormat.read_adapter(str(bundle / m["adapters"]["items"]["http"]["file"])).get_parameters()
+    branches = m["adapters"]["branches"]
+    assert branches["model.layers.0.conv.in_proj"] == 8  # only the first adapter has in_proj: zero for "http"
+    assert any(k.endswith("qkv_proj.A") for k in params)
+    # plain onnxruntime with the adapter file, as an app would run it (no edgekit)
+    sess = ort.InferenceSession(str(bundle / "model.onnx"))
+    assert {"lora_scale", *params} <= {i.name for i in sess.get_overridable_initializers()}
+    _switch_and_compare(bundle, 2e-3, [None, "http", "lfm2-tiny-lora", None])
+
+
+def test_bitnet_gguf_adapter_is_lossless(export_cache):
+    """TQ2_0 ternary base stays exact; the adapter runs unmerged: llama.cpp vs the unmerged W1.58A8 reference."""
+    bundle = _export(export_cache, "gguf", "tq2_0", ["builtin:bitnet-tiny-lora"], source="builtin:bitnet-tiny")
+    m = json.loads((bundle / "edgekit.json").read_text())
+    assert m["artifact"]["tensor_types"].get("TQ2_0") and m["adapter"] is None
+    # int8 activations round differently in llama.cpp and torch: single logits move by ~1, distributions do not
+    got = _switch_and_compare(bundle, 2.0, [None, "bitnet-tiny-lora"])
+    refs = _references(bundle)
+    for name in (None, "bitnet-tiny-lora"):  # activations are int8 in both: near-exact in distribution
+        p, q = (_softmax(refs[name]), _softmax(got[name]))
+        kl = float(np.mean(np.sum(p * (np.log(p + 1e-30) - np.log(q + 1e-30)), -1)))
+        top1 = float(np.mean(refs[name].argmax(-1) == got[name].argmax(-1)))
+        assert kl < 1e-3 and top1 >= 0.97, (name, kl, top1)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+# -- edgekit adapter add --------------------------------------------------------------------------------------------
+def test_adapter_add_and_refusals(export_cache, tmp_path):
+    from edgekit import adapters
+    from edgekit.bundle import read_manifest
+
+    src = _export(export_cache, "gguf", "f32", [LORA1])
+    bundle = tmp_path / "b"
+    shutil.copytree(src, bundle)
+    before = read_manifest(bundle)
+    with pytest.raises(AdapterError, match="in the bundle already"):
+        adapters.add(bundle, LORA1, "again", verify=False, progress=lambda _m: None)
+    with pytest.raises(AdapterError, match="named 'lfm2-tiny-lora'"):
+        adapters.add(bundle, LORA2, "lfm2-tiny-lora", verify=False, progress=lambda _m: None)
+    with pytest.raises(AdapterError, match="another base model|not linear layers|LoRA may target"):
+        adapters.add(bundle, "builtin:bitnet-tiny-lora", "bit", verify=False, progress=lambda _m: None)
+    assert read_manifest(bundle) == before and not (bundle / "adapters" / "bit.gguf").exists()
+    entry = adapters.add(bundle, LORA2, "http", verify=False, progress=lambda _m: None)
+    assert (bundle / entry["file"]).is_file() and entry["source"]["rank"] == 4
+    assert not list(tmp_path.glob(".b.*"))  # no staging left behind
+    _switch_and_compare(bundle, 2e-3, ["http", None])
+
+
+def test_adapter_add_refuses_merged_bundle_and_changed_source(export_cache, tmp_path):
+    from edgekit import adapters
+    from edgekit.builtin import resolve
+    from edgekit.export import export, make_plan
+
+    merged = tmp_path / "merged"
+    shutil.copytree(_export(export_cache, "gguf", "f32", [LORA1]), merged)
+    m = json.loads((merged / "edgekit.json").read_text())
+    m.pop("adapters")
+    (merged / "edgekit.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="--lora-mode separate"):
+        adapters.add(merged, LORA2, "http", verify=False, progress=lambda _m: None)
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(resolve("builtin:lfm2-tiny"), ckpt)
+    bundle = tmp_path / "b"
+    export(make_plan(ckpt, "gguf", "f32", [LORA1], {"lora_mode": "separate"}), bundle, verify=False,
+           progress=lambda _m: None)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["edgekit_note"] = "changed"
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="changed since the export"):
+        adapters.add(bundle, LORA2, "http", verify=False, progress=lambda _m: None)
+
+
+def test_onnx_add_must_fit_branches(export_cache, tmp_path):
+    from edgekit import adapters
+
+    bundle = tmp_path / "b"
+    shutil.copytree(_export(export_cache, "onnx", "fp32", [f"http={LORA2}"]), bundle)
+    with pytest.raises(AdapterError, match="no LoRA branch for|re-export with all adapters"):
+        adapters.add(bundle, LORA1, "main", verify=False, progress=lambda _m: None)
+
+
+def test_cli_run_with_adapter(export_cache, capsys):
+    from edgekit.cli import main
+
+    bundle = _export(export_cache, "gguf", "f32", [LORA1, f"http={LORA2}"])
+    assert main(["run", str(bundle), "--prompt", "import os", "--max-tokens", "8", "--adapter", "http"]) == 0
+    assert main(["run", str(bundle), "--prompt", "x", "--adapter", "nope"]) == 2
+    assert "no adapter 'nope'" in capsys.readouterr().err
+    assert main(["adapter", "list", str(bundle)]) == 0
+    assert "http: adapters/http.gguf" in capsys.readouterr().out
+
+
+# -- full verification (the kind's check per adapter), every format ----------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt, quant", [("gguf", "q8_0"), ("onnx", "int8"), ("executorch", "8da4w")])
+def test_two_adapters_verified(export_cache, fmt, quant):
+    from edgekit.recipes import RECIPES
+    from edgekit.families import Family
+    from edgekit.plan import Format
+
+    bundle = _export(export_cache, fmt, quant, [LORA1, f"http={LORA2}"], verify=True)
+    m = json.loads((bundle / "edgekit.json").read_text())
+    t = RECIPES.get(Family.LFM2, Format(fmt)).thresholds[quant]
+    for v in [m["verification"]] + [e["verification"] for e in m["adapters"]["items"].values()]:
+        assert v["passed"], v["failures"]
+        assert v["metrics"]["top1"] >= t.min_top1 and v["metrics"]["tokens"] >= 2000
+
+
+@pytest.mark.slow
+def test_executorch_two_adapters_switch(export_cache):
+    bundle = _export(export_cache, "executorch", "fp32", [LORA1, f"http={LORA2}"])
+    _switch_and_compare(bundle, 2e-3, [None, "http", "lfm2-tiny-lora"])
+
+
+@pytest.mark.slow
+def test_bitnet_gguf_adapter_verified(export_cache):
+    bundle = _export(export_cache, "gguf", "tq1_0", ["builtin:bitnet-tiny-lora"], source="builtin:bitnet-tiny",
+                     verify=True)
+    m = json.loads((bundle / "edgekit.json").read_text())
+    v = m["adapters"]["items"]["bitnet-tiny-lora"]["verification"]
+    assert v["passed"] and v["metrics"]["mean_kl"] < 1e-4, v
