@@ -21,8 +21,9 @@ class ChatTemplate:
     """A bundle's chat template (Jinja2, the Hugging Face convention: ``messages``, ``bos_token``, ``eos_token``,
     ``add_generation_prompt``), rendered in jinja2's immutable sandbox as transformers does.
 
-    ``stop_texts``: special tokens that end an assistant turn (``<|im_end|>`` for ChatML templates, the EOS token);
-    a chat stops generating at them even when the model's EOS id is another token."""
+    ``stop_texts``: special tokens that end an assistant turn (``<|im_end|>`` for ChatML templates); a chat stops
+    generating at them even when the model's EOS id is another token (EOS itself is the session's business:
+    ``SamplingParams.stop_at_eos``)."""
 
     source: str | None
     bos_token: str = ""
@@ -56,8 +57,7 @@ class ChatTemplate:
 
         eos = token("eos_token")
         stops = [t for t in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>") if source and t in source]
-        return cls(source=source, bos_token=token("bos_token"), eos_token=eos,
-                   stop_texts=tuple(dict.fromkeys([*stops, *([eos] if eos else [])])))
+        return cls(source=source, bos_token=token("bos_token"), eos_token=eos, stop_texts=tuple(stops))
 
     def render(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True) -> str:
         """The prompt text for ``messages`` (each {"role", "content"}).  Raises TemplateError in one line."""
@@ -82,9 +82,9 @@ class ChatTemplate:
 
 
 def stop_token_ids(session: Any, texts: Sequence[str]) -> frozenset[int]:
-    """Ids of the special tokens named in ``texts`` that the tokenizer knows as one token, plus the model's EOS
-    ids (from the manifest)."""
-    ids = set((session.manifest.get("model") or {}).get("eos_ids") or [])
+    """Ids of the special tokens named in ``texts`` that the tokenizer knows as one token (not the EOS ids: the
+    session stops at those unless asked not to)."""
+    ids: set[int] = set()
     for text in texts:
         toks = session.tokenize(text, add_special=False)
         if len(toks) == 1:

@@ -91,3 +91,32 @@ def test_template_rendering_and_fallback(lfm2_gguf, tmp_path):
     assert text == "<|startoftext|><|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     plain = ChatTemplate.from_bundle(tmp_path, {"model": {}})
     assert plain.source is None and plain.render([{"role": "user", "content": "hi"}]) == "User: hi\nAssistant:"
+
+
+def test_stream_text_stops_at_stop_tokens_and_strings(lfm2_gguf):
+    """apps/textgen.stream_text on the real engine: a stop token ends the answer before it (not emitted), a stop
+    string cuts the text before it, EOS ids are left to the session (so ignore_eos works)."""
+    from edgekit import load
+    from edgekit.apps.textgen import Outcome, stop_token_ids, stream_text
+    from edgekit.runtimes import SamplingParams
+
+    s = load(lfm2_gguf, n_threads=1)
+    try:
+        assert stop_token_ids(s, ["<|im_end|>"]) == {s.tokenize("<|im_end|>", add_special=False)[0]}
+        assert not stop_token_ids(s, []) and 2 not in stop_token_ids(s, ["<|im_end|>"])
+        ids = s.tokenize("def fib(n):")
+        params = SamplingParams(max_tokens=24, temperature=0)
+        full = s.generate(ids, params)
+        k = next(i for i in range(3, 24) if full.tokens[i] not in full.tokens[:i])  # a first occurrence
+        out = Outcome()
+        text = "".join(stream_text(s, ids, params, out, stop_ids=frozenset({full.tokens[k]})))
+        assert out.tokens == full.tokens[:k] and out.finish_reason == "stop"
+        assert text == s.detokenize(full.tokens[:k])
+        stop = full.text[len(full.text) // 2:][:4]
+        out = Outcome()
+        text = "".join(stream_text(s, ids, params, out, stop_strings=[stop]))
+        assert text == full.text[: full.text.index(stop)] and out.finish_reason == "stop"
+        out = Outcome()
+        assert "".join(stream_text(s, ids, params, out)) == full.text and out.finish_reason == "length"
+    finally:
+        s.close()
