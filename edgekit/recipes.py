@@ -168,7 +168,7 @@ def _builtin() -> RecipeTable:
 
     table = RecipeTable()
     # Thresholds hold the *fidelity* (engine vs a reference built from the file's own weights, issue 11) where the
-    # pair has a read-back (``file_weights``: LFM2 -> GGUF, ONNX); ``cost_kl`` is what the quant costs the
+    # pair has a read-back (``file_weights``: LFM2 -> GGUF, ONNX, ExecuTorch); ``cost_kl`` is what the quant costs the
     # built-in model (file reference vs float; a cost 10x above it draws a warning).  Measured on the built-in +
     # LoRA, 2,048 held-out tokens (``edgekit export builtin:lfm2-tiny --adapter builtin:lfm2-tiny-lora --format F
     # --quant Q`` prints the table), fidelity top-1 / mean KL (cost top-1 / mean KL):  GGUF f32 1.0000 / 3.8e-12
@@ -181,7 +181,7 @@ def _builtin() -> RecipeTable:
     # graph cannot hide under quantisation noise; a wrong tensor is the tensor check's to catch (q8_0's cost is
     # itself below 1e-3).  The lines below are the pre-issue-11 engine-vs-float measurements (now the cost).
     # Thresholds hold the *fidelity* (engine vs a reference built from the file's own weights, issue 11) where the
-    # pair has a read-back (``file_weights``: LFM2 -> GGUF, ONNX); ``cost_kl`` is what the quant costs the
+    # pair has a read-back (``file_weights``: LFM2 -> GGUF, ONNX, ExecuTorch); ``cost_kl`` is what the quant costs the
     # built-in model (file reference vs float; a cost 10x above it draws a warning).  Measured on the built-in +
     # LoRA, 2,048 held-out tokens (``edgekit export builtin:lfm2-tiny --adapter builtin:lfm2-tiny-lora --format F
     # --quant Q`` prints the table), fidelity top-1 / mean KL (cost top-1 / mean KL):  GGUF f32 1.0000 / 3.8e-12
@@ -246,7 +246,9 @@ def _builtin() -> RecipeTable:
         thresholds={
             "fp32": LM(min_top1=0.999, max_mean_kl=1e-5, max_abs_logit=1e-3, min_greedy_prefix=32),
             "8da8w": LM(min_top1=0.97, max_mean_kl=2e-3, cost_kl=7.8e-4),
-            "8da4w": LM(min_top1=0.85, max_mean_kl=4e-2, cost_kl=2.1e-2),
+            # fidelity vs the re-quantised weights (issue 11): 8da4w 0.9819 / 5.8e-4 (cost 0.8804 / 2.1e-2); the
+            # rest is XNNPACK's bf16 group scales and its own int8 activation rounding, not simulated
+            "8da4w": LM(min_top1=0.95, max_mean_kl=2e-3, cost_kl=2.1e-2, float_min_top1=0.85, float_max_kl=4e-2),
         },
         options=executorch.LanguageOptions,
         module="edgekit.exporters.executorch.lfm2",
