@@ -180,19 +180,6 @@ def _builtin() -> RecipeTable:
     # bars (KL 1e-3, top-1 0.97) sit ~3x above those fidelities and far below every 4-6-bit cost, so a wrong
     # graph cannot hide under quantisation noise; a wrong tensor is the tensor check's to catch (q8_0's cost is
     # itself below 1e-3).  The lines below are the pre-issue-11 engine-vs-float measurements (now the cost).
-    # Thresholds hold the *fidelity* (engine vs a reference built from the file's own weights, issue 11) where the
-    # pair has a read-back (``file_weights``: LFM2 -> GGUF, ONNX, ExecuTorch); ``cost_kl`` is what the quant costs the
-    # built-in model (file reference vs float; a cost 10x above it draws a warning).  Measured on the built-in +
-    # LoRA, 2,048 held-out tokens (``edgekit export builtin:lfm2-tiny --adapter builtin:lfm2-tiny-lora --format F
-    # --quant Q`` prints the table), fidelity top-1 / mean KL (cost top-1 / mean KL):  GGUF f32 1.0000 / 3.8e-12
-    # (1.0000 / 0), f16 1.0000 / 2.0e-7 (1.0000 / 2.9e-7), bf16 0.9971 / 7.1e-6 (0.9961 / 1.8e-5), q8_0 0.9912 /
-    # 1.7e-4 (0.9863 / 3.3e-4), q6_k 0.9858 / 3.0e-4 (0.9614 / 2.0e-3), q5_k_m 0.9854 / 2.8e-4 (0.9526 / 3.7e-3),
-    # q4_k_m 0.9849 / 2.9e-4 (0.9136 / 1.1e-2), q4_0 0.9893 / 1.6e-4 (0.8931 / 1.5e-2); ONNX int8 0.9897 / 1.1e-4
-    # (0.9834 / 3.4e-4), int4 0.9868 / 1.7e-4 (0.8594 / 2.8e-2).  Simulating llama.cpp's Q8_0/Q8_K activations brings q8_0 from
-    # 2.0e-4 to 1.5e-4; the rest is llama.cpp's F16 KV cache and accumulation order, not simulated.  The quantised
-    # bars (KL 1e-3, top-1 0.97) sit ~3x above those fidelities and far below every 4-6-bit cost, so a wrong
-    # graph cannot hide under quantisation noise; a wrong tensor is the tensor check's to catch (q8_0's cost is
-    # itself below 1e-3).  The lines below are the pre-issue-11 engine-vs-float measurements (now the cost).
     # LFM2 -> GGUF.  Measured (top-1 / mean KL / max |Δlogit| / greedy): f32 1.0000 / 2.9e-12 / 4.8e-5 / 32,
     # f16 1.0000 / 3.3e-7 / 0.010 / 32, bf16 0.9980 / 1.8e-5 / 0.073, q8_0 0.9888 / 3.4e-4, q6_k 0.9639 / 2.1e-3,
     # q5_k_m 0.9473 / 4.1e-3, q4_k_m 0.9150 / 1.2e-2, q4_0 0.8901 / 1.7e-2.  Top-1 bars for f32/f16/q8_0/q4_k_m
