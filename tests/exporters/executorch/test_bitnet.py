@@ -28,6 +28,7 @@ from parity import quants, recipe  # noqa: E402
 SOURCE = BUILTIN / "bitnet-tiny"
 CTX = 256
 TOKENS = 255  # one window, stepped one token at a time through the program (the runtime's scoring path)
+QUANTS = tuple(quants(Family.BITNET, Format.EXECUTORCH))  # at import: test_recipes' coverage scan reads it
 pytestmark = pytest.mark.skipif(not (SOURCE / "model.safetensors").is_file(), reason="built-in bitnet-tiny missing")
 
 
@@ -78,7 +79,7 @@ def exports(tmp_path_factory):
     from edgekit.export import export, make_plan
 
     out = {}
-    for quant in quants(Family.BITNET, Format.EXECUTORCH):
+    for quant in QUANTS:
         d = tmp_path_factory.mktemp(f"bitnet-et-{quant}") / "b"
         export(make_plan(SOURCE, "executorch", quant, options={"max_context": CTX}), d, progress=lambda _m: None)
         out[quant] = (d, read_manifest(d)["artifact"])
