@@ -215,7 +215,8 @@ class CalibrationOptions(Options):
         if flags and quant.name not in self.CALIBRATED:
             names = ", ".join(self.CALIBRATED) or "none"
             raise UnsupportedError(
-                f"{self.FORMAT_NAME} {', '.join('--' + f.replace('_', '-') for f in flags)} apply to calibrated quants "
+                f"{self.FORMAT_NAME} {', '.join('--' + f.replace('_', '-') for f in flags)} "
+                f"{'apply' if len(flags) > 1 else 'applies'} to calibrated quants "
                 f"({names}) only, not {quant.name}"
             )
         if self.calibration is not None and self.no_calibration:

@@ -68,11 +68,11 @@ def test_calibration_options_apply_to_calibrated_quants_only(tmp_path):
     assert make_plan("builtin:lfm2-tiny", "gguf", "q4_k_m").plan.options.calibrates(prep.plan.quant)
     plain = make_plan("builtin:lfm2-tiny", "gguf", "q4_k_m", options={"no_calibration": True})
     assert not plain.plan.options.calibrates(plain.plan.quant)
-    with pytest.raises(UnsupportedError, match="apply to calibrated quants"):
+    with pytest.raises(UnsupportedError, match="to calibrated quants"):
         make_plan("builtin:lfm2-tiny", "gguf", "q8_0", options={"calibration": str(f)})
     with pytest.raises(UnsupportedError, match="not both"):
         make_plan("builtin:lfm2-tiny", "gguf", "q4_0", options={"calibration": str(f), "no_calibration": True})
-    with pytest.raises(UnsupportedError, match="apply to calibrated quants"):  # ternary BitNet: nothing to calibrate
+    with pytest.raises(UnsupportedError, match="to calibrated quants"):  # ternary BitNet: nothing to calibrate
         make_plan("builtin:bitnet-tiny", "gguf", "tq2_0", options={"no_calibration": True})
 
 
