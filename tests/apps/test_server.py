@@ -270,3 +270,19 @@ def test_load_8_clients_200_requests_all_complete_and_identical(server):
         assert (text, finish, n) == (w.choices[0].text, w.choices[0].finish_reason, w.usage.completion_tokens), p
     q = health(server)
     assert q["pending"] == 0
+
+
+def test_an_onnx_bundle_serves_the_same_api(export_cache):
+    """The server is engine-agnostic: an ONNX bundle of the same model answers greedy requests identically."""
+    from conftest import exported
+
+    onnx = exported(export_cache, "builtin:lfm2-tiny", "onnx", "fp32", adapter="builtin:lfm2-tiny-lora")
+    with edgekit_server(onnx, "--model-name", "tiny") as base:
+        c = openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0, timeout=60)
+        r = c.completions.create(model="tiny", prompt="def fib(n):", max_tokens=12, temperature=0)
+        assert r.usage.completion_tokens == 12
+        chunks = list(c.completions.create(model="tiny", prompt="def fib(n):", max_tokens=12, temperature=0,
+                                           stream=True))
+        assert "".join(ch.choices[0].text for ch in chunks) == r.choices[0].text
+        chat = c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+        assert chat.choices[0].message.role == "assistant"
