@@ -200,7 +200,9 @@ class EdgekitModel(context: Context) {{
 
 def _guide(target: Target, s: Mapping[str, Any], files: list[str]) -> str:
     name = s["name"]
-    listing = "\n".join(f"- `{f}`" for f in [*files, SETTINGS, target.snippet])
+    listing = "\n".join(f"- `{f}`" for f in [*files, SETTINGS, target.snippet]) + (
+        "\n- `edgekit.json` (the bundle's manifest: sha256 of every file, verification report; the app needs "
+        "not read it)\n- `README.md` (this guide)")
     common = f"""# {name} for {target.name}
 
 Laid out by `edgekit bundle --for {target.name}` from an edgekit bundle ({s['family']}, {s['format']} {s['quant']}).
