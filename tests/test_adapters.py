@@ -286,16 +286,13 @@ def test_cli_run_with_adapter(export_cache, capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt, quant", [("gguf", "q8_0"), ("onnx", "int8"), ("executorch", "8da4w")])
 def test_two_adapters_verified(export_cache, fmt, quant):
-    from edgekit.recipes import RECIPES
-    from edgekit.families import Family
-    from edgekit.plan import Format
-
     bundle = _export(export_cache, fmt, quant, [LORA1, f"http={LORA2}"], verify=True)
     m = json.loads((bundle / "edgekit.json").read_text())
-    t = RECIPES.get(Family.LFM2, Format(fmt)).thresholds[quant]
-    for v in [m["verification"]] + [e["verification"] for e in m["adapters"]["items"].values()]:
+    reports = [m["verification"]] + [e["verification"] for e in m["adapters"]["items"].values()]
+    assert len(reports) == 3
+    for v in reports:  # the kind's own gates (tensor check, fidelity, cost) decided; the export would have failed
         assert v["passed"], v["failures"]
-        assert v["metrics"]["top1"] >= t.min_top1 and v["metrics"]["tokens"] >= 2000
+        assert v["metrics"]["tokens"] >= 2000 and v["metrics"]["greedy_tokens"] > 0
 
 
 @pytest.mark.slow
