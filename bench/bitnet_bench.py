@@ -70,7 +70,8 @@ def case(result: dict, kind: str) -> dict:
 
 
 def ternary_bpw(bundle: Path) -> str:
-    """Bits per weight of the ternary projections (GGUF: from the tensor types in the file)."""
+    """Bits per weight of the projection matrices (attention and FFN; ternary for BitNet) as stored in the file
+    (GGUF: from the tensor types; other formats: -)."""
     manifest = json.loads((bundle / "edgekit.json").read_text())
     if manifest["plan"]["format"] != "gguf":
         return "-"
@@ -80,7 +81,7 @@ def ternary_bpw(bundle: Path) -> str:
     bits = n = 0
     for t in reader.tensors:
         if any(k in t.name for k in ("attn_q.", "attn_k.", "attn_v.", "attn_output.", "ffn_")) and t.name.endswith(
-                "weight") and t.n_elements > 1:
+                "weight") and len(t.shape) > 1 and min(int(d) for d in t.shape) > 1:
             bits += int(t.n_bytes) * 8
             n += int(t.n_elements)
     return f"{bits / n:.3f}" if n else "-"
@@ -106,7 +107,7 @@ def params(bundle: Path) -> int:
 
 
 def table(rows: list[dict], prompt: int, gen: int) -> list[str]:
-    out = [f"| model | format / quant | artifact MB | params (M) | bytes / param | ternary bpw | pp{prompt} t/s | "
+    out = [f"| model | format / quant | artifact MB | params (M) | bytes / param | projection bpw | pp{prompt} t/s | "
            f"tg{gen} t/s | tg roofline | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         res = r["result"]
@@ -157,8 +158,9 @@ def part_builtin(work: Path, reps: int) -> None:
     write_section("### BitNet: built-in bitnet-tiny in every format vs lfm2-tiny (one run)", [
         "", f"`python bench/bitnet_bench.py --part builtin --reps {reps}` — {common.cpu_name()}, 2 threads, commit "
         f"{common.git_commit()}, load average before / after: {before} | {load()}.  Bytes / param = artifact size / "
-        "parameters of the checkpoint (ternary weights counted one each); ternary bpw = bits per weight of the "
-        "ternary projections in the file (GGUF).  Speed through `edgekit profile` (llama-bench's method, "
+        "parameters of the checkpoint (ternary weights counted one each); projection bpw = bits per weight of the "
+        "attention/FFN matrices in the file (GGUF; ternary for BitNet).  Tiny models sit in cache, so roofline "
+        "fractions above 100 % mean the weights were not read from DRAM.  Speed through `edgekit profile` (llama-bench's method, "
         f"{reps} repetitions, mean ± sd).", "", *table(rows, 128, 64), "",
     ])
 
@@ -240,31 +242,42 @@ def q4_0_copy(f16_bundle: Path, out: Path) -> None:
     write_manifest(out, manifest)
 
 
-def part_full(work: Path, reps: int) -> None:
+def part_full(work: Path, reps: int, reuse: bool = False) -> None:
+    """``reuse``: keep bundles (and their recorded export cost, ``exports.json``) from an earlier run in ``work``
+    and only profile again — for re-measuring speed on a quiet machine."""
     before = load()
     bitnet = full_bitnet(work)
     like = json.loads((bitnet / "config.json").read_text())
     lfm2 = full_lfm2(work, like)
-    exports: dict[str, tuple[float, float]] = {}
+    record = work / "exports.json"
+    exports: dict[str, list[float]] = json.loads(record.read_text()) if reuse and record.exists() else {}
+
+    def export_once(key: str, out: Path, args: list[str]) -> None:
+        if key in exports and (out / "edgekit.json").exists():
+            return
+        print(f"exporting {key}", flush=True)
+        exports[key] = list(timed_export([*args, "--no-verify", "-o", str(out), "--force"]))
+        record.write_text(json.dumps(exports))
+
     bundles: list[tuple[str, Path, Path]] = []
-    for quant in ("tq2_0", "tq1_0", "f16"):
+    for quant in ("tq2_0", "tq1_0"):
         out = work / f"bitnet-gguf-{quant}"
-        print(f"exporting 2B-4T shape -> gguf {quant}", flush=True)
-        exports[quant] = timed_export([str(bitnet), "--format", "gguf", "--quant", quant, "--no-verify", "-o", str(out),
-                                       "--force"])
-        if quant != "f16":
-            bundles.append(("BitNet 2B-4T shape (random ternary)", out, bitnet))
-    print("requantising F16 -> Q4_0", flush=True)
-    t = time.perf_counter()
+        export_once(f"bitnet {quant}", out, [str(bitnet), "--format", "gguf", "--quant", quant])
+        bundles.append(("BitNet 2B-4T shape (random ternary)", out, bitnet))
     q4 = work / "bitnet-gguf-q4_0"
-    q4_0_copy(work / "bitnet-gguf-f16", q4)
-    exports["q4_0 (from f16)"] = (time.perf_counter() - t, float("nan"))
-    shutil.rmtree(work / "bitnet-gguf-f16")
+    if not ("bitnet q4_0 (f16 export + requantise)" in exports and (q4 / "edgekit.json").exists()):
+        f16 = work / "bitnet-gguf-f16"
+        export_once("bitnet f16", f16, [str(bitnet), "--format", "gguf", "--quant", "f16"])
+        print("requantising F16 -> Q4_0", flush=True)
+        t = time.perf_counter()
+        q4_0_copy(f16, q4)
+        exports["bitnet q4_0 (f16 export + requantise)"] = [exports["bitnet f16"][0] + time.perf_counter() - t,
+                                                            exports["bitnet f16"][1]]
+        record.write_text(json.dumps(exports))
+        shutil.rmtree(f16)
     bundles.append(("BitNet 2B-4T shape, Q4_0", q4, bitnet))
     out = work / "lfm2-gguf-q4_0"
-    print("exporting the LFM2 of the same shape -> gguf q4_0", flush=True)
-    exports["lfm2 q4_0"] = timed_export([str(lfm2), "--format", "gguf", "--quant", "q4_0", "--no-verify", "-o",
-                                         str(out), "--force"])
+    export_once("lfm2 q4_0", out, [str(lfm2), "--format", "gguf", "--quant", "q4_0"])
     bundles.append(("LFM2, same width/depth/FFN (random)", out, lfm2))
     print("profiling pp512 / tg128", flush=True)
     results = profile([b for _, b, _ in bundles], 512, 128, reps)
@@ -278,6 +291,7 @@ def part_full(work: Path, reps: int) -> None:
              f"Decode TQ2_0 / Q4_0 of the same model: {tq2 / q40:.2f}x.", "",
              "| export | seconds | peak RSS GiB |", "|---|---|---|"]
     lines += [f"| {k} | {dt:.1f} | {rss:.2f} |" for k, (dt, rss) in exports.items()]
+    lines += ["", f"Export load average at the time: recorded in the first run's notes; profiling load: {before}."]
     write_section("### BitNet: full-size 2B-4T shape, ternary GGUF vs Q4_0 vs LFM2 (one run)", [*lines, ""])
 
 
@@ -286,10 +300,14 @@ def main() -> None:
     ap.add_argument("--part", choices=("builtin", "full"), required=True)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--work", type=Path, default=None, help="keep checkpoints and bundles here (default: a temp dir)")
+    ap.add_argument("--reuse", action="store_true", help="full: profile the bundles of an earlier run in --work again")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="edgekit-bitnet-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    (part_builtin if args.part == "builtin" else part_full)(work, args.reps)
+    if args.part == "builtin":
+        part_builtin(work, args.reps)
+    else:
+        part_full(work, args.reps, args.reuse)
     print(f"written to {common.HERE / 'RESULTS.md'}")
 
 
