@@ -256,7 +256,7 @@ def part_full(work: Path, reps: int, reuse: bool = False) -> None:
         if key in exports and (out / "edgekit.json").exists():
             return
         print(f"exporting {key}", flush=True)
-        exports[key] = list(timed_export([*args, "--no-verify", "-o", str(out), "--force"]))
+        exports[key] = [*timed_export([*args, "--no-verify", "-o", str(out), "--force"]), load()]
         record.write_text(json.dumps(exports))
 
     bundles: list[tuple[str, Path, Path]] = []
@@ -272,7 +272,7 @@ def part_full(work: Path, reps: int, reuse: bool = False) -> None:
         t = time.perf_counter()
         q4_0_copy(f16, q4)
         exports["bitnet q4_0 (f16 export + requantise)"] = [exports["bitnet f16"][0] + time.perf_counter() - t,
-                                                            exports["bitnet f16"][1]]
+                                                            exports["bitnet f16"][1], load()]
         record.write_text(json.dumps(exports))
         shutil.rmtree(f16)
     bundles.append(("BitNet 2B-4T shape, Q4_0", q4, bitnet))
@@ -289,9 +289,8 @@ def part_full(work: Path, reps: int, reuse: bool = False) -> None:
              "the script's docstring); the LFM2 has the same hidden size, depth and FFN (attention every third layer, "
              "vocab 65536).", "", *table(rows, 512, 128), "",
              f"Decode TQ2_0 / Q4_0 of the same model: {tq2 / q40:.2f}x.", "",
-             "| export | seconds | peak RSS GiB |", "|---|---|---|"]
-    lines += [f"| {k} | {dt:.1f} | {rss:.2f} |" for k, (dt, rss) in exports.items()]
-    lines += ["", f"Export load average at the time: recorded in the first run's notes; profiling load: {before}."]
+             "| export (`--no-verify`) | seconds | peak RSS GiB | load average after |", "|---|---|---|---|"]
+    lines += [f"| {k} | {dt:.1f} | {rss:.2f} | {at} |" for k, (dt, rss, at) in exports.items()]
     write_section("### BitNet: full-size 2B-4T shape, ternary GGUF vs Q4_0 vs LFM2 (one run)", [*lines, ""])
 
 
