@@ -20,12 +20,13 @@ against what the engines' own runners load (ExecuTorch's ``TextLLMRunner``, llam
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
+
+from edgekit.hashing import sha256_file
 
 SETTINGS = "edgekit-app.json"
 
@@ -49,14 +50,6 @@ TARGETS: dict[str, Target] = {
         Target("android-llamacpp", "gguf", "android", "LoadModel.kt", "{files_dir}/models/{name}"),
     )
 }
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def plan_files(root: Path, manifest: Mapping[str, Any], target: Target) -> list[str]:
@@ -293,7 +286,7 @@ def lay_out(bundle: Path, target: Target, out: Path, force: bool = False) -> Pat
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(root / f, dest)
             want = (recorded.get(f) or {}).get("sha256")
-            if want and _sha256(dest) != want:
+            if want and sha256_file(dest) != want:
                 raise BundleError(f"{root / f}: sha256 differs from the manifest; re-export the bundle")
         shutil.copyfile(root / "edgekit.json", stage / "edgekit.json")
         s = settings(manifest, target, files, name)
