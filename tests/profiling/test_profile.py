@@ -242,10 +242,10 @@ def test_a_bundle_that_fails_on_the_device_brings_its_error_back(q8: Path, tmp_p
     broken = tmp_path / "broken"
     shutil.copytree(q8, broken)
     size = (broken / "model.gguf").stat().st_size
-    (broken / "model.gguf").write_bytes(b"\0" * size)  # right size, wrong bytes: passes the size check, not llama.cpp
+    (broken / "model.gguf").write_bytes(b"\0" * size)  # right size, wrong bytes: refused by the bundle's sha256
     rep = profile([broken, q8], SMALL, parse("local"), bandwidth=False)
     bad, good = rep.results
-    assert bad.partial and "could not load" in bad.error and not bad.cases
+    assert bad.partial and "sha256 differs from the manifest" in bad.error and not bad.cases
     assert not good.partial and good.cases  # the run went on with the next bundle
 
 

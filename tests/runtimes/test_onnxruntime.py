@@ -147,7 +147,7 @@ def test_int4_options_reach_the_file(export_cache, tmp_path):
     gbq = next(n for n in model.graph.node if n.op_type == "GatherBlockQuantized")
     assert {a.name: onnx.helper.get_attribute_value(a) for a in gbq.attribute}["bits"] == 8
     assert read_manifest(out)["artifact"]["quant"] == {"name": "int4", "block_size": 64, "accuracy_level": 4,
-                                                       "head_bits": 8}
+                                                       "head_bits": 8, "algorithm": "affine"}
 
 
 def test_genai_config_names_the_graph_io(bundle):
