@@ -431,6 +431,24 @@ def gen_artifact(rng: random.Random, i: int, d: Path, bundle: Path) -> Case:
 
 # -- running a case -----------------------------------------------------------------------------------------
 
+def plan_fingerprint(prep: Any) -> str:
+    """What an accepted plan decides, without its paths: the family's typed config, every tensor's shape, the
+    plan (format, quant, options) and the adapter's rank, alpha, scale kind and modules. An accepted harmless
+    mutation must leave it equal to the unmutated input's."""
+    plan = {k: v for k, v in prep.plan.to_dict().items() if k not in ("source", "adapter", "adapters")}
+    ad = prep.adapter
+    return json.dumps({
+        "config": repr(prep.checkpoint.model_config),
+        "shapes": sorted((k, list(v)) for k, v in prep.checkpoint.shapes.items()),
+        "plan": plan,
+        "adapter": None if ad is None else {**ad.summary(), "modules": sorted(ad.modules)},
+    }, sort_keys=True, default=str)
+
+
+def plan_key(fmt: str, adapter: bool) -> str:
+    return f"{fmt}{'+adapter' if adapter else ''}"
+
+
 def snapshot(d: Path) -> set[str]:
     return {str(p.relative_to(d)) for p in d.rglob("*")}
 
@@ -439,13 +457,20 @@ def child_run(case: Case, d: Path, inputs: dict[str, Path], result: Path) -> Non
     """In the forked child: finish the mutation (torch rewrites), run the action, write a JSON result."""
     out: dict[str, Any] = {}
     err = io.StringIO()
+    t0 = time.monotonic()
     try:
+        import torch
+
+        # one thread per case: on 2 shared cores, torch's (and llama.cpp's) worker threads spin against the
+        # other sessions' work, and a check over the tiny model's 56 tensors took 1 s instead of 0.05 s
+        torch.set_num_threads(1)
         if "rewrite" in case.extra:
             rewrite_safetensors(d / "ckpt" / "model.safetensors", case.extra["rewrite"], case.extra["seed"])
         if "adapter_rewrite" in case.extra:
             rewrite_adapter(d / "adapter" / "adapter_model.safetensors", case.extra["adapter_rewrite"],
                             case.extra["seed"])
         before = snapshot(d)
+        out["t_mutate"] = time.monotonic() - t0
         if case.action in ("plan", "plan_adapter"):
             from edgekit.errors import EdgekitError
             from edgekit.export import make_plan
@@ -454,8 +479,9 @@ def child_run(case: Case, d: Path, inputs: dict[str, Path], result: Path) -> Non
             adapter = d / "adapter" if case.action == "plan_adapter" else None
             quant = {"gguf": "q8_0", "onnx": "fp32"}[case.fmt]
             try:
-                make_plan(source, case.fmt, quant, adapter)
+                prep = make_plan(source, case.fmt, quant, adapter)
                 out["outcome"] = "accepted"
+                out["plan"] = plan_fingerprint(prep)
             except EdgekitError as exc:
                 out["outcome"] = "refused" if "\n" not in str(exc) else "traceback"
                 out["message"] = str(exc)[:400]
@@ -467,7 +493,8 @@ def child_run(case: Case, d: Path, inputs: dict[str, Path], result: Path) -> Non
                 rc = main(["info", str(d / "bundle")])
             if rc == 0:
                 with contextlib.redirect_stderr(err), contextlib.redirect_stdout(run):
-                    rc = main(["run", str(d / "bundle"), "--prompt", PROMPT, "--max-tokens", str(RUN_TOKENS)])
+                    rc = main(["run", str(d / "bundle"), "--prompt", PROMPT, "--max-tokens", str(RUN_TOKENS),
+                               "--threads", "1"])
             lines = [line for line in err.getvalue().splitlines() if line.strip() and not line.startswith("[")]
             out["text"] = run.getvalue()  # the generated text: what a damaged-but-accepted bundle would change
             if rc == 0:
@@ -477,9 +504,11 @@ def child_run(case: Case, d: Path, inputs: dict[str, Path], result: Path) -> Non
             else:
                 out["outcome"] = "traceback"
             out["message"] = " | ".join(lines)[:400]
+        out["t_action"] = time.monotonic() - t0 - out["t_mutate"]
         out["leftover"] = sorted(snapshot(d) - before)
         if case.oracle is not None:
             out["oracle"] = bool(case.oracle(d))
+        out["t_child"] = time.monotonic() - t0
     except BaseException as exc:  # noqa: BLE001 - classified, not hidden
         out["outcome"] = "traceback"
         out["message"] = f"{type(exc).__name__}: {str(exc)[:300]}"
@@ -516,7 +545,7 @@ def run_case(case: Case, d: Path, inputs: dict[str, Path], timeout_s: float) -> 
     return json.loads(result.read_text())
 
 
-def classify(case: Case, r: dict[str, Any], baseline: str | None) -> str:
+def classify(case: Case, r: dict[str, Any], baseline: str | None, plans: dict[str, str] | None = None) -> str:
     o = r["outcome"]
     if o in ("traceback", "crash", "hang"):
         return o
@@ -532,6 +561,8 @@ def classify(case: Case, r: dict[str, Any], baseline: str | None) -> str:
         return "silent"
     if case.action == "bundle" and baseline is not None and r.get("text") != baseline:
         return "silent"  # accepted, yet the bundle now generates something else
+    if case.action != "bundle" and plans and r.get("plan") != plans[plan_key(case.fmt, case.action == "plan_adapter")]:
+        return "silent"  # accepted, yet the plan describes another model, quant or adapter
     return "accepted"
 
 
@@ -568,6 +599,53 @@ def prepare(work: Path, classes: tuple[str, ...]) -> dict[str, Path]:
     return inputs
 
 
+def learn_baselines(work: Path, inputs: dict[str, Path], baseline_dir: Path | None, warm: bool) -> dict[str, str]:
+    """In a child, plan the unmutated inputs once per (format, adapter) and return their fingerprints (the
+    oracle for accepted plan cases). With ``warm``, also import in the parent what the actions imported lazily
+    (peft, transformers' model classes, jinja2, ...), so that no child pays those imports again; the parent
+    only imports (no torch op runs in the parent before a fork)."""
+    learnt = work / "baselines.json"
+    pid = os.fork()
+    if pid == 0:
+        try:
+            before = set(sys.modules)
+            import torch
+
+            torch.set_num_threads(1)
+            from edgekit.export import make_plan
+
+            plans = {}
+            with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+                for fmt, quant in (("gguf", "q8_0"), ("onnx", "fp32")):
+                    for adapter in (None, inputs["adapter_src"]):
+                        prep = make_plan(inputs["base"], fmt, quant, adapter)
+                        plans[plan_key(fmt, adapter is not None)] = plan_fingerprint(prep)
+                if baseline_dir is not None:
+                    from edgekit.cli import main as cli_main
+
+                    cli_main(["info", str(baseline_dir / "bundle")])
+                    cli_main(["run", str(baseline_dir / "bundle"), "--prompt", PROMPT, "--max-tokens", "1",
+                              "--threads", "1"])
+            learnt.write_text(json.dumps({"plans": plans, "modules": [m for m in sys.modules if m not in before]}))
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    if not learnt.exists():
+        raise SystemExit("fuzz: the unmutated inputs do not plan")
+    data = json.loads(learnt.read_text())
+    if warm:
+        import importlib
+
+        for name in data["modules"]:
+            if name in sys.modules or name == "__main__":
+                continue
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - a module that imports only as part of another: the child will
+                pass
+    return data["plans"]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=300, help="cases per input class")
@@ -576,6 +654,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per case before it counts as a hang")
     ap.add_argument("--json", type=Path, help="write the report here")
     ap.add_argument("--keep", action="store_true", help="keep the case directories")
+    ap.add_argument("--no-warm", action="store_true", help="do not import the actions' lazy imports up front")
+    ap.add_argument("--timing", action="store_true", help="print mean seconds per class and outcome")
     args = ap.parse_args(argv)
     classes = tuple(c for c in args.classes.split(",") if c)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -591,13 +671,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.monotonic()
     counts = {c: {o: 0 for o in OUTCOMES} for c in classes}
     bad: list[dict[str, Any]] = []
+    timing: dict[str, dict[str, float]] = {}
     try:
         inputs = prepare(work, classes)
         baseline = None
+        baseline_dir = None
         if "bundle" in inputs:
-            d = work / "baseline"
-            d.mkdir()
-            shutil.copytree(inputs["bundle"], d / "bundle")
+            baseline_dir = work / "baseline"
+            baseline_dir.mkdir()
+            shutil.copytree(inputs["bundle"], baseline_dir / "bundle")
+        plans = learn_baselines(work, inputs, baseline_dir, warm=not args.no_warm)
+        if baseline_dir is not None:
+            d = baseline_dir
             r = run_case(Case("baseline", 0, "unmutated", "accept", "bundle"), d, inputs, args.timeout)
             if r.get("outcome") != "accepted":
                 raise SystemExit(f"fuzz: the unmutated bundle does not run: {r}")
@@ -608,10 +693,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 rng = random.Random(f"{args.seed}:{cls}:{i}")
                 d = work / f"{cls}-{i}"
                 d.mkdir()
+                tc = time.monotonic()
                 case = gen(rng, i, d, inputs[key])
+                tg = time.monotonic()
                 r = run_case(case, d, inputs, args.timeout)
-                outcome = classify(case, r, baseline)
+                outcome = classify(case, r, baseline, plans)
                 counts[cls][outcome] += 1
+                tw = timing.setdefault(f"{cls}/{outcome}", {"n": 0, "gen": 0.0, "case": 0.0, "mutate": 0.0,
+                                                            "action": 0.0, "child": 0.0})
+                tw["n"] += 1
+                tw["gen"] += tg - tc
+                tw["case"] += time.monotonic() - tg
+                for k in ("mutate", "action", "child"):
+                    tw[k] += r.get(f"t_{k}", 0.0)
                 if outcome in FAILURES or outcome == "false_refusal":
                     bad.append({"class": cls, "index": i, "what": case.what, "outcome": outcome,
                                 "message": r.get("message", "")})
@@ -622,12 +716,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             shutil.rmtree(work, ignore_errors=True)
     totals = {o: sum(c[o] for c in counts.values()) for o in OUTCOMES}
     report = {"seed": args.seed, "cases_per_class": args.cases, "seconds": round(time.monotonic() - t0, 1),
-              "counts": counts, "totals": totals, "failures_and_false_refusals": bad}
+              "counts": counts, "totals": totals, "failures_and_false_refusals": bad,
+              "mean_seconds": {k: {m: round(v[m] / v["n"], 3) for m in v if m != "n"} | {"n": v["n"]}
+                               for k, v in sorted(timing.items())}}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     print(json.dumps({k: report[k] for k in ("seed", "cases_per_class", "seconds", "totals")}))
     for cls in classes:
         print(cls, counts[cls])
+    if args.timing:
+        for k, v in report["mean_seconds"].items():
+            print(f"  {k:<24} n={v['n']:<4} " + " ".join(f"{m}={v[m]:.3f}" for m in v if m != "n"))
     for b in bad:
         print(f"  {b['outcome']:<13} {b['class']}[{b['index']}] {b['what']}: {b['message'][:200]}")
     return report
