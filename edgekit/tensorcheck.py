@@ -64,10 +64,16 @@ BLOCK_STEP_BOUND: Mapping[str, float] = {
     "Q4_0": 3.0,
     "TQ1_0": 0.1,
     "TQ2_0": 0.1,
-    "INT8": 1.0,  # measured 0.50 (ONNX MatMulNBits, ExecuTorch per channel): round to nearest
+    # measured 0.50 (LFM2: ONNX MatMulNBits, ExecuTorch per channel), 0.996 on BitNet's ONNX int8 head (an
+    # asymmetric block: the rounded zero point shifts the block by up to half a step, the value by another half)
+    "INT8": 1.5,
     "INT4": 3.0,  # measured 0.50 with round to nearest; HQQ (--weight-algorithm hqq) optimises scale and zero
     "INT2": 0.1,  # point for the whole block's error, so one weight may sit further from its float value
 }
+
+
+# storage type prefix of a ternary weight (codes x one scale; BitNet): exact, bound 0 steps and 0 relative error
+TERNARY_PREFIX = "ternary/"
 
 
 @dataclass(frozen=True)
@@ -213,8 +219,10 @@ def check(read: Sequence[ReadTensor], weights: Mapping[str, np.ndarray], aliases
             rel = float("inf")
         steps = block_steps(got, ref, t.block, t.levels) if t.levels else float("nan")
         why = None
-        rel_bound = REL_RMS_BOUND.get(t.qtype)
-        step_bound = BLOCK_STEP_BOUND.get(t.qtype)
+        if t.qtype.startswith(TERNARY_PREFIX):  # ternary codes x scale: stored exactly, or the file is wrong
+            rel_bound, step_bound = 0.0, 0.0
+        else:
+            rel_bound, step_bound = REL_RMS_BOUND.get(t.qtype), BLOCK_STEP_BOUND.get(t.qtype)
         if rel_bound is None:
             why = f"tensor check: {t.name} has storage type {t.qtype}, which has no recorded error bound"
         elif step_bound is not None and t.levels and not steps <= step_bound:
@@ -319,20 +327,41 @@ def read_back(root: Any, manifest: Mapping[str, Any], model: Any) -> tuple[list[
     fn = getattr(pair, "file_weights", None)
     if fn is None:
         return None
+    return fn(Path(root), manifest, reference_weights(manifest, model))
+
+
+def _family_hook(manifest: Mapping[str, Any], hook: str) -> Any:
+    """The family row's verification hook ``hook`` (``FamilySpec.reference_weights`` / ``file_reference``) as a
+    function, or None where the family uses the defaults."""
+    from .families import _resolve, get
+
+    target = getattr(get(manifest["family"]), hook)
+    return _resolve(target) if target else None
+
+
+def reference_weights(manifest: Mapping[str, Any], model: Any) -> dict[str, np.ndarray]:
+    """The weights the bundle's file must hold, float32 by checkpoint name: the family's hook where it has one
+    (BitNet: ternary codes x scale), else the reference's parameters (``reference.state_dict``)."""
     from . import reference
 
-    return fn(Path(root), manifest, reference.state_dict(model))
+    fn = _family_hook(manifest, "reference_weights")
+    return fn(model) if fn is not None else reference.state_dict(model)
+
+
+def engine_reference(manifest: Mapping[str, Any], model: Any, read: Sequence[ReadTensor]) -> Any:
+    """The reference built from the file's weights ``read`` with the engine's activation quantisation: the
+    family's hook where it has one, else ``fidelity_reference``."""
+    fn = _family_hook(manifest, "file_reference")
+    return fn(model, read) if fn is not None else fidelity_reference(model, read)
 
 
 def run_check(root: Any, manifest: Mapping[str, Any], model: Any) -> TensorCheck | None:
     """Read the bundle at ``root`` back and check it against the float reference ``model`` (None: no read-back)."""
-    from . import reference
-
     got = read_back(root, manifest, model)
     if got is None:
         return None
     read, aliases = got
-    return check(read, reference.state_dict(model), aliases)
+    return check(read, reference_weights(manifest, model), aliases)
 
 
 if __name__ == "__main__":

@@ -19,3 +19,20 @@ def recipe(family: Family, fmt: Format) -> Recipe:
 def quants(family: Family, fmt: Format) -> list[str]:
     """Every quantisation the recipe (family, format) offers: one parity case each."""
     return list(recipe(family, fmt).quants)
+
+
+def assert_three_parts(verification: dict, thresholds: object) -> None:
+    """Issue 11's gates on a language bundle's recorded verification: passed; the tensor check read the file
+    back and passed, every ternary tensor exactly (``ternary/*``: 0 relative error, 0 steps); fidelity against
+    the file's own weights within the recipe's (cost-widened) bars; the cost reported."""
+    v = verification
+    m = v["metrics"]
+    assert v["passed"], v["failures"]
+    tc = m["tensor_check"]
+    assert tc is not None and tc["passed"] and m["fidelity_reference"] == "file weights", m
+    for qtype, worst in tc["worst"].items():
+        if qtype.startswith("ternary/"):
+            assert worst["rel_rms"] == 0.0 and worst["block_steps"] == 0.0, (qtype, worst)
+    top1_bar, kl_bar = thresholds.fidelity_bars(m)  # type: ignore[attr-defined]
+    assert m["top1"] >= top1_bar and m["mean_kl"] <= kl_bar, m
+    assert {"top1", "mean_kl", "kl_rel", "entropy"} <= set(m["cost"]), m["cost"]

@@ -72,6 +72,12 @@ class FamilySpec:
     # "module:function" building base + adapter *unmerged*, where merging changes the model (BitNet's ternary
     # weights): function(checkpoint, adapter, options) -> torch model; None: the merged reference is exact
     unmerged_reference: str | None = None
+    # verification hooks (``edgekit.tensorcheck``) for a reference that is not plain torch parameters under the
+    # checkpoint's names (BitNet: ternary codes x scale): "module:function(model) -> {name: float32 array}" (the
+    # weights the file must hold) and "module:function(model, read) -> torch model" (the reference built from
+    # the file's weights with the engine's activation numerics); None: ``state_dict`` / ``fidelity_reference``
+    reference_weights: str | None = None
+    file_reference: str | None = None
 
     def build_reference(self, checkpoint: Any, options: Any = None) -> Any:
         """The torch reference: ``reference(checkpoint, options)``; ``options`` (the recipe's typed options or

@@ -309,3 +309,57 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
         "stage_seconds": {k: round(v, 2) for k, v in {**seconds, **result.seconds}.items()},
         "export_seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def file_weights(root: Path, manifest: Any, weights: Any) -> tuple[list[Any], dict[str, str]]:
+    """The export's weights under the checkpoint's names (``edgekit.tensorcheck``), re-derived with the bundle's
+    recorded quant and options as ``export`` writes them (like the LFM2 pair's ``readback``: a ``.pte``'s XNNPACK
+    weights are not parsed): each ternary projection quantised to torchao's int4 per channel, its integers and
+    scale overwritten with the codes and the scale (``set_ternary``), dequantised (typed ``ternary/INT4``, must
+    be exact; fp32: ``ternary/F32``); the LM head at its bits; the embedding shared with it or stored apart."""
+    import numpy as np
+
+    from edgekit.families import Family
+    from edgekit.families.bitnet.fidelity import EMBED, HEAD, TERNARY_PREFIX, is_ternary
+    from edgekit.plan import Format
+    from edgekit.recipes import RECIPES
+    from edgekit.tensorcheck import ReadTensor
+
+    from . import readback
+
+    recipe = RECIPES.get(Family.BITNET, Format.EXECUTORCH)
+    spec = recipe.quant(manifest["plan"]["quant"]["name"])
+    options = recipe.options.from_dict(manifest["plan"].get("options") or {})
+    lq = quant.linear_quant(spec, options)
+    out: list[ReadTensor] = []
+    for name, w in weights.items():
+        if name in (EMBED, HEAD):
+            continue
+        if w.ndim != 2:
+            out.append(ReadTensor(name, name, w, "F32"))
+            continue
+        module = name.removesuffix(".weight")
+        if not is_ternary(w):  # a projection kept float (modules_to_not_convert)
+            out.append(readback.linear(name, name, w, lq, module))
+            continue
+        scale = float(np.abs(w).max()) if w.any() else 1.0
+        codes = torch.from_numpy(np.rint(w / np.float32(scale)).astype(np.int8))
+        if lq is None:
+            out.append(ReadTensor(name, name, w, TERNARY_PREFIX + "F32", 0, 3, None, (module,)))
+            continue
+        lin = nn.Sequential(nn.Linear(w.shape[1], w.shape[0], bias=False))
+        with torch.no_grad():
+            lin[0].weight.copy_(torch.from_numpy(np.array(w, dtype=np.float32)))
+        quant.quantize_linears(lin, lq)
+        set_ternary(lin, {"0": (codes, scale)})
+        values = lin[0].weight.dequantize().float().numpy()
+        out.append(ReadTensor(name, name, values, TERNARY_PREFIX + "INT4", 0, 3, None, (module,), readback.TOKEN_ACT))
+    head_q = lq.at_bits(options.lm_head_bits(spec)) if lq is not None else None
+    if options.shares_embedding(spec):
+        head = readback.linear(EMBED, EMBED, weights[HEAD], head_q, "lm_head")
+        return out + [head], {HEAD: EMBED}
+    head = readback.linear(HEAD, HEAD, weights[HEAD], head_q, "lm_head")
+    bits = EMBEDDING_BITS[options.embedding_quant]
+    emb = readback.embedding(EMBED, EMBED, weights[EMBED], bits) if bits is not None else ReadTensor(
+        EMBED, EMBED, weights[EMBED], "F32")
+    return out + [head, emb], {}

@@ -290,3 +290,56 @@ def export(job: Any, out_dir: Path) -> dict[str, Any]:
     summary = write(job.reference.weights, job.checkpoint.path, out_dir / ARTIFACT, plan,
                     name=job.checkpoint.path.name, pretokenizer=options.pretokenizer)
     return {**summary, "file": ARTIFACT, "plan": {"ternary": plan.ternary, "embedding": plan.embedding}}
+
+
+def file_weights(root: Path, manifest: Any, weights: Any) -> tuple[list[Any], dict[str, str]]:
+    """The bundle's GGUF tensors under the checkpoint's names (``edgekit.tensorcheck``): each ternary projection
+    read back as its stored codes (TQ1_0 / TQ2_0 / F16 / F32, dequantised by gguf-py) times its ``.scale``
+    tensor, typed ``ternary/<type>`` (must be exact); the embedding (``token_embd``, also the output projection:
+    alias for ``lm_head.weight``) and norms as stored.  The activation quantisation per tensor is llama.cpp's
+    (``readback.TYPES``: Q8_K for the TQ types, fp16 for F16, Q8_0 for a Q8_0 embedding).
+
+    Raises ``BundleError`` when the file cannot be read."""
+    import gguf
+
+    from edgekit.errors import BundleError
+    from edgekit.tensorcheck import TERNARY_PREFIX, ReadTensor
+
+    from .readback import TYPES
+
+    path = root / manifest["artifact"]["file"]
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except (ValueError, OSError) as exc:
+        raise BundleError(f"{path}: not a readable GGUF file ({exc}); re-export the bundle") from None
+    inverse: dict[str, str] = {}
+    for hf in weights:
+        if hf != "lm_head.weight":
+            try:
+                inverse[tensor_name(hf)] = hf
+            except UnsupportedError:
+                continue
+    stored = {t.name: t for t in reader.tensors}
+    out: list[ReadTensor] = []
+    for t in reader.tensors:
+        base = t.name.rsplit(".", 1)[0]
+        if t.name.endswith(".scale") and base + ".weight" in stored:
+            continue  # read with its weight below
+        qtype = t.tensor_type.name
+        block, levels, act = TYPES.get(qtype, (0, 0, TYPES["F32"][2]))
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        values = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
+        hf = inverse.get(t.name)
+        if hf is None:
+            out.append(ReadTensor(t.name, f"<unknown:{t.name}>", values, qtype, block, levels))
+            continue
+        module = ("lm_head",) if hf == "model.embed_tokens.weight" else (
+            (hf.removesuffix(".weight"),) if values.ndim == 2 else ())
+        scale = stored.get(base + ".scale")
+        if scale is not None:  # a ternary projection: codes (exact in every type) x the F32 scale
+            s = np.asarray(gguf.quants.dequantize(scale.data, scale.tensor_type), dtype=np.float32).reshape(-1)
+            values = values * s[0] if s.size == 1 else np.full_like(values, np.nan)
+            out.append(ReadTensor(t.name, hf, values, TERNARY_PREFIX + qtype, 0, 3, None, module, act))
+        else:
+            out.append(ReadTensor(t.name, hf, values, qtype, block, levels, None, module, act))
+    return out, {"lm_head.weight": "model.embed_tokens.weight"}

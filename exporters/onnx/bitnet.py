@@ -363,3 +363,52 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
         "libraries": builder.versions(),
         "export_seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def file_weights(root: Path, manifest: Any, weights: Any) -> tuple[list[Any], dict[str, str]]:
+    """The bundle's ONNX weights under the checkpoint's names (``edgekit.tensorcheck``): fused q|k|v and
+    gate|up split back by rows, ternary projections (``MatMulNBits`` int2/int4 blocks or the fp32 ``MatMul``
+    codes x scale) typed ``ternary/<type>`` (must be exact), the tied head (``LM_HEAD``, int8 blocks at
+    int2/int4) as the embedding it also serves; MatMulNBits' int8 block quantisation of its input (accuracy level
+    4) is each tensor's ``act``."""
+    from edgekit.families.bitnet.fidelity import TERNARY_PREFIX, is_ternary
+    from edgekit.tensorcheck import ReadTensor
+
+    from . import readback
+
+    c = manifest["model"]["config"]
+    heads, kv = int(c["num_attention_heads"]), int(c["num_key_value_heads"])
+    head_dim = int(c.get("head_dim") or int(c["hidden_size"]) // heads)
+    out: list[ReadTensor] = []
+    known = set(weights)
+    untied = False
+    for w in readback.read(root / manifest["artifact"]["file"]):
+        def entry(source: str, values: Any, module: str | None = None) -> ReadTensor:
+            mods = (module,) if module else ((source.removesuffix(".weight"),) if w.matmul else ())
+            if w.matmul and source in known and is_ternary(weights[source]):
+                return ReadTensor(w.name, source, values, TERNARY_PREFIX + w.qtype, 0, 3, None, mods, w.act)
+            return ReadTensor(w.name, source, values, w.qtype, w.block, w.levels, None, mods, w.act)
+
+        if w.name == LM_HEAD:
+            out.append(entry("model.embed_tokens.weight", w.values, "lm_head"))
+        elif w.name.endswith(".self_attn.qkv_proj.weight"):
+            p = w.name.removesuffix("qkv_proj.weight")
+            sizes = (("q_proj", heads * head_dim), ("k_proj", kv * head_dim), ("v_proj", kv * head_dim))
+            start = 0
+            for part, size in sizes:
+                out.append(entry(f"{p}{part}.weight", w.values[start : start + size]))
+                start += size
+        elif w.name.endswith(".mlp.gate_up_proj.weight"):
+            p = w.name.removesuffix("gate_up_proj.weight")
+            half = len(w.values) // 2
+            out += [entry(f"{p}gate_proj.weight", w.values[:half]), entry(f"{p}up_proj.weight", w.values[half:])]
+        elif w.name == "model.embed_tokens.weight":
+            untied = True
+            out.append(entry(w.name, w.values))
+        elif w.name in known:
+            out.append(entry(w.name, w.values))
+    if untied:  # an untied head: LM_HEAD is the lm_head's own matrix
+        out = [ReadTensor(t.name, "lm_head.weight", t.values, t.qtype, t.block, t.levels, None, t.modules, t.act)
+               if t.name == LM_HEAD else t for t in out]
+        return out, {}
+    return out, {"lm_head.weight": "model.embed_tokens.weight"}

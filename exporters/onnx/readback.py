@@ -80,6 +80,8 @@ def read(path: Path) -> list[OnnxWeight]:
     half = any(t.data_type == onnx.TensorProto.FLOAT16 for t in g.initializer)
     float_act = ActQuant("f16") if half else ActQuant()
     for node in g.node:
+        if len(node.input) > 1 and node.input[1] in used:  # a weight shared by several matmuls: read once
+            continue
         if node.op_type == "MatMulNBits":
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             bits, block = int(attrs.get("bits", 4)), int(attrs["block_size"])

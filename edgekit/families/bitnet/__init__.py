@@ -23,4 +23,6 @@ SPEC = FamilySpec(
     reference="edgekit.families.bitnet.reference:build_for_export",
     merge_adapter="edgekit.families.bitnet.lora:merge_for_export",
     unmerged_reference="edgekit.families.bitnet.lora:unmerged_reference",
+    reference_weights="edgekit.families.bitnet.fidelity:reference_weights",
+    file_reference="edgekit.families.bitnet.fidelity:file_reference",
 )

@@ -63,13 +63,13 @@ def file_reference(root: Path, manifest: Any, reference: Any) -> tuple[Any, Any]
     """(tensor check or None, the reference built from the file's weights — ``reference`` itself where the
     pair has no read-back)."""
     from ... import tensorcheck
-    from ...reference import state_dict
 
     got = tensorcheck.read_back(root, manifest, reference)
     if got is None:
         return None, reference
     read, aliases = got
-    return tensorcheck.check(read, state_dict(reference), aliases), tensorcheck.fidelity_reference(reference, read)
+    return (tensorcheck.check(read, tensorcheck.reference_weights(manifest, reference), aliases),
+            tensorcheck.engine_reference(manifest, reference, read))
 
 
 def windows(ids: Sequence[int], bos: int | None, window: int, min_tokens: int) -> list[list[int]]:
