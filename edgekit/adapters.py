@@ -12,8 +12,9 @@ Where each format keeps an adapter (the engine's own mechanism; ``SEPARATE`` say
   (``onnxruntime.AdapterFormat``, ``.onnx_adapter``) holding those tensors.  The session binds the adapter's
   tensors as inputs (``run_with_iobinding`` ignores ``RunOptions.add_active_adapter``); plain ``InferenceSession.run``
   users can pass the file to ``RunOptions.add_active_adapter``.
-- ExecuTorch: the program carries the LoRA branches, whose weights live in a data file (``.ptd``) per adapter;
-  switching loads the program with the other data file.
+- ExecuTorch: the program carries a LoRA branch per adapted projection whose factors and scale are inputs of
+  ``forward`` (XNNPACK batched matmuls); each adapter is a safetensors file of those inputs, which the session
+  holds and passes on every call: switching reloads nothing, at any scale.
 
 Every adapter's PEFT scaling (``lora_alpha / r``, or ``/ sqrt(r)`` with rsLoRA, per-module patterns included) is
 folded into its B factor, so each engine applies ``y = W x + scale * B (A x)`` with the run-time ``scale`` (1.0 =
@@ -236,19 +237,20 @@ def check_fits(name: str, f: Mapping[str, LoraFactors], have: Mapping[str, int],
 
 
 # -- references ------------------------------------------------------------------------------------------------
-def adapter_reference(checkpoint: Checkpoint, adapter: Adapter, options: Any) -> Any:
+def adapter_reference(checkpoint: Checkpoint, adapter: Adapter, options: Any, scale: float = 1.0) -> Any:
     """What base + adapter through an engine must match: the base reference with the adapter applied *unmerged*,
     as the engines apply it — the family's own unmerged model where it has one (BitNet: ternary base, float LoRA
     branch), else forward hooks adding ``B (A x)`` to each adapted projection (equal to peft's merged model up to
     float rounding).  Its weights (state dict) are the base's, so the kind's verification reads the base file
-    back against them and builds its file-weights fidelity reference with the adapter still applied."""
+    back against them and builds its file-weights fidelity reference with the adapter still applied.  ``scale``:
+    the run-time scale (``session.use_adapter(name, scale)``) multiplying every branch."""
     spec = checkpoint.family
     hook = getattr(spec, "unmerged_reference", None)
     if hook:
         from .families import _resolve
 
-        return _resolve(hook)(checkpoint, adapter, options)
-    return with_lora_hooks(spec.build_reference(checkpoint, options), adapter)
+        return _resolve(hook)(checkpoint, adapter, options, scale=scale)
+    return with_lora_hooks(spec.build_reference(checkpoint, options), adapter, scale)
 
 
 def _stash_input(module: Any, args: tuple[Any, ...]) -> None:
@@ -264,14 +266,14 @@ def _add_branch(module: Any, args: tuple[Any, ...], out: Any) -> Any:
     return out + F.linear(F.linear(x.to(a.dtype), a), b).to(out.dtype)
 
 
-def with_lora_hooks(model: Any, adapter: Adapter) -> Any:
+def with_lora_hooks(model: Any, adapter: Adapter, scale: float = 1.0) -> Any:
     """``model`` (a torch model whose modules carry the adapter's module names) with ``adapter`` added unmerged
     through forward hooks; the parameters stay the base's.  Survives ``copy.deepcopy``."""
     import torch
 
     for module, lf in factors(adapter).items():
         m = model.get_submodule(module)
-        m.edgekit_lora = (torch.from_numpy(lf.a.copy()), torch.from_numpy(lf.b.copy()))
+        m.edgekit_lora = (torch.from_numpy(lf.a.copy()), torch.from_numpy(lf.b * np.float32(scale)))
         m.register_forward_pre_hook(_stash_input)
         m.register_forward_hook(_add_branch)
     model.edgekit_adapter = str(adapter.path)

@@ -58,15 +58,18 @@ class ExecuTorchSession:
         data = [self.root / f for f in art.get("data_files", [])]
         if len(data) > 1:
             raise BundleError(f"{self.root}: more than one .ptd file ({', '.join(map(str, data))}); expected at most one")
-        # separate LoRA adapters (protocol.AdapterSession): the program's LoRA data file is chosen at load time
+        # separate LoRA adapters (protocol.AdapterSession): the factors and the scale are inputs of forward,
+        # passed on every call (exporters/executorch/adapters.py); ExecuTorch's runner passes tokens only
         self.adapters = tuple((manifest.get("adapters") or {}).get("items") or {})
         self.active_adapter: str | None = None
+        self._lora_slots: tuple[Any, ...] = ()
+        self._lora_args: list[Any] = []  # (scale, factors...) of the active adapter, appended to every call
+        self._held: dict[str | None, list[Any]] = {}  # adapter -> its factor tensors, read once
         if self.adapters:
-            if data:
-                raise BundleError(f"{self.root}: a separate-adapter program takes no other data file; re-export it")
-            entry = adapter_entry(manifest, adapter)
-            data = [self.root / (entry["file"] if entry else art["lora_base_data"])]
-            self.active_adapter = adapter
+            from ..exporters.executorch.adapters import check_layout
+
+            self._lora_slots = check_layout(self.root, art)
+            use_runner = False
         elif adapter is not None:
             adapter_entry(manifest, adapter)  # raises: the bundle has no adapters
         self._runtime, self._data = runtime, (data[0] if data else None)
@@ -83,6 +86,8 @@ class ExecuTorchSession:
         self.eos_ids = set(self.model.get("eos_ids") or [])
         self._codec = TextCodec(self.root / "tokenizer.json")
         self._pos = 0
+        if self.adapters:
+            self.use_adapter(adapter)
 
     def _open(self, runtime: Any, data: Path | None) -> tuple[Any, Any]:
         what = f"{self.path}" + (f" with {data.name}" if data else "")
@@ -141,23 +146,22 @@ class ExecuTorchSession:
 
     # -- adapters (protocol.AdapterSession) ---------------------------------------------------------------
     def use_adapter(self, name: str | None, scale: float = 1.0) -> float:
-        """Load the program with adapter ``name``'s data file (None: the zero-branch file, the base alone).
-        XNNPACK packs weights when a method loads, so this reloads the program (the .pte is memory-mapped);
-        the scale is baked into the data file: only 1.0 is accepted.  Returns seconds."""
-        from ..errors import AdapterError
-
+        """Make adapter ``name`` (None: the base alone) at ``scale`` the LoRA inputs of every later call: no
+        program reload (an adapter's file is read the first time it is used and held).  Resets the sequence.
+        Returns seconds."""
+        torch = self._torch
         entry = adapter_entry(self.manifest, name, scale)
-        if float(scale) != 1.0:
-            raise AdapterError(
-                f"ExecuTorch applies an adapter at scale 1.0 only (its weights are constants of the data file); "
-                f"GGUF and ONNX bundles take any scale, got {scale}"
-            )
         t0 = time.perf_counter()
-        data = self.root / (entry["file"] if entry else self.manifest["artifact"]["lora_base_data"])
-        self.close_runner()
-        self._forward = self._program = None
-        self._data = data
-        self._program, self._forward = self._open(self._runtime, data)
+        held = self._held.get(name)
+        if held is None:
+            if entry is None:
+                held = [torch.zeros(s.shape, dtype=torch.float32) for s in self._lora_slots]
+            else:
+                from ..exporters.executorch.adapters import read_file
+
+                held = [torch.from_numpy(a) for a in read_file(self.root / entry["file"], self._lora_slots)]
+            self._held[name] = held
+        self._lora_args = [torch.tensor([float(scale) if name is not None else 0.0], dtype=torch.float32), *held]
         self.active_adapter = name
         self.reset()
         return time.perf_counter() - t0
@@ -182,7 +186,7 @@ class ExecuTorchSession:
         out = None
         for start in range(0, n, self._max_seq):  # prompts longer than one call's bound go in chunks
             chunk = torch.tensor([list(tokens[start : start + self._max_seq])], dtype=torch.long)
-            out = self._method().execute([chunk, torch.tensor([self._pos], dtype=torch.long)])[0]
+            out = self._method().execute([chunk, torch.tensor([self._pos], dtype=torch.long), *self._lora_args])[0]
             self._pos += chunk.shape[1]
         return out
 
@@ -208,10 +212,12 @@ class ExecuTorchSession:
             self.reset()
             return self._run(ids)
 
+        lora = self._lora_args
+
         def step(token: int) -> Any:
             tok[0, 0], pos[0] = token, self._pos
             self._pos += 1
-            return execute([tok, pos])[0]
+            return execute([tok, pos, *lora])[0]
 
         return decode(prefill, step, tokens, params, result, self.eos_ids)
 

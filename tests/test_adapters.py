@@ -23,20 +23,21 @@ TOKENS = list(range(3, 99))  # one short teacher-forced window
 
 
 def _export(cache: dict, fmt: str, quant: str, adapters: list[str], source: str = "builtin:lfm2-tiny",
-            verify: bool = False) -> Path:
+            verify: bool = False, options: dict | None = None) -> Path:
     from edgekit.export import export, make_plan
 
-    key = ("sep", source, fmt, quant, tuple(adapters), verify)
+    key = ("sep", source, fmt, quant, tuple(adapters), verify, tuple(sorted((options or {}).items())))
     if key not in cache:
         out = cache["root"] / f"sep{len(cache)}-{fmt}-{quant}"
-        prep = make_plan(source, fmt, quant, adapters, {"lora_mode": "separate"})
+        prep = make_plan(source, fmt, quant, adapters, {"lora_mode": "separate", **(options or {})})
         export(prep, out, verify=verify, progress=lambda _m: None)
         cache[key] = out
     return cache[key]
 
 
-def _references(bundle: Path) -> dict:
-    """name (None = base) -> float32 logits of the reference over TOKENS."""
+def _references(bundle: Path, scaled: tuple = ()) -> dict:
+    """name (None = base) -> float32 logits of the reference over TOKENS; also (name, scale) for each of
+    ``scaled``."""
     from edgekit import adapters, reference
     from edgekit.bundle import read_manifest
     from edgekit.checkpoint import open_checkpoint
@@ -50,23 +51,29 @@ def _references(bundle: Path) -> dict:
     for name, e in m["adapters"]["items"].items():
         model = adapters.adapter_reference(ckpt, open_adapter(e["source"]["path"], ckpt), opts)
         out[name] = reference.logits(model, TOKENS)
+    for name, scale in scaled:
+        e = m["adapters"]["items"][name]
+        model = adapters.adapter_reference(ckpt, open_adapter(e["source"]["path"], ckpt), opts, scale)
+        out[(name, scale)] = reference.logits(model, TOKENS)
     return out
 
 
 def _switch_and_compare(bundle: Path, tol: float, order: list) -> dict:
-    """Switch through ``order`` on one session; every state's logits must match its reference within ``tol``
-    (max |Δ|), and be 5x farther (mean |Δ|) from every other state's reference (the switch took effect)."""
+    """Switch through ``order`` (names, None, or (name, scale)) on one session; every state's logits must match its
+    reference within ``tol`` (max |Δ|), and be 5x farther (mean |Δ|) from every other state's reference (the
+    switch took effect)."""
     import edgekit
 
-    refs = _references(bundle)
+    refs = _references(bundle, tuple(k for k in order if isinstance(k, tuple)))
     got = {}
     with_session = edgekit.load(bundle)
     try:
-        assert set(with_session.adapters) == {k for k in refs if k is not None}
-        for name in order:
-            seconds = with_session.use_adapter(name)
+        assert set(with_session.adapters) == {k for k in refs if k is not None and not isinstance(k, tuple)}
+        for key in order:
+            name, scale = key if isinstance(key, tuple) else (key, 1.0)
+            seconds = with_session.use_adapter(name, scale)
             assert with_session.active_adapter == name and seconds >= 0
-            got[name] = with_session.logits(TOKENS)
+            got[key] = with_session.logits(TOKENS)
     finally:
         with_session.close()
     for name in order:
@@ -295,10 +302,36 @@ def test_two_adapters_verified(export_cache, fmt, quant):
         assert v["metrics"]["tokens"] >= 2000 and v["metrics"]["greedy_tokens"] > 0
 
 
-@pytest.mark.slow
-def test_executorch_two_adapters_switch(export_cache):
-    bundle = _export(export_cache, "executorch", "fp32", [LORA1, f"http={LORA2}"])
-    _switch_and_compare(bundle, 2e-3, [None, "http", "lfm2-tiny-lora"])
+def test_executorch_switches_in_place_at_any_scale(export_cache, tmp_path):
+    """The factors and the scale are program inputs: one program, switched without a reload (the same loaded
+    program object), at scale 0.5 too, each state against its unmerged reference; ``adapter add`` writes one file
+    (no re-lowering); a bundle of the older .ptd-per-adapter layout is refused in one line."""
+    import edgekit
+    from edgekit import adapters
+
+    bundle = _export(export_cache, "executorch", "fp32", [LORA1], options={"max_context": 256})
+    m = json.loads((bundle / "edgekit.json").read_text())
+    assert m["artifact"]["lora_inputs"] and "lora_keys" not in m["artifact"]
+    assert m["adapters"]["items"]["lfm2-tiny-lora"]["file"] == "adapters/lfm2-tiny-lora.safetensors"
+    added = tmp_path / "b"
+    shutil.copytree(bundle, added)
+    entry = adapters.add(added, LORA2, "http", verify=False, progress=lambda _m: None)
+    assert (added / entry["file"]).is_file()
+    s = edgekit.load(added)
+    try:
+        program = s._program
+        s.use_adapter("http", 0.5)
+        s.use_adapter("lfm2-tiny-lora")
+        assert s._program is program  # no reload
+    finally:
+        s.close()
+    _switch_and_compare(added, 2e-3, [None, "http", ("http", 0.5), "lfm2-tiny-lora", ("lfm2-tiny-lora", 0.5), None])
+    old = tmp_path / "old"
+    shutil.copytree(bundle, old)
+    m["artifact"]["lora_keys"] = {}
+    (old / "edgekit.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="older edgekit layout.*re-export"):
+        edgekit.load(old)
 
 
 @pytest.mark.slow

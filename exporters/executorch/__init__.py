@@ -74,8 +74,8 @@ class LanguageOptions(LinearOptions):
                                   ("none", "8", "4"))
     max_context: int | None = option(None, "ExecuTorch: KV cache length in tokens (default min(2048, the "
                                            "model's context length))")
-    lora_mode: str = option("merged", "ExecuTorch: fold the adapter in (merged) or keep it in adapter.ptd "
-                                      "(separate)", ("merged", "separate"))
+    lora_mode: str = option("merged", "ExecuTorch: fold the adapter in (merged) or keep adapters separate "
+                                      "(program inputs, one file each)", ("merged", "separate"))
     head_bits: int | None = option(None, "ExecuTorch 8da4w: bits of the tied LM head, 4 or 8 (default 8, per "
                                          "channel)", (4, 8))
     shared_embedding: str = option("auto", "ExecuTorch: store the tied embedding / LM head table once, in "

@@ -1,107 +1,174 @@
-"""Separate LoRA adapters for ExecuTorch bundles: one program, one ``.ptd`` data file per adapter.
+"""Separate LoRA adapters for ExecuTorch bundles: the factors and the scale are inputs of ``forward``.
 
-The LFM2 program carries a float32 LoRA branch on every adapted projection, its A/B constants tagged into an
-external data file (``lower.lower``'s tag).  XNNPACK names each external constant by the sha256 of its bytes
-(and stores identical tensors once), so a program lowered with zero branches could not tell its branches apart.
-The program is therefore lowered with a distinct random placeholder in every branch tensor; each key of the
-data file it writes is then matched to its branch by hashing those placeholders (as stored, or transposed), and
-that map (``artifact.lora_keys``) is all later adapters need: an adapter's data file is the same keys with the
-adapter's values — no re-lowering, also for ``edgekit adapter add``.  ``lora_zero.ptd`` holds zeros: the base.
+The program carries a float32 LoRA branch beside every adapted projection, ``y = base(x) + ((x @ A) * scale) @ B``,
+as two XNNPACK batched matmuls whose right-hand sides are *inputs* of the method: ``forward(tokens, input_pos,
+(lora_scale [1], A_0 [1, in, r], B_0 [1, r, out], ...))``.  The session holds one list of these tensors per
+adapter (read once from ``adapters/NAME.safetensors``) and passes the active one on every call, so switching is
+a pointer swap — no program reload, no XNNPACK repacking of the base — at any scale (``lora_scale``); the base
+alone is zero factors.  The order and shapes of the inputs (``Slot``) are in the manifest (``artifact.lora_inputs``),
+which is all ``edgekit adapter add`` needs: no re-lowering.
+
+Candidates measured on the built-in tiny LFM2 (8da4w, 1 thread; bench/RESULTS.md has the full run): factors as
+program constants in a ``.ptd`` per adapter (the earlier layout) switch by reloading the program (13 ms here,
+~0.4 s on a 350M) at scale 1.0 only; factors as inputs of ``F.linear`` are not delegated (XNNPACK's linear takes
+static weights only) and run as portable kernels; factors as inputs of ``bmm`` stay inside the delegate (XNNPACK's
+batched matmul packs nothing ahead).  Mutable buffers written by a second method would need ExecuTorch's shared
+mutable-buffer memory planning, which the Python runtime's ``Program.load_method`` does not share between
+methods.  The bmm-input form is what edgekit writes.  ExecuTorch's C++ text runner passes only tokens and
+positions, so a separate-adapter bundle generates through the Method API loop.
 """
 
 from __future__ import annotations
 
-import hashlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
-import torch
 
-from ...adapters import ADAPTER_DIR, NamedAdapter, factors
-from ...errors import AdapterError, BundleError, InternalError
+from ...adapters import ADAPTER_DIR, LoraFactors, NamedAdapter, check_fits, factors
+from ...errors import AdapterError, BundleError
 
-MECHANISM = ("ExecuTorch program with LoRA branches whose weights live in a .ptd data file per adapter; "
-             "switching loads the program with the other data file")
-SUFFIX = ".ptd"
+MECHANISM = ("ExecuTorch program whose LoRA factors and scale are inputs of forward (XNNPACK batched matmuls); "
+             "one safetensors file of those inputs per adapter, passed by the session on every call")
+SUFFIX = ".safetensors"
+LEGACY = ("lora_keys", "lora_base_data")  # the .ptd-per-adapter layout (switch = program reload)
 
 
-def set_placeholders(model: torch.nn.Module) -> None:
-    """A distinct random value in every LoRA tensor (deterministic), so the lowered data keys are distinct."""
+@dataclass(frozen=True)
+class Slot:
+    """One LoRA input of ``forward``: ``name``; the HF module whose factor fills it; ``which`` "A" ([1, in, r],
+    A transposed) or "B" ([1, r, out], B transposed); ``rows``: the slice of B's output rows it holds (LFM2's
+    in_proj is three projections in the graph), None for all."""
+
+    name: str
+    module: str
+    which: str
+    shape: tuple[int, int, int]
+    rows: tuple[int, int] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "module": self.module, "which": self.which, "shape": list(self.shape),
+                "rows": list(self.rows) if self.rows else None}
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> "Slot":
+        return Slot(str(d["name"]), str(d["module"]), str(d["which"]), tuple(int(x) for x in d["shape"]),  # type: ignore[arg-type]
+                    tuple(d["rows"]) if d.get("rows") else None)  # type: ignore[arg-type]
+
+
+def assign_slots(
+    linears: Iterable[tuple[Any, str, tuple[int, int] | None]], ranks: Mapping[str, int]
+) -> tuple[Slot, ...]:
+    """Give every (linear module, HF module name, B rows) whose HF leaf has a rank in ``ranks`` its A and B input
+    indices (``module.lora_slots``); linears of one HF module share its A input.  Returns the slots in input order."""
+    slots: list[Slot] = []
+    index: dict[str, int] = {}
+    for linear, hf, rows in linears:
+        rank = ranks.get(hf.rsplit(".", 1)[-1])
+        if not rank:
+            continue
+        lin = getattr(linear, "base", linear)
+        d_in, d_out = int(lin.in_features), int(lin.out_features)
+        a_name, b_name = f"{hf}.A", f"{hf}.B" + (f"[{rows[0]}:{rows[1]}]" if rows else "")
+        if a_name not in index:
+            index[a_name] = len(slots)
+            slots.append(Slot(a_name, hf, "A", (1, d_in, rank)))
+        index[b_name] = len(slots)
+        slots.append(Slot(b_name, hf, "B", (1, rank, d_out), rows))
+        linear.lora_slots = (index[a_name], index[b_name])
+    return tuple(slots)
+
+
+def branch(module: Any, x: Any, y: Any, lora: tuple[Any, Sequence[Any]] | None) -> Any:
+    """``y`` plus the module's LoRA branch on its (unquantised) input ``x`` [1, n, in]; ``lora``: (scale [1],
+    the factor inputs), None for a program without LoRA inputs."""
+    import torch
+
+    ids = getattr(module, "lora_slots", None)
+    if lora is None or ids is None:
+        return y
+    scale, w = lora
+    return y + torch.bmm(torch.bmm(x, w[ids[0]]) * scale, w[ids[1]])
+
+
+def example_inputs(slots: Sequence[Slot]) -> tuple[Any, ...]:
+    """(scale, factors...) for tracing: distinct non-zero values, so no branch is constant-folded away."""
+    import torch
+
     gen = torch.Generator().manual_seed(16)
-    with torch.no_grad():
-        for name, p in sorted(model.named_parameters()):
-            if ".lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=gen))
+    return (torch.ones(1),) + tuple(torch.randn(s.shape, generator=gen) * 0.01 for s in slots)
 
 
-def lora_values(model: torch.nn.Module) -> dict[str, np.ndarray]:
-    return {n: p.detach().numpy().copy() for n, p in model.named_parameters() if ".lora_" in n}
-
-
-def key_map(ptd: Path, placeholders: Mapping[str, np.ndarray]) -> dict[str, list[Any]]:
-    """Data-file key -> [LoRA parameter name, stored transposed?], found by hashing the placeholders."""
-    payload = _read(ptd)
-    by_hash: dict[str, list[Any]] = {}
-    for name, v in placeholders.items():
-        by_hash[hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()] = [name, False]
-        by_hash.setdefault(hashlib.sha256(np.ascontiguousarray(v.T).tobytes()).hexdigest(), [name, True])
-    out: dict[str, list[Any]] = {}
-    for key, entry in payload.named_data.items():
-        data = bytes(payload.buffers[entry.buffer_index])
-        hit = by_hash.get(hashlib.sha256(data).hexdigest())
-        if hit is None:
-            raise InternalError(f"{ptd}: data key {key[:16]}... matches no LoRA branch; the lowering changed the "
-                                "tensors' layout (report this)")
-        out[key] = hit
-    missing = sorted(set(placeholders) - {v[0] for v in out.values()})
-    if missing:
-        raise InternalError(f"{ptd}: LoRA tensors {missing[:3]} are not in the data file")
+def arrays(slots: Sequence[Slot], f: Mapping[str, LoraFactors]) -> dict[str, np.ndarray]:
+    """One adapter's factors (``edgekit.adapters.factors``: scaling folded into B) as the program's inputs, zero
+    beyond each factor's rank and on modules the adapter leaves alone."""
+    out: dict[str, np.ndarray] = {}
+    for s in slots:
+        v = np.zeros(s.shape, np.float32)
+        lf = f.get(s.module)
+        if lf is not None:
+            if lf.rank > s.shape[1 if s.which == "B" else 2]:
+                raise AdapterError(f"{s.module}: rank {lf.rank} exceeds the program's LoRA branch rank")
+            if s.which == "A":
+                v[0, :, : lf.rank] = lf.a.T
+            else:
+                b = lf.b[s.rows[0] : s.rows[1]] if s.rows else lf.b
+                v[0, : lf.rank, :] = b.T
+        out[s.name] = v
     return out
 
 
-def _read(ptd: Path) -> Any:
-    from executorch.exir._serialize._cord import Cord
-    from executorch.extension.flat_tensor.serialize.serialize import FlatTensorSerializer
+def write_file(slots: Sequence[Slot], f: Mapping[str, LoraFactors], out: Path) -> int:
+    """Write one adapter's inputs to ``out`` (safetensors, float32); returns its size in bytes."""
+    from safetensors.numpy import save_file
 
-    return FlatTensorSerializer().deserialize(Cord(ptd.read_bytes()))
-
-
-def write_data(template: Path, keys: Mapping[str, Sequence[Any]], values: Mapping[str, np.ndarray], out: Path) -> int:
-    """A data file with ``template``'s keys and tensor layouts holding ``values`` (LoRA parameter name -> array)."""
-    from executorch.exir._serialize._cord import Cord
-    from executorch.exir._serialize.data_serializer import DataEntry, DataPayload
-    from executorch.extension.flat_tensor.serialize.serialize import FlatTensorSerializer
-
-    payload = _read(template)
-    buffers: list[bytes] = []
-    named: dict[str, Any] = {}
-    for key, entry in payload.named_data.items():
-        name, transposed = keys[key]
-        v = np.asarray(values[name], dtype=np.float32)
-        data = np.ascontiguousarray(v.T if transposed else v).tobytes()
-        if len(data) != len(payload.buffers[entry.buffer_index]):
-            raise InternalError(f"{name}: {len(data)} bytes where the program expects {len(payload.buffers[entry.buffer_index])}")
-        named[key] = DataEntry(buffer_index=len(buffers), alignment=64, tensor_layout=entry.tensor_layout)
-        buffers.append(data)
-    blob = FlatTensorSerializer().serialize(DataPayload(buffers=buffers, named_data=named))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
-    tmp.write_bytes(bytes(blob) if not isinstance(blob, Cord) else bytes(blob))
+    save_file(arrays(slots, f), str(tmp), metadata={"format": "edgekit executorch lora inputs"})
     tmp.replace(out)
     return out.stat().st_size
 
 
-def adapter_values(model: torch.nn.Module, f: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    from .lfm2 import load_factors
+def read_file(path: Path, slots: Sequence[Slot]) -> list[np.ndarray]:
+    """An adapter file's tensors in input order; BundleError when it does not fit the program."""
+    from safetensors.numpy import load_file
 
-    load_factors(model, f)
-    return lora_values(model)
+    try:
+        data = load_file(str(path))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise BundleError(f"{path}: not a readable adapter file ({exc}); re-add the adapter") from None
+    out = []
+    for s in slots:
+        v = data.get(s.name)
+        if v is None or tuple(v.shape) != s.shape or v.dtype != np.float32:
+            raise BundleError(f"{path}: no float32 {s.name} of shape {list(s.shape)}; the file is not for this "
+                              "program (re-add the adapter)")
+        out.append(np.ascontiguousarray(v))
+    return out
+
+
+def check_layout(root: Path, artifact: Mapping[str, Any]) -> tuple[Slot, ...]:
+    """The program's LoRA input slots; a bundle of the older ``.ptd``-per-adapter layout is refused."""
+    if any(k in artifact for k in LEGACY) or "lora_inputs" not in artifact:
+        raise BundleError(f"{root}: this ExecuTorch bundle keeps its adapters as .ptd data files (an older edgekit "
+                          "layout); re-export it with --lora-mode separate")
+    return tuple(Slot.from_dict(d) for d in artifact["lora_inputs"])
+
+
+def write_all(slots: Sequence[Slot], per_name: Mapping[str, Mapping[str, LoraFactors]], out_dir: Path) -> dict[str, Any]:
+    """Every adapter's file; name -> its manifest entry."""
+    items: dict[str, Any] = {}
+    for name, f in per_name.items():
+        rel = f"{ADAPTER_DIR}/{name}{SUFFIX}"
+        size = write_file(slots, f, out_dir / rel)
+        items[name] = {"file": rel, "bytes": size, "max_rank": max(lf.rank for lf in f.values())}
+    return items
 
 
 def write(job: Any, named: Sequence[NamedAdapter], out_dir: Path, artifact: dict[str, Any]) -> dict[str, Any]:
-    """The pair file lowered the program and wrote every adapter's data file; their entries move from the
-    artifact section (``adapter_files``) to the adapters section."""
+    """The pair file lowered the program and wrote every adapter's file; their entries move from the artifact
+    section (``adapter_files``) to the adapters section."""
     return {"mechanism": MECHANISM, "items": artifact.pop("adapter_files")}
 
 
@@ -109,17 +176,10 @@ def add_adapter(
     root: Path, manifest: Mapping[str, Any], checkpoint: Any, options: Any, named: NamedAdapter,
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
-    from ...adapters import check_fits
-    from .lfm2 import Lfm2, LoraSpec
-
-    art = manifest["artifact"]
-    keys, branches = art.get("lora_keys"), art.get("lora_branches")
-    if not keys or not branches:
-        raise BundleError(f"{root}: the manifest records no LoRA data keys; re-export with --lora-mode separate")
+    slots = check_layout(root, manifest["artifact"])
     f = factors(named.adapter)
-    have = {m: int(branches.get(m.rsplit(".", 1)[-1], 0)) for m in f}
-    check_fits(named.name, f, {m: r for m, r in have.items() if r}, "executorch")
-    model = Lfm2(checkpoint.model_config.with_context(16), {k: LoraSpec(int(r), 1.0) for k, r in branches.items()})
+    have = {s.module: s.shape[2] for s in slots if s.which == "A"}
+    check_fits(named.name, f, have, "executorch")
     rel = f"{ADAPTER_DIR}/{named.name}{SUFFIX}"
-    size = write_data(root / art["lora_base_data"], keys, adapter_values(model, f), root / rel)
+    size = write_file(slots, f, root / rel)
     return {"file": rel, "bytes": size, "max_rank": max(lf.rank for lf in f.values())}

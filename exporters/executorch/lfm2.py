@@ -30,7 +30,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -46,31 +46,22 @@ from . import ARTIFACT, LanguageOptions, lower, quant
 from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
 
 
-@dataclass(frozen=True)
-class LoraSpec:
-    """A separate (unmerged) LoRA branch: ``y = base(x) + scale * B(A(x))``; A and B stay float32."""
-
-    rank: int
-    scale: float
+_IN_PROJ = ("B_proj", "C_proj", "x_proj")  # HF's conv.in_proj rows, in order
+Lora = Optional[Tuple[torch.Tensor, Sequence[torch.Tensor]]]  # (scale [1], factor inputs): adapters.branch
 
 
 class Linear(nn.Module):
-    """A bias-free linear with an optional separate LoRA branch (``lora_a`` / ``lora_b`` in the names lets the
-    exporter tag these weights for the adapter data file)."""
+    """A bias-free linear; with ``lora_slots`` set (``adapters.assign_slots``) it adds its separate LoRA branch,
+    whose factors are inputs of the program."""
 
-    def __init__(self, d_in: int, d_out: int, lora: LoraSpec | None = None) -> None:
+    def __init__(self, d_in: int, d_out: int) -> None:
         super().__init__()
         self.base = nn.Linear(d_in, d_out, bias=False)
-        self.lora = lora
-        if lora is not None:
-            self.lora_a = nn.Linear(d_in, lora.rank, bias=False)
-            self.lora_b = nn.Linear(lora.rank, d_out, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
-        if self.lora is not None:
-            y = y + self.lora_b(self.lora_a(x)) * self.lora.scale
-        return y
+    def forward(self, x: torch.Tensor, lora: Lora = None) -> torch.Tensor:
+        from .adapters import branch
+
+        return branch(self, x, self.base(x), lora)
 
 
 class RMSNorm(nn.Module):
@@ -97,14 +88,14 @@ def rotate_half_matrix(head_dim: int) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, s: Lfm2Config, lora: Mapping[str, LoraSpec]) -> None:
+    def __init__(self, s: Lfm2Config) -> None:
         super().__init__()
         hd = s.head_dim
         self.n_heads, self.n_kv, self.hd = s.num_attention_heads, s.num_key_value_heads, hd
-        self.q_proj = Linear(s.hidden_size, s.num_attention_heads * hd, lora.get("q_proj"))
-        self.k_proj = Linear(s.hidden_size, s.num_key_value_heads * hd, lora.get("k_proj"))
-        self.v_proj = Linear(s.hidden_size, s.num_key_value_heads * hd, lora.get("v_proj"))
-        self.out_proj = Linear(s.num_attention_heads * hd, s.hidden_size, lora.get("out_proj"))
+        self.q_proj = Linear(s.hidden_size, s.num_attention_heads * hd)
+        self.k_proj = Linear(s.hidden_size, s.num_key_value_heads * hd)
+        self.v_proj = Linear(s.hidden_size, s.num_key_value_heads * hd)
+        self.out_proj = Linear(s.num_attention_heads * hd, s.hidden_size)
         self.q_layernorm = RMSNorm(hd, s.norm_eps)
         self.k_layernorm = RMSNorm(hd, s.norm_eps)
         self.register_buffer("rot", rotate_half_matrix(hd), persistent=False)
@@ -115,86 +106,108 @@ class Attention(nn.Module):
     def rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         return x * cos + F.linear(x, self.rot) * sin
 
-    def forward(self, x: torch.Tensor, pos: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pos: int, cos: torch.Tensor, sin: torch.Tensor, lora: Lora) -> torch.Tensor:
         _, n, _ = x.shape
-        q = self.q_layernorm(self.q_proj(x).view(1, n, self.n_heads, self.hd))
-        k = self.k_layernorm(self.k_proj(x).view(1, n, self.n_kv, self.hd))
-        v = self.v_proj(x).view(1, n, self.n_kv, self.hd)
+        q = self.q_layernorm(self.q_proj(x, lora).view(1, n, self.n_heads, self.hd))
+        k = self.k_layernorm(self.k_proj(x, lora).view(1, n, self.n_kv, self.hd))
+        v = self.v_proj(x, lora).view(1, n, self.n_kv, self.hd)
         q, k = self.rope(q, cos, sin), self.rope(k, cos, sin)
         torch.ops.llama.update_cache(k, self.k_cache, pos)
         torch.ops.llama.update_cache(v, self.v_cache, pos)
         out = torch.ops.llama.custom_sdpa(q, self.k_cache, self.v_cache, pos, None, 0, True)
-        return self.out_proj(out.reshape(1, n, self.n_heads * self.hd))
+        return self.out_proj(out.reshape(1, n, self.n_heads * self.hd), lora)
 
 
 class ShortConv(nn.Module):
-    def __init__(self, s: Lfm2Config, lora: Mapping[str, LoraSpec]) -> None:
+    def __init__(self, s: Lfm2Config) -> None:
         super().__init__()
         d, k = s.hidden_size, s.conv_L_cache
         self.k = k
         # in_proj (d -> 3d, split B, C, x) as three linears: a split of a tensor with a dynamic dimension would
         # leave the delegate
-        self.B_proj = Linear(d, d, lora.get("in_proj"))
-        self.C_proj = Linear(d, d, lora.get("in_proj"))
-        self.x_proj = Linear(d, d, lora.get("in_proj"))
-        self.out_proj = Linear(d, d, lora.get("out_proj"))
+        self.B_proj = Linear(d, d)
+        self.C_proj = Linear(d, d)
+        self.x_proj = Linear(d, d)
+        self.out_proj = Linear(d, d)
         self.weight = nn.Parameter(torch.zeros(d, 1, k))  # depthwise kernel, HF's conv.conv.weight
         self.register_buffer("conv_state", torch.zeros(1, d, k - 1), persistent=False)
 
-    def forward(self, x: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
-        bx = (self.B_proj(x) * self.x_proj(x)).transpose(1, 2)  # [1, d, n]
+    def forward(self, x: torch.Tensor, fresh: torch.Tensor, lora: Lora) -> torch.Tensor:
+        bx = (self.B_proj(x, lora) * self.x_proj(x, lora)).transpose(1, 2)  # [1, d, n]
         ext = torch.cat([self.conv_state * fresh, bx], dim=2)  # [1, d, n + k - 1]
         with torch.no_grad():
             self.conv_state.copy_(ext[:, :, -(self.k - 1) :])
         y = F.conv1d(ext, self.weight, groups=ext.shape[1])  # no padding: exactly n outputs
-        return self.out_proj(self.C_proj(x) * y.transpose(1, 2))
+        return self.out_proj(self.C_proj(x, lora) * y.transpose(1, 2), lora)
 
 
 class FeedForward(nn.Module):
-    def __init__(self, s: Lfm2Config, lora: Mapping[str, LoraSpec]) -> None:
+    def __init__(self, s: Lfm2Config) -> None:
         super().__init__()
-        self.w1 = Linear(s.hidden_size, s.intermediate_size, lora.get("w1"))
-        self.w3 = Linear(s.hidden_size, s.intermediate_size, lora.get("w3"))
-        self.w2 = Linear(s.intermediate_size, s.hidden_size, lora.get("w2"))
+        self.w1 = Linear(s.hidden_size, s.intermediate_size)
+        self.w3 = Linear(s.hidden_size, s.intermediate_size)
+        self.w2 = Linear(s.intermediate_size, s.hidden_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+    def forward(self, x: torch.Tensor, lora: Lora = None) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x, lora)) * self.w3(x, lora), lora)
 
 
 class Block(nn.Module):
-    def __init__(self, s: Lfm2Config, kind: str, lora: Mapping[str, LoraSpec]) -> None:
+    def __init__(self, s: Lfm2Config, kind: str) -> None:
         super().__init__()
         self.is_attention = kind == "full_attention"
         self.operator_norm = RMSNorm(s.hidden_size, s.norm_eps)
         self.ffn_norm = RMSNorm(s.hidden_size, s.norm_eps)
         if self.is_attention:
-            self.self_attn = Attention(s, lora)
+            self.self_attn = Attention(s)
         else:
-            self.conv = ShortConv(s, lora)
-        self.feed_forward = FeedForward(s, lora)
+            self.conv = ShortConv(s)
+        self.feed_forward = FeedForward(s)
 
-    def forward(self, x, pos, fresh, cos, sin):
+    def forward(self, x, pos, fresh, cos, sin, lora: Lora = None):
         h = self.operator_norm(x)
-        h = self.self_attn(h, pos, cos, sin) if self.is_attention else self.conv(h, fresh)
+        h = self.self_attn(h, pos, cos, sin, lora) if self.is_attention else self.conv(h, fresh, lora)
         x = x + h
-        return x + self.feed_forward(self.ffn_norm(x))
+        return x + self.feed_forward(self.ffn_norm(x), lora)
 
 
 class Lfm2(nn.Module):
-    def __init__(self, s: Lfm2Config, lora: Mapping[str, LoraSpec] | None = None) -> None:
+    """``lora_ranks`` (HF projection leaf -> branch rank): the program takes a third input, (scale [1], the
+    factors of ``self.lora_slots`` in order) — see ``adapters``."""
+
+    def __init__(self, s: Lfm2Config, lora_ranks: Mapping[str, int] | None = None) -> None:
         super().__init__()
-        lora = lora or {}
         self.shape = s
         self.embed_tokens = nn.Embedding(s.vocab_size, s.hidden_size)
-        self.layers = nn.ModuleList(Block(s, t, lora) for t in s.layer_types)
+        self.layers = nn.ModuleList(Block(s, t) for t in s.layer_types)
         self.embedding_norm = RMSNorm(s.hidden_size, s.norm_eps)
         self.lm_head = nn.Linear(s.hidden_size, s.vocab_size, bias=False)
         cos, sin = (torch.from_numpy(t) for t in s.rope_tables())
         # rotate_half layout: the same angle for i and i + d/2
         self.register_buffer("rope_cos", torch.cat([cos, cos], dim=-1), persistent=False)
         self.register_buffer("rope_sin", torch.cat([sin, sin], dim=-1), persistent=False)
+        from .adapters import assign_slots
 
-    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        self.lora_slots = assign_slots(self._linears(), dict(lora_ranks or {}))
+
+    def _linears(self) -> list[tuple[Linear, str, tuple[int, int] | None]]:
+        """(graph linear, HF module, B rows) of every projection; in_proj is B_proj, C_proj, x_proj."""
+        d = self.shape.hidden_size
+        out = []
+        for name, m in self.named_modules():
+            if isinstance(m, Linear):
+                stem, leaf = name.rsplit(".", 1)
+                part = None
+                if leaf in _IN_PROJ:
+                    part = _IN_PROJ.index(leaf)
+                    hf = f"model.{stem}.in_proj"
+                else:
+                    hf = f"model.{name}"
+                out.append((m, hf, (part * d, (part + 1) * d) if part is not None else None))
+        return out
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor,
+                lora: Optional[Tuple[torch.Tensor, ...]] = None) -> torch.Tensor:
         n = tokens.shape[1]
         pos = input_pos[0].item()
         torch._check_is_size(pos)
@@ -203,8 +216,9 @@ class Lfm2(nn.Module):
         sin = self.rope_sin.narrow(0, pos, n).view(1, n, 1, -1)
         fresh = (input_pos > 0).to(torch.float32)  # 0 at the start of a sequence: drop stale conv state
         h = self.embed_tokens(tokens)
+        branches = (lora[0], lora[1:]) if lora is not None else None
         for layer in self.layers:
-            h = layer(h, pos, fresh, cos, sin)
+            h = layer(h, pos, fresh, cos, sin, branches)
         h = self.embedding_norm(h[:, -1, :])  # the runner samples from the last position only
         return self.lm_head(h)
 
@@ -253,37 +267,14 @@ def load_weights(model: Lfm2, weights: Mapping[str, np.ndarray]) -> None:
         raise CheckpointError(f"the checkpoint has no weights for {', '.join(missing[:5])}")
 
 
-def load_lora(model: Lfm2, tensors: Mapping[str, np.ndarray]) -> None:
-    """PEFT names (``...<module>.lora_A.weight``) -> the separate LoRA branches; in_proj's B is split in three."""
-    params = dict(model.named_parameters())
-    d = model.shape.hidden_size
-    for key, array in tensors.items():
-        module, ab = key.rsplit(".lora_", 1)
-        module = module.removeprefix("base_model.model.")
-        which = "lora_a" if ab.startswith("A") else "lora_b"
-        for name, part in _dest(module + ".weight"):
-            target = name.replace(".base.weight", f".{which}.weight")
-            t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-            if part is not None and which == "lora_b":
-                t = t[part * d : (part + 1) * d]
-            with torch.no_grad():
-                params[target].copy_(t)
-
-
 def example_inputs(n: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.arange(1, n + 1, dtype=torch.long).view(1, n), torch.tensor([0], dtype=torch.long)
-
-
-def lora_modules(targets: Sequence[str], rank: int, scale: float) -> dict[str, LoraSpec]:
-    return {t: LoraSpec(rank, scale) for t in targets}
 
 
 # -- export ----------------------------------------------------------------------------------------------------
 PARAMS_FILE = "params.json"
 DEFAULT_CONTEXT = 2048
 EMBEDDING_BITS = {"none": None, "8": 8, "4": 4}
-LORA_DATA = "adapter"  # the tag of the LoRA constants: lowering writes adapter.ptd
-LORA_BASE_DATA = "lora_zero.ptd"  # that file with zero branches: the base model alone
 SHARED_DATA = "model"  # -> model.ptd: the tied embedding / LM head table, stored once
 # ExecuTorch's ShortConvBlock hard-codes this kernel length, so export_llm can only rebuild models that use it
 EXPORT_LLM_CONV_KERNEL = 3
@@ -348,43 +339,26 @@ def _base_weights(job: ExportJob) -> dict[str, np.ndarray]:
     return out
 
 
-def _lora(job: ExportJob) -> tuple[dict[str, LoraSpec], dict[str, dict[str, Any]]]:
-    """(LoRA branch spec per module type, factors per adapter name) of the plan's separate adapters.  A branch's
-    rank is the largest any adapter uses on that module type (smaller ones are zero-padded, exactly); PEFT's
-    scaling is folded into B (``edgekit.adapters.factors``), so every branch has scale 1."""
+def _lora(job: ExportJob) -> tuple[dict[str, int], dict[str, dict[str, Any]]]:
+    """(LoRA branch rank per HF projection leaf, factors per adapter name) of the plan's separate adapters.  A
+    branch's rank is the largest any adapter uses on that leaf (smaller ones are zero-padded, exactly); PEFT's
+    scaling is folded into B (``edgekit.adapters.factors``); the run-time scale is the program's input."""
     from ...adapters import factors
     from ...lora import open_adapter
 
     if not job.plan.adapters:
         raise UnsupportedError("executorch --lora-mode separate needs --adapter")
     per_name = {name: factors(open_adapter(path, job.checkpoint)) for name, path in job.plan.adapters}
+    return lora_ranks(per_name.values()), per_name
+
+
+def lora_ranks(all_factors: Any) -> dict[str, int]:
     ranks: dict[str, int] = {}
-    for f in per_name.values():
+    for f in all_factors:
         for module, lf in f.items():
             leaf = module.rsplit(".", 1)[-1]
             ranks[leaf] = max(ranks.get(leaf, 0), lf.rank)
-    return {leaf: LoraSpec(r, 1.0) for leaf, r in sorted(ranks.items())}, per_name
-
-
-def load_factors(model: Lfm2, f: Mapping[str, Any]) -> None:
-    """One adapter's factors (``edgekit.adapters.LoraFactors`` by HF module name) into the LoRA branches, zero
-    elsewhere and beyond each factor's rank; in_proj's B is split in three like its base weight."""
-    params = dict(model.named_parameters())
-    d = model.shape.hidden_size
-    with torch.no_grad():
-        for name, p in params.items():
-            if ".lora_" in name:
-                p.zero_()
-        for module, lf in f.items():
-            for name, part in _dest(module + ".weight"):
-                a, b = torch.from_numpy(lf.a), torch.from_numpy(lf.b)
-                if part is not None:
-                    b = b[part * d : (part + 1) * d]
-                pa, pb = params[name.replace(".base.weight", ".lora_a.weight")], params[name.replace(".base.weight", ".lora_b.weight")]
-                if lf.rank > pa.shape[0]:
-                    raise AdapterError(f"{module}: rank {lf.rank} exceeds the program's LoRA branch rank {pa.shape[0]}")
-                pa[: lf.rank].copy_(a)
-                pb[:, : lf.rank].copy_(b)
+    return dict(sorted(ranks.items()))
 
 
 def _versions() -> dict[str, str]:
@@ -404,16 +378,11 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
     cfg = job.config.with_context(max_context)
 
     t0 = time.perf_counter()
-    lora_specs, lora_factors = _lora(job) if separate else ({}, {})
+    lora_ranks_, lora_factors = _lora(job) if separate else ({}, {})
     job.progress(f"building the ExecuTorch LFM2 graph (context {max_context}, LoRA {options.lora_mode})")
     torch.manual_seed(0)
-    eager = Lfm2(cfg, lora_specs)
+    eager = Lfm2(cfg, lora_ranks_)
     load_weights(eager, _base_weights(job) if separate else job.weights)
-    if separate:
-        from . import adapters as adapter_data
-
-        adapter_data.set_placeholders(eager)  # distinct values: XNNPACK keys external data by content hash
-        placeholders = adapter_data.lora_values(eager)
 
     seconds: dict[str, float] = {}
     t = time.perf_counter()
@@ -433,31 +402,21 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
     def tag(name: str) -> str | None:
         """The .ptd file a constant goes to (None: inside the .pte).  The shared table is tagged under both its
         uses (gather and LM head); the serialiser stores byte-identical data once."""
-        if separate and "lora_" in name:
-            return LORA_DATA
-        if shared and ("embed_tokens" in name or "lm_head" in name):
-            return SHARED_DATA
-        return None
+        return SHARED_DATA if ("embed_tokens" in name or "lm_head" in name) else None
 
+    from . import adapters as adapter_inputs
+
+    slots = eager.lora_slots
     tokens = torch.export.Dim("tokens", min=1, max=max_context - 1)
+    inputs, dims = example_inputs(), ({1: tokens}, {0: 1})
+    if separate:  # (scale, factors...) as the third input: adapters.branch
+        lora_in = adapter_inputs.example_inputs(slots)
+        inputs, dims = inputs + (lora_in,), dims + (tuple(None for _ in lora_in),)
     result = lower.lower(
-        eager, example_inputs(), ({1: tokens}, {0: 1}), out_dir, ARTIFACT, runner_metadata(cfg, max_context),
-        job.progress, tag if (separate or shared) else None,
+        eager, inputs, dims, out_dir, ARTIFACT, runner_metadata(cfg, max_context), job.progress,
+        tag if shared else None,
     )
-    adapter_files: dict[str, Any] = {}
-    lora_keys: dict[str, Any] = {}
-    if separate:
-        from ...adapters import ADAPTER_DIR
-
-        lowered = out_dir / f"{LORA_DATA}.ptd"
-        lora_keys = adapter_data.key_map(lowered, placeholders)
-        zeros = {k: np.zeros_like(v) for k, v in placeholders.items()}
-        adapter_data.write_data(lowered, lora_keys, zeros, out_dir / LORA_BASE_DATA)
-        for name, f in lora_factors.items():
-            rel = f"{ADAPTER_DIR}/{name}{adapter_data.SUFFIX}"
-            size = adapter_data.write_data(lowered, lora_keys, adapter_data.adapter_values(eager, f), out_dir / rel)
-            adapter_files[name] = {"file": rel, "bytes": size, "max_rank": max(lf.rank for lf in f.values())}
-        lowered.unlink()
+    adapter_files = adapter_inputs.write_all(slots, lora_factors, out_dir) if separate else {}
     params_note = None
     if job.config.conv_L_cache == EXPORT_LLM_CONV_KERNEL:
         (out_dir / PARAMS_FILE).write_text(json.dumps(params_json(job.config), indent=2) + "\n")
@@ -468,8 +427,7 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
         )
     return {
         "file": ARTIFACT,
-        # a separate LoRA's data files are chosen at load time (``lora_base_data`` or an adapter's)
-        "data_files": [f for f in result.files if f.endswith(".ptd") and not (separate and f == f"{LORA_DATA}.ptd")],
+        "data_files": [f for f in result.files if f.endswith(".ptd")],
         "params": None if params_note else PARAMS_FILE,
         **({"params_note": params_note} if params_note else {}),
         "backend": "xnnpack",
@@ -479,8 +437,7 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
         "embedding_quant": options.embedding_quant,
         "shared_embedding": shared,
         "lora_mode": options.lora_mode,
-        **({"lora_base_data": LORA_BASE_DATA, "lora_branches": {k: v.rank for k, v in lora_specs.items()},
-            "lora_keys": lora_keys} if separate else {}),
+        **({"lora_branches": lora_ranks_, "lora_inputs": [sl.to_dict() for sl in slots]} if separate else {}),
         **({"adapter_files": adapter_files} if separate else {}),
         "max_context": max_context,
         "max_seq_len": max_context - 1,

@@ -242,14 +242,15 @@ def merge_for_export(model: Any, checkpoint: Any, adapter: Any, options: Any) ->
     return build_for_export(merged, options), (report.to_dict() if report is not None else None)
 
 
-def unmerged_reference(checkpoint: Any, adapter: Any, options: Any = None) -> Any:
+def unmerged_reference(checkpoint: Any, adapter: Any, options: Any = None, scale: float = 1.0) -> Any:
     """The registry's unmerged hook: base (ternary, exact) + the adapter as a float LoRA branch on each adapted
     projection's unquantised input (peft's ``lora.Linear`` beside the quantised layer) — what an engine that
-    applies the adapter at run time (llama.cpp's LoRA adapter) computes, with no re-ternarisation."""
+    applies the adapter at run time (llama.cpp's LoRA adapter) computes, with no re-ternarisation.  ``scale``: the
+    run-time scale multiplying every branch."""
     from edgekit.families.bitnet.reference import BitNetReference, load
 
     weights = load(checkpoint.path)
-    updates = read_adapter(adapter.path, weights)
+    updates = {k: replace(u, scaling=u.scaling * float(scale)) for k, u in read_adapter(adapter.path, weights).items()}
     model = BitNetReference(
         weights, activations=getattr(options, "bitnet_activations", "a8"), lora=_deltas(updates)
     ).eval()
