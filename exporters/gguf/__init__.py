@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgekit.calibration import CalibrationOptions
+from edgekit.mixed import MixedOptions
 from ...plan import QuantSpec, WeightKind, option
 
 ARTIFACT = "model.gguf"
@@ -36,11 +37,13 @@ QUANTS: dict[str, QuantSpec] = {
 
 
 @dataclass(frozen=True)
-class GgufOptions(CalibrationOptions):
+class GgufOptions(CalibrationOptions, MixedOptions):
     FORMAT_NAME = "gguf"
     # llama.cpp's quantiser weighs each column's rounding error by the importance matrix for these types
     # (bench/calibration_quality.py measured a gain for each; Q6_K gained nothing, so it stays plain)
     CALIBRATED = ("q4_0", "q4_k_m", "q5_k_m")
+    # a sensitivity scan re-assigns ggml types per tensor under a byte budget (exporters/gguf/mixed.py)
+    MIXED = ("q4_0", "q4_k_m", "q5_k_m")
 
     pretokenizer: str | None = option(None, "GGUF: llama.cpp pre-tokenizer name, when it cannot be derived from "
                                             "tokenizer.json")
@@ -49,3 +52,4 @@ class GgufOptions(CalibrationOptions):
 
     def validate(self, quant: QuantSpec, given: set[str]) -> None:
         self.check_calibration(quant, given)
+        self.check_mixed(quant, given)

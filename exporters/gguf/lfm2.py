@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgekit import calibration as calibration_mod
 
 from ...errors import UnsupportedError
@@ -62,8 +64,63 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
         stats = calibration_mod.for_job(job)
         imatrix = importance_matrix(job, stats.values)
         calibration = {**stats.summary(), "method": "llama.cpp importance matrix (llama_model_quantize_params.imatrix)"}
-    artifact = writer.write(out_dir, job.plan.quant, ARCH, metadata, tensors(job), job.progress, KEEP_F32, imatrix)
-    return {**artifact, "pretokenizer": voc.pretokenizer, "padded_vocab": voc.padded, "calibration": calibration}
+    mixed_summary: dict[str, Any] = {}
+    mix = None
+    if job.plan.options.mixes(job.plan.quant):
+
+        def mix(defaults: Any) -> Any:
+            chosen, summary = mixed_types(job, defaults, imatrix)
+            mixed_summary.update(summary)
+            return chosen
+
+    artifact = writer.write(out_dir, job.plan.quant, ARCH, metadata, tensors(job), job.progress, KEEP_F32, imatrix, mix)
+    return {**artifact, "pretokenizer": voc.pretokenizer, "padded_vocab": voc.padded, "calibration": calibration,
+            "mixed_precision": mixed_summary or None}
+
+
+def mixed_types(job: ExportJob, defaults: dict[str, str], imatrix: dict[str, Any] | None) -> tuple[dict[str, str], dict[str, Any]]:
+    """The sensitivity scan over the weight matrices llama.cpp quantised (``defaults``: GGUF name -> type in
+    the default file) and the selection under the byte budget: GGUF name -> type, and the manifest's entry."""
+    import gguf
+
+    from edgekit import mixed as mixed_mod
+
+    from . import mixed
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LFM2, job.config.num_hidden_layers)
+    source: dict[str, str] = {}
+    for hf in job.weights:
+        if hf != "lm_head.weight":
+            name = names.get_name(hf, try_suffixes=(".weight", ".bias"))
+            if name is not None:
+                source[name] = hf
+    base = mixed.CANDIDATES[job.plan.quant.name]
+    candidates = []
+    for name, t in defaults.items():
+        if t in ("F32", "F16", "BF16") or name not in source:
+            continue
+        shape = tuple(job.weights[source[name]].shape)
+        kinds = [k for k in base if mixed.fits(shape, k)]
+        if t not in kinds:
+            kinds.append(t)
+        sizes = dict(sorted(((k, mixed.nbytes(shape, k)) for k in kinds), key=lambda kv: kv[1]))
+        candidates.append(mixed_mod.Candidate(source[name], int(np.prod(shape)), sizes))
+    to_gguf = {hf: name for name, hf in source.items()}
+    text = calibration_mod.load_text(job.plan.options.calibration)
+    windows = calibration_mod.token_windows(text.text, job.checkpoint.path / "tokenizer.json", getattr(job.config, "bos_token_id", None))
+
+    def fake(hf: str, w: Any, t: str) -> Any:
+        return mixed.fake_quant(w, t, (imatrix or {}).get(to_gguf[hf]))
+
+    result = mixed_mod.plan(job.reference, windows, candidates, {source[n]: defaults[n] for n in defaults if n in source and defaults[n] not in ("F32", "F16", "BF16")},
+                            fake, job.plan.options.budget(), job.progress)
+    chosen = {to_gguf[hf]: t for hf, t in result.types.items()}
+    summary = result.summary(job.plan.options.byte_budget or "default", "ggml quantise/dequantise per tensor; "
+                             "llama_model_quantize_params.tt_overrides")
+    summary["tensor_types"] = chosen
+    summary["scan_kl"] = {to_gguf[hf]: v for hf, v in summary["scan_kl"].items()}
+    summary["calibration_sha256"] = text.sha256
+    return chosen, summary
 
 
 def importance_matrix(job: ExportJob, values: dict[str, Any]) -> dict[str, Any]:

@@ -102,12 +102,15 @@ def write(
     progress: Callable[[str], None],
     keep_f32: tuple[str, ...] = (),
     imatrix: Mapping[str, np.ndarray] | None = None,
+    mix: Callable[[Mapping[str, str]], Mapping[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Write ``model.gguf`` into ``out_dir`` at quantisation ``spec``; returns the manifest's artifact section.
 
     Types the ``gguf`` package encodes are written directly; the others are written as F32 to a staging file
     and converted by llama.cpp's quantiser (the staging file is removed), with ``imatrix`` (GGUF tensor name ->
-    float32 [n_per_row] mean squared input activation) as its importance matrix where given."""
+    float32 [n_per_row] mean squared input activation) as its importance matrix where given.  ``mix`` (mixed
+    precision): given the default file's tensor -> type, returns tensor -> type overrides; the file is then
+    quantised again with them (``mixed.overrides``)."""
     from . import ARTIFACT
 
     qtype, file_type, ftype = ggml_plan(spec)
@@ -119,6 +122,12 @@ def write(
     if ftype is not None:
         progress(f"quantising to {spec.name.upper()} with llama.cpp" + (" and an importance matrix" if imatrix else ""))
         requantize(staged, target, ftype, imatrix=imatrix)
+        if mix is not None:
+            from . import mixed
+
+            chosen = mix(mixed.per_tensor_types(target))
+            progress(f"quantising again with {len(chosen)} tensor types from the sensitivity scan")
+            requantize(staged, target, ftype, imatrix=imatrix, types=chosen)
         staged.unlink()
     return {
         "file": ARTIFACT,
@@ -129,14 +138,20 @@ def write(
 
 
 def requantize(
-    src: Path, dst: Path, ftype: FT, threads: int | None = None, imatrix: Mapping[str, np.ndarray] | None = None
+    src: Path,
+    dst: Path,
+    ftype: FT,
+    threads: int | None = None,
+    imatrix: Mapping[str, np.ndarray] | None = None,
+    types: Mapping[str, str] | None = None,
 ) -> None:
     """Convert ``src`` to file type ``ftype`` at ``dst`` with llama.cpp's ``llama_model_quantize``.
 
     ``imatrix``: GGUF tensor name -> float32 [n_per_row] importance per input column (mean squared activation),
     handed over as llama.h's null-terminated ``llama_model_imatrix_data`` array — the same values
     ``llama-quantize --imatrix`` passes after reading an imatrix file (``in_sum2 / counts``).  Tensors without an
-    entry are quantised unweighted, as llama.cpp does.  Raises ``EdgekitError`` when llama.cpp fails."""
+    entry are quantised unweighted, as llama.cpp does.  ``types``: GGUF tensor name -> ggml type name, passed as
+    ``tt_overrides`` (``mixed.overrides``).  Raises ``EdgekitError`` when llama.cpp fails."""
     import llama_cpp
 
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp logs every tensor otherwise
@@ -157,6 +172,11 @@ def requantize(
         entries[len(imatrix)].name = None  # the terminator llama.cpp reads up to
         keep.append(entries)
         params.imatrix = entries
+    if types:
+        from . import mixed
+
+        params.tt_overrides, buffers = mixed.overrides(types)
+        keep.extend(buffers)
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
         raise EdgekitError(f"llama.cpp's quantiser failed on {src} (code {rc})")

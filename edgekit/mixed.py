@@ -1,0 +1,252 @@
+"""Mixed precision under a byte budget: a sensitivity scan and the choice of a type per tensor.
+
+Format-neutral.  Each exporter supplies (a) the candidate types of each weight matrix with their stored bytes
+and (b) ``fake(name, weight, type) -> weight`` that quantises and dequantises one tensor with the format
+library's own quantiser (GGUF: ggml's ``ggml_quantize_chunk`` + gguf-py's ``dequantize``; ExecuTorch: torchao's
+config on that one linear); this module measures, on the calibration text, the KL cost of each tensor alone at
+each type (PyTorch reference, every other tensor float) and picks the types that minimise the summed cost
+within the budget.
+
+- **Scan**: cost(tensor, type) = mean over calibration tokens of KL(reference || reference with that one tensor
+  quantised).  Costs are assumed additive across tensors (a first-order approximation the bench measures).
+- **Selection**: a multiple-choice knapsack solved greedily: every tensor starts at its cheapest type, then the
+  upgrade with the largest cost saved per extra byte (on each tensor's lower convex hull) is taken while the
+  budget allows.
+- **Budget** (``--byte-budget``): bytes per weight of the weight matrices (``0.5625``), or their total in MB
+  (``3.9MB``); default: what the format's default assignment of this quant stores.  A budget below every
+  matrix at the cheapest type is refused with that minimum.
+
+Imports only the standard library at import time; torch and numpy are imported by the functions that need them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Mapping, Sequence
+
+from .errors import UnsupportedError
+from .plan import Options, QuantSpec, option
+
+SCAN_TOKENS = 2048  # calibration tokens per measurement (the verification's own size)
+
+
+class BudgetError(UnsupportedError):
+    """A byte budget that cannot be parsed or that the quant cannot meet."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """``bytes_per_weight`` or ``total_mb`` (one is None); ``text`` as given."""
+
+    text: str
+    bytes_per_weight: float | None = None
+    total_mb: float | None = None
+
+    def bytes_for(self, weights: int) -> float:
+        if self.bytes_per_weight is not None:
+            return self.bytes_per_weight * weights
+        return float(self.total_mb) * 1e6  # type: ignore[arg-type]
+
+
+def parse_budget(text: str) -> Budget:
+    """``"0.5625"`` (bytes per weight) or ``"3.9MB"`` (MB of weight matrices).  Raises ``BudgetError``."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(mb|MB|Mb)?\s*", str(text))
+    if not m or float(m.group(1)) <= 0:
+        raise BudgetError(f"--byte-budget {text!r}: give bytes per weight (e.g. 0.57) or megabytes (e.g. 3.9MB)")
+    value = float(m.group(1))
+    if m.group(2):
+        return Budget(str(text), total_mb=value)
+    if value > 8:
+        raise BudgetError(f"--byte-budget {text}: {value} bytes per weight is more than float64; for megabytes write {value}MB")
+    return Budget(str(text), bytes_per_weight=value)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One tensor's options: reference parameter ``name``, ``numel`` and type -> stored bytes (cheapest first)."""
+
+    name: str
+    numel: int
+    sizes: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The outcome: tensor -> type, the scan's costs (tensor -> type -> KL), bytes used, weights, budget."""
+
+    types: Mapping[str, str]
+    costs: Mapping[str, Mapping[str, float]]
+    used_bytes: int
+    weights: int
+    budget_bytes: float
+    default_bytes: int
+
+    def summary(self, budget_text: str, method: str) -> dict[str, Any]:
+        return {
+            "method": method,
+            "statistic": "mean KL(reference || one tensor quantised) over calibration tokens",
+            "budget": budget_text,
+            "budget_bytes_per_weight": round(self.budget_bytes / self.weights, 5),
+            "bytes_per_weight": round(self.used_bytes / self.weights, 5),
+            "default_bytes_per_weight": round(self.default_bytes / self.weights, 5),
+            "tensor_types": dict(self.types),
+            "scan_kl": {n: {t: float(f"{c:.3e}") for t, c in tc.items()} for n, tc in self.costs.items()},
+        }
+
+
+def scan_windows(windows: Sequence[Sequence[int]], tokens: int = SCAN_TOKENS) -> list[list[int]]:
+    out: list[list[int]] = []
+    for w in windows:
+        if sum(len(x) for x in out) >= tokens:
+            break
+        out.append(list(w))
+    return out
+
+
+def scan(
+    model: Any,
+    windows: Sequence[Sequence[int]],
+    candidates: Sequence[Candidate],
+    fake: Callable[[str, Any, str], Any],
+    progress: Callable[[str], None] = lambda _m: None,
+) -> dict[str, dict[str, float]]:
+    """KL cost of each candidate tensor alone at each of its types.  ``model``: float32 torch causal LM taking
+    ``input_ids``; ``fake(name, weight float32 numpy, type) -> float32 numpy`` of the same shape.  Tied
+    parameters (one tensor, two names) are quantised together, as a format storing them once does."""
+    import numpy as np
+    import torch
+
+    params = dict(model.named_parameters(remove_duplicate=False))
+    batch = torch.tensor([list(w) for w in windows if len(w) == len(windows[0])], dtype=torch.long)
+
+    def logprobs() -> torch.Tensor:
+        with torch.inference_mode():
+            out = model(input_ids=batch)
+            return torch.log_softmax((out.logits if hasattr(out, "logits") else out).double(), -1)
+
+    base = logprobs()
+    p = base.exp()
+    costs: dict[str, dict[str, float]] = {}
+    for k, c in enumerate(candidates):
+        progress(f"sensitivity scan: {c.name} ({k + 1}/{len(candidates)})")
+        param = params[c.name]
+        original = param.detach().clone()
+        costs[c.name] = {}
+        try:
+            for t in c.sizes:
+                q = fake(c.name, original.numpy().astype(np.float32), t)
+                with torch.no_grad():
+                    param.copy_(torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32)))
+                kl = (p * (base - logprobs())).sum(-1).mean().item()
+                costs[c.name][t] = max(kl, 0.0)
+        finally:
+            with torch.no_grad():
+                param.copy_(original)
+    return costs
+
+
+def select(candidates: Sequence[Candidate], costs: Mapping[str, Mapping[str, float]], budget_bytes: float) -> dict[str, str]:
+    """Types minimising the summed cost with total bytes <= ``budget_bytes`` (greedy on each tensor's lower
+    convex hull of (bytes, cost)).  Raises ``BudgetError`` when even the cheapest types exceed the budget."""
+    floor = sum(min(c.sizes.values()) for c in candidates)
+    weights = sum(c.numel for c in candidates)
+    if floor > budget_bytes:
+        raise BudgetError(
+            f"--byte-budget allows {budget_bytes / weights:.4f} bytes per weight ({budget_bytes / 1e6:.3f} MB) but "
+            f"this quant needs at least {floor / weights:.4f} ({floor / 1e6:.3f} MB); raise it or pick a smaller quant"
+        )
+    hulls: dict[str, list[tuple[int, float, str]]] = {}
+    for c in candidates:
+        pts = sorted((c.sizes[t], costs[c.name][t], t) for t in c.sizes)
+        hull: list[tuple[int, float, str]] = []
+        for pt in pts:
+            if hull and pt[1] >= hull[-1][1]:
+                continue  # more bytes, no less cost: never worth it
+            while len(hull) >= 2:
+                (b0, c0, _), (b1, c1, _) = hull[-2], hull[-1]
+                if (c0 - c1) * (pt[0] - b0) <= (c0 - pt[1]) * (b1 - b0):
+                    hull.pop()  # the middle point gives less per byte than going straight on
+                else:
+                    break
+            hull.append(pt)
+        hulls[c.name] = hull
+    step = {n: 0 for n in hulls}
+    used = float(floor)
+    while True:
+        best, best_gain = None, 0.0
+        for n, hull in hulls.items():
+            i = step[n]
+            if i + 1 < len(hull):
+                extra = hull[i + 1][0] - hull[i][0]
+                gain = (hull[i][1] - hull[i + 1][1]) / max(extra, 1)
+                if used + extra <= budget_bytes and gain > best_gain:
+                    best, best_gain = n, gain
+        if best is None:
+            break
+        i = step[best]
+        used += hulls[best][i + 1][0] - hulls[best][i][0]
+        step[best] = i + 1
+    return {n: hulls[n][step[n]][2] for n in hulls}
+
+
+def plan(
+    model: Any,
+    windows: Sequence[Sequence[int]],
+    candidates: Sequence[Candidate],
+    defaults: Mapping[str, str],
+    fake: Callable[[str, Any, str], Any],
+    budget: Budget | None,
+    progress: Callable[[str], None] = lambda _m: None,
+) -> Plan:
+    """Scan + selection.  ``defaults``: tensor -> the type the format's default assignment gives it (its bytes
+    are the default budget)."""
+    weights = sum(c.numel for c in candidates)
+    default_bytes = sum(c.sizes[defaults[c.name]] for c in candidates)
+    budget_bytes = budget.bytes_for(weights) if budget is not None else float(default_bytes)
+    floor = sum(min(c.sizes.values()) for c in candidates)
+    if floor > budget_bytes:
+        select(candidates, {}, budget_bytes)  # raises with the minimum
+    costs = scan(model, scan_windows(windows), candidates, fake, progress)
+    types = select(candidates, costs, budget_bytes)
+    used = sum(c.sizes[types[c.name]] for c in candidates)
+    return Plan(types, costs, used, weights, budget_bytes, default_bytes)
+
+
+@dataclass(frozen=True)
+class MixedOptions(Options):
+    """Mixin of a format's options: ``--mixed-precision`` and ``--byte-budget``.  ``MIXED`` names the quants
+    that have a mixed-precision assignment; ``MIXED_DEFAULT`` those that use it unless ``--mixed-precision
+    false``."""
+
+    MIXED: ClassVar[tuple[str, ...]] = ()
+    MIXED_DEFAULT: ClassVar[tuple[str, ...]] = ()
+
+    mixed_precision: bool | None = option(None, "mixed quants: keep the tensors a sensitivity scan on the "
+                                                "calibration text finds most sensitive at higher precision, "
+                                                "within --byte-budget")
+    byte_budget: str | None = option(None, "mixed precision: bytes per weight of the weight matrices (e.g. 0.57) "
+                                           "or their total in MB (e.g. 3.9MB); default: what the quant's default "
+                                           "assignment stores")
+
+    def mixes(self, quant: QuantSpec) -> bool:
+        if quant.name not in self.MIXED:
+            return False
+        if self.mixed_precision is None:
+            return self.byte_budget is not None or quant.name in self.MIXED_DEFAULT
+        return bool(self.mixed_precision)
+
+    def budget(self) -> Budget | None:
+        return parse_budget(self.byte_budget) if self.byte_budget is not None else None
+
+    def check_mixed(self, quant: QuantSpec, given: set[str]) -> None:
+        flags = sorted(k for k in ("mixed_precision", "byte_budget") if k in given and getattr(self, k) not in (None, False))
+        if flags and quant.name not in self.MIXED:
+            raise UnsupportedError(
+                f"{self.FORMAT_NAME} {', '.join('--' + f.replace('_', '-') for f in flags)}: mixed precision "
+                f"applies to {', '.join(self.MIXED) or 'no quant'} only, not {quant.name}"
+            )
+        if self.byte_budget is not None:
+            if self.mixed_precision is False:
+                raise UnsupportedError(f"{self.FORMAT_NAME}: --byte-budget needs mixed precision; drop --mixed-precision false")
+            parse_budget(self.byte_budget)
