@@ -32,10 +32,12 @@ from edgekit.kinds.language import parity  # noqa: E402
 
 # (format, quant, label, options)
 SCHEMES = [
-    ("gguf", "q4_k_m", "round-to-nearest", {"no_calibration": True}),
-    ("gguf", "q4_k_m", "imatrix (calibrated)", {}),
-    ("gguf", "q4_0", "round-to-nearest", {"no_calibration": True}),
-    ("gguf", "q4_0", "imatrix (calibrated)", {}),
+    ("gguf", "q4_k_m", "round-to-nearest", {"no_calibration": True, "mixed_precision": False}),
+    ("gguf", "q4_k_m", "imatrix (calibrated)", {"mixed_precision": False}),
+    ("gguf", "q4_k_m", "imatrix + mixed (default)", {"mixed_precision": True}),
+    ("gguf", "q4_0", "round-to-nearest", {"no_calibration": True, "mixed_precision": False}),
+    ("gguf", "q4_0", "imatrix (calibrated)", {"mixed_precision": False}),
+    ("gguf", "q4_0", "imatrix + mixed (default)", {"mixed_precision": True}),
     ("gguf", "q5_k_m", "round-to-nearest", {"no_calibration": True}),
     ("gguf", "q5_k_m", "imatrix (calibrated)", {}),
     ("onnx", "int4", "round-to-nearest (affine)", {}),
@@ -70,22 +72,36 @@ def measure(bundle: Path, model, text: str) -> dict[str, float]:
     return {
         "top1": tot["agree"] / tot["n"], "kl": tot["kl_sum"] / tot["n"], "tokens": int(tot["n"]),
         "greedy": parity.greedy_prefix(want, got), "bytes": sum(f["size"] for f in m["files"].values()),
+        "bpw": weight_bytes(bundle, m),
     }
+
+
+def weight_bytes(bundle: Path, m: dict) -> str:
+    """GGUF: bytes per weight of the quantised matrices (every 2-D tensor not stored as F32); '-' elsewhere."""
+    if m["artifact"].get("file") != "model.gguf":
+        return "-"
+    import gguf
+    import numpy as np
+
+    stored = [t for t in gguf.GGUFReader(str(bundle / "model.gguf")).tensors if t.tensor_type.name != "F32"]
+    return f"{sum(int(t.n_bytes) for t in stored) / sum(int(np.prod(t.shape)) for t in stored):.4f}"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, help="markdown file to append the table to")
     ap.add_argument("--only", help="one format")
+    ap.add_argument("--quants", help="comma-separated quants to run (default: all)")
     args = ap.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"]
     text = parity.heldout_text()
     model = None
-    rows = ["| format | quant | scheme | top-1 | mean KL | greedy | bundle MB | export s |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    rows = ["| format | quant | scheme | top-1 | mean KL | greedy | bundle MB | bytes/weight | export s |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     with tempfile.TemporaryDirectory() as tmp:
         for k, (fmt, quant, label, opts) in enumerate(SCHEMES):
-            if args.only and fmt != args.only:
+            if (args.only and fmt != args.only) or (args.quants and quant not in args.quants.split(",")):
                 continue
             prep = make_plan(SOURCE, fmt, quant, ADAPTER, opts)
             if model is None:
@@ -96,13 +112,13 @@ def main() -> None:
             r = measure(out, model, text)
             rows.append(
                 f"| {fmt} | {quant} | {label} | {r['top1']:.4f} | {r['kl']:.2e} | {r['greedy']}/{parity.GREEDY_TOKENS} | "
-                f"{r['bytes'] / 1e6:.2f} | {seconds:.0f} |"
+                f"{r['bytes'] / 1e6:.2f} | {r['bpw']} | {seconds:.0f} |"
             )
             print(rows[-1], flush=True)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     table = (
         f"\ncommit {commit}, {cpu_name()}, {when}, load average at start {' '.join(load)} (2 cores shared by "
-        f"several jobs); {r['tokens']} held-out tokens; command: `.venv/bin/python bench/calibration_quality.py`\n\n"
+        f"several jobs); {r['tokens']} held-out tokens; command: `.venv/bin/python bench/calibration_quality.py {' '.join(sys.argv[1:])}`\n\n"
         + "\n".join(rows) + "\n"
     )
     print(table)

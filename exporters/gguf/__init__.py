@@ -44,6 +44,9 @@ class GgufOptions(CalibrationOptions, MixedOptions):
     CALIBRATED = ("q4_0", "q4_k_m", "q5_k_m")
     # a sensitivity scan re-assigns ggml types per tensor under a byte budget (exporters/gguf/mixed.py)
     MIXED = ("q4_0", "q4_k_m", "q5_k_m")
+    # on by default where it measured better at the default's bytes per weight (bench/RESULTS.md, built-in
+    # model: q4_k_m 0.9165 / 1.14e-2 -> 0.9375 / 6.9e-3, q4_0 0.8931 / 1.48e-2 -> 0.9106 / 1.05e-2)
+    MIXED_DEFAULT = ("q4_0", "q4_k_m")
 
     pretokenizer: str | None = option(None, "GGUF: llama.cpp pre-tokenizer name, when it cannot be derived from "
                                             "tokenizer.json")
