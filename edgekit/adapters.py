@@ -49,6 +49,8 @@ SEPARATE: Mapping[tuple[str, str], tuple[tuple[str, ...] | None, str]] = {
     # float16 graphs would need float16 adapter tensors and state; not offered
     ("lfm2", "onnx"): (("fp32", "int8", "int4"), "edgekit.exporters.onnx.adapters"),
     ("lfm2", "executorch"): (None, "edgekit.exporters.executorch.adapters"),
+    ("bitnet", "executorch"): (None, "edgekit.exporters.executorch.adapters"),
+    ("bitnet", "onnx"): (None, "edgekit.exporters.onnx.bitnet_adapters"),
 }
 
 

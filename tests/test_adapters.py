@@ -118,8 +118,6 @@ def test_bad_adapters_refused(specs, match):
 
 @pytest.mark.parametrize("source, fmt, quant", [
     ("builtin:lfm2-tiny", "onnx", "fp16"),
-    ("builtin:bitnet-tiny", "onnx", "int2"),
-    ("builtin:bitnet-tiny", "executorch", "8da4w"),
 ])
 def test_unsupported_combination_names_what_works(source, fmt, quant):
     from edgekit.export import make_plan
@@ -341,3 +339,62 @@ def test_bitnet_gguf_adapter_verified(export_cache):
     m = json.loads((bundle / "edgekit.json").read_text())
     v = m["adapters"]["items"]["bitnet-tiny-lora"]["verification"]
     assert v["passed"] and v["metrics"]["mean_kl"] < 1e-4, v
+
+
+def _bitnet_float_switch(bundle: Path) -> None:
+    """A float BitNet bundle (ternary codes x scale, float activations) with ``bitnet-tiny-lora`` kept separate,
+    switched in place, against the unmerged reference with float activations, at scale 1 and 0.5: near-exact
+    (the base is not re-ternarised; the branch reads the unquantised input)."""
+    from types import SimpleNamespace
+
+    import edgekit
+    from edgekit import reference
+    from edgekit.checkpoint import open_checkpoint
+    from edgekit.families.bitnet.lora import unmerged_reference
+    from edgekit.families.bitnet.reference import build
+    from edgekit.lora import open_adapter
+
+    m = json.loads((bundle / "edgekit.json").read_text())
+    assert m["adapters"]["mode"] == "separate" and m["adapter"] is None
+    ckpt = open_checkpoint("builtin:bitnet-tiny")
+    adapter, flt = open_adapter("builtin:bitnet-tiny-lora", ckpt), SimpleNamespace(bitnet_activations="float")
+    refs = {None: reference.logits(build(ckpt, "float"), TOKENS)}
+    for scale in (1.0, 0.5):
+        refs[scale] = reference.logits(unmerged_reference(ckpt, adapter, flt, scale=scale), TOKENS)
+    s = edgekit.load(bundle)
+    got = {}
+    try:
+        for key in (1.0, None, 0.5):
+            s.use_adapter(None if key is None else "bitnet-tiny-lora", key or 1.0)
+            got[key] = s.logits(TOKENS)
+    finally:
+        s.close()
+    for key, want in refs.items():
+        err = float(np.abs(got[key] - want).max())
+        assert err < 1e-3, (key, err)
+        for other in refs:
+            if other != key:
+                assert float(np.abs(got[key] - refs[other]).mean()) > 100 * err, (key, other)
+
+
+def test_bitnet_executorch_adapter_is_lossless(export_cache):
+    bundle = _export(export_cache, "executorch", "fp32", ["builtin:bitnet-tiny-lora"], source="builtin:bitnet-tiny",
+                     options={"max_context": 256})
+    assert json.loads((bundle / "edgekit.json").read_text())["artifact"]["lora_inputs"]
+    _bitnet_float_switch(bundle)
+
+
+def test_bitnet_onnx_adapter_is_lossless(export_cache):
+    bundle = _export(export_cache, "onnx", "fp32", ["builtin:bitnet-tiny-lora"], source="builtin:bitnet-tiny")
+    assert json.loads((bundle / "edgekit.json").read_text())["adapters"]["branches"]
+    _bitnet_float_switch(bundle)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt, quant", [("executorch", "8da4w"), ("onnx", "int2")])
+def test_bitnet_adapter_verified(export_cache, fmt, quant):
+    """Ternary codes exact, int8 activations: the kind's verification of the base and of the separate adapter."""
+    bundle = _export(export_cache, fmt, quant, ["builtin:bitnet-tiny-lora"], source="builtin:bitnet-tiny", verify=True)
+    m = json.loads((bundle / "edgekit.json").read_text())
+    for v in (m["verification"], m["adapters"]["items"]["bitnet-tiny-lora"]["verification"]):
+        assert v["passed"], v["failures"]

@@ -100,8 +100,7 @@ class LanguageOptions(LinearOptions):
 
     def shares_embedding(self, quant: QuantSpec) -> bool:
         """Whether the tied table is stored once.  Only a float32 or int8 head can serve the gather (there is
-        no int4 gather kernel), an explicit --embedding-quant asks for a table of its own, and a separate LoRA
-        already owns the one data file a bundle carries.  ``auto`` shares where it costs no measurable quality:
+        no int4 gather kernel), and an explicit --embedding-quant asks for a table of its own.  ``auto`` shares where it costs no measurable quality:
         a float32 head (the same values), and 8da4w's int8 head (finer than every other weight); 8da8w asks for
         ``on``, because its int8 gather table cost 0.4 point of top-1 on the built-in model (0.9741 -> 0.9702,
         bar 0.97).  Raises UnsupportedError when ``on`` cannot apply."""
@@ -113,8 +112,6 @@ class LanguageOptions(LinearOptions):
             why = f"the LM head is int{bits} (only a float32 or int8 head can serve the gather; pass --head-bits 8)"
         elif self.embedding_quant != "none":
             why = "--embedding-quant asks for a table of its own"
-        elif self.lora_mode != "merged":
-            why = "--lora-mode separate keeps the adapter in the bundle's one data file"
         if why is not None:
             if self.shared_embedding == "on":
                 raise UnsupportedError(f"executorch --shared-embedding on cannot apply: {why}")

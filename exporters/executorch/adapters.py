@@ -8,14 +8,15 @@ a pointer swap — no program reload, no XNNPACK repacking of the base — at an
 alone is zero factors.  The order and shapes of the inputs (``Slot``) are in the manifest (``artifact.lora_inputs``),
 which is all ``edgekit adapter add`` needs: no re-lowering.
 
-Candidates measured on the built-in tiny LFM2 (8da4w, 1 thread; bench/RESULTS.md has the full run): factors as
-program constants in a ``.ptd`` per adapter (the earlier layout) switch by reloading the program (13 ms here,
-~0.4 s on a 350M) at scale 1.0 only; factors as inputs of ``F.linear`` are not delegated (XNNPACK's linear takes
-static weights only) and run as portable kernels; factors as inputs of ``bmm`` stay inside the delegate (XNNPACK's
-batched matmul packs nothing ahead).  Mutable buffers written by a second method would need ExecuTorch's shared
-mutable-buffer memory planning, which the Python runtime's ``Program.load_method`` does not share between
-methods.  The bmm-input form is what edgekit writes.  ExecuTorch's C++ text runner passes only tokens and
-positions, so a separate-adapter bundle generates through the Method API loop.
+Why this form (ExecuTorch 1.5, XNNPACK; numbers in bench/RESULTS.md, "Separate LoRA adapters"): the factors as
+program constants in a ``.ptd`` per adapter (edgekit's earlier layout) switch only by reloading the program —
+XNNPACK packs constants at method load: 13 ms on the tiny model, ~0.4 s on a 350M — and bake the scale in.  As
+inputs of ``F.linear`` they would leave the delegate (XNNPACK's linear partitioner takes static weights only,
+``backends/xnnpack/partition/config/gemm_configs.py``; not measured); as inputs of ``bmm`` they stay inside it
+(the batched matmul packs nothing ahead; every op of the separate program is delegated as in the merged one).
+Mutable buffers written by a second method were not tried (they need shared mutable-buffer planning across
+methods, ``MemoryPlanningPass(share_mutable_buffers=True)``, and a runtime giving both methods one arena).  ExecuTorch's C++ text runner
+passes only tokens and positions, so a separate-adapter bundle generates through the Method API loop.
 """
 
 from __future__ import annotations

@@ -18,8 +18,13 @@ Ternary projections (W = codes x scale, one scale per tensor):
   BitNet's symmetric absmax int8 (scale max|x| / 127): that difference is what the verification measures.
 
 The LM head (tied to the embedding, a float matrix in BitNet) is int8 per channel for 8da4w (``head_bits``), and
-the embedding reads its bytes, as in the LFM2 pair.  Separate LoRA adapters are refused: a separate branch would
-not be the re-ternarised merged model that verification compares with.
+the embedding reads its bytes, as in the LFM2 pair.
+
+``--lora-mode separate``: the base stays exactly ternary (the same program as without an adapter) and every
+adapted projection gets a float32 LoRA branch on its *unquantised* input (before ``ActQuant`` and before
+XNNPACK's int8 activations), whose factors and scale are inputs of ``forward`` (``adapters``) — what the unmerged
+reference (``families.bitnet.lora.unmerged_reference``: peft's ``lora.Linear`` beside the quantised layer)
+computes; no re-ternarisation, so lossless against it.
 
 ``--bitnet-activations a4.8``: XNNPACK has no 4-bit activation kernel, so each projection's input goes through
 the reference's own quantise/dequantise (``reference.fake_quant``: absmean int4 for q/k/v and gate/up, absmax int8
@@ -43,8 +48,11 @@ from edgekit.families.bitnet.reference import activation_modes, fake_quant
 from edgekit.families.bitnet.weights import BitNetWeights
 
 from .. import ExportJob
-from . import ARTIFACT, LanguageOptions, lower, quant
-from .lfm2 import EMBEDDING_BITS, RMSNorm, _versions, context_length, example_inputs, rotate_half_matrix, runner_metadata
+from . import ARTIFACT, LanguageOptions, adapters, lower, quant
+from .lfm2 import (
+    EMBEDDING_BITS, Lora, RMSNorm, _versions, context_length, example_inputs, lora_ranks, rotate_half_matrix,
+    runner_metadata,
+)
 
 # registers llama::update_cache / llama::custom_sdpa for tracing
 from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
@@ -56,6 +64,11 @@ PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 def hf_name(layer: int, leaf: str) -> str:
     block = "mlp" if leaf in ("gate_proj", "up_proj", "down_proj") else "self_attn"
     return f"model.layers.{layer}.{block}.{leaf}.weight"
+
+
+def _module(layer: int, leaf: str) -> str:
+    """The projection's name in ``BitNet``."""
+    return hf_name(layer, leaf).removeprefix("model.").removesuffix(".weight")
 
 
 class ActQuant(nn.Module):
@@ -89,16 +102,20 @@ class Attention(nn.Module):
     def rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         return x * cos + F.linear(x, self.rot) * sin
 
-    def forward(self, x: torch.Tensor, pos: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pos: int, cos: torch.Tensor, sin: torch.Tensor, lora: Lora = None) -> torch.Tensor:
         _, n, _ = x.shape
-        x = self.qkv_act(x)
-        q = self.rope(self.q_proj(x).view(1, n, self.n_heads, self.hd), cos, sin)
-        k = self.rope(self.k_proj(x).view(1, n, self.n_kv, self.hd), cos, sin)
-        v = self.v_proj(x).view(1, n, self.n_kv, self.hd)
+        xq = self.qkv_act(x)  # the LoRA branches read x itself (unquantised)
+        q = adapters.branch(self.q_proj, x, self.q_proj(xq), lora)
+        k = adapters.branch(self.k_proj, x, self.k_proj(xq), lora)
+        v = adapters.branch(self.v_proj, x, self.v_proj(xq), lora)
+        q = self.rope(q.view(1, n, self.n_heads, self.hd), cos, sin)
+        k = self.rope(k.view(1, n, self.n_kv, self.hd), cos, sin)
+        v = v.view(1, n, self.n_kv, self.hd)
         torch.ops.llama.update_cache(k, self.k_cache, pos)
         torch.ops.llama.update_cache(v, self.v_cache, pos)
         out = torch.ops.llama.custom_sdpa(q, self.k_cache, self.v_cache, pos, None, 0, True)
-        return self.o_proj(self.o_act(self.attn_sub_norm(out.reshape(1, n, self.n_heads * self.hd))))
+        h = self.attn_sub_norm(out.reshape(1, n, self.n_heads * self.hd))
+        return adapters.branch(self.o_proj, h, self.o_proj(self.o_act(h)), lora)
 
 
 class FeedForward(nn.Module):
@@ -111,15 +128,16 @@ class FeedForward(nn.Module):
         self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=False)
         self.ffn_sub_norm = RMSNorm(c.intermediate_size, c.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.gate_up_act(x)
-        g = self.gate_proj(x)
+    def forward(self, x: torch.Tensor, lora: Lora = None) -> torch.Tensor:
+        xq = self.gate_up_act(x)
+        g = adapters.branch(self.gate_proj, x, self.gate_proj(xq), lora)
         if self.relu2:
             g = F.relu(g)
             g = g * g  # squared ReLU as a multiply: XNNPACK has no pow
         else:
             g = F.silu(g)
-        return self.down_proj(self.down_act(self.ffn_sub_norm(g * self.up_proj(x))))
+        h = self.ffn_sub_norm(g * adapters.branch(self.up_proj, x, self.up_proj(xq), lora))
+        return adapters.branch(self.down_proj, h, self.down_proj(self.down_act(h)), lora)
 
 
 class Block(nn.Module):
@@ -130,13 +148,17 @@ class Block(nn.Module):
         self.self_attn = Attention(c, context)
         self.mlp = FeedForward(c)
 
-    def forward(self, x, pos, cos, sin):
-        x = x + self.self_attn(self.input_layernorm(x), pos, cos, sin)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, pos, cos, sin, lora: Lora = None):
+        x = x + self.self_attn(self.input_layernorm(x), pos, cos, sin, lora)
+        return x + self.mlp(self.post_attention_layernorm(x), lora)
 
 
 class BitNet(nn.Module):
-    def __init__(self, c: BitNetConfig, context: int, inv_freq: torch.Tensor) -> None:
+    """``lora_ranks`` (HF projection leaf -> branch rank): separate LoRA branches whose factors are a third input
+    of ``forward``, (scale [1], the factors of ``self.lora_slots`` in order) — see ``adapters``."""
+
+    def __init__(self, c: BitNetConfig, context: int, inv_freq: torch.Tensor,
+                 lora_ranks: dict[str, int] | None = None) -> None:
         super().__init__()
         self.context = context
         self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
@@ -148,8 +170,11 @@ class BitNet(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         self.register_buffer("rope_cos", emb.cos(), persistent=False)
         self.register_buffer("rope_sin", emb.sin(), persistent=False)
+        linears = [(self.get_submodule(_module(i, leaf)), hf_name(i, leaf).removesuffix(".weight"), None)
+                   for i in range(c.num_hidden_layers) for leaf in PROJECTIONS]
+        self.lora_slots = adapters.assign_slots(linears, dict(lora_ranks or {}))
 
-    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor, lora: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
         n = tokens.shape[1]
         pos = input_pos[0].item()
         torch._check_is_size(pos)
@@ -157,9 +182,22 @@ class BitNet(nn.Module):
         cos = self.rope_cos.narrow(0, pos, n).view(1, n, 1, -1)
         sin = self.rope_sin.narrow(0, pos, n).view(1, n, 1, -1)
         h = self.embed_tokens(tokens)
+        branches = (lora[0], lora[1:]) if lora is not None else None
         for layer in self.layers:
-            h = layer(h, pos, cos, sin)
+            h = layer(h, pos, cos, sin, branches)
         return self.lm_head(self.norm(h[:, -1, :]))  # the runner samples from the last position only
+
+
+def _lora(job: ExportJob) -> tuple[dict[str, int], dict[str, Any]]:
+    """(branch rank per projection leaf, factors per adapter name) of the plan's separate adapters; PEFT's
+    scaling folded into B (``edgekit.adapters.factors``), as ``read_adapter`` computes it for the reference."""
+    from edgekit.adapters import factors
+    from edgekit.lora import open_adapter
+
+    if not job.plan.adapters:
+        raise UnsupportedError("executorch --lora-mode separate needs --adapter")
+    per_name = {name: factors(open_adapter(path, job.checkpoint)) for name, path in job.plan.adapters}
+    return lora_ranks(per_name.values()), per_name
 
 
 def ternary_weights(job: ExportJob) -> BitNetWeights:
@@ -238,9 +276,7 @@ def set_ternary(model: nn.Module, ternary: dict[str, tuple[torch.Tensor, float]]
 def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
     options: LanguageOptions = job.plan.options
     spec = job.plan.quant
-    if options.lora_mode != "merged":
-        raise UnsupportedError("executorch BitNet: --lora-mode separate is not supported; the adapter is merged "
-                               "into the master weights and re-ternarised (use --lora-mode merged)")
+    separate = options.lora_mode == "separate"
     lq = quant.linear_quant(spec, options)
     if lq is not None and (lq.weight_bits != 4 or lq.group_size is not None):
         raise UnsupportedError(
@@ -254,8 +290,9 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
     max_context = context_length(cfg, options)
 
     t0 = time.perf_counter()
-    job.progress(f"building the ExecuTorch BitNet graph (context {max_context})")
-    eager = BitNet(cfg, max_context, job.reference.inv_freq.detach().float().clone())
+    ranks, per_name = _lora(job) if separate else ({}, {})
+    job.progress(f"building the ExecuTorch BitNet graph (context {max_context}, LoRA {options.lora_mode})")
+    eager = BitNet(cfg, max_context, job.reference.inv_freq.detach().float().clone(), ranks)
     ternary = load_weights(eager, w)
     set_activations(eager, job.reference)
     eager = eager.eval()
@@ -280,11 +317,20 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
     def tag(name: str) -> str | None:
         return SHARED_DATA if ("embed_tokens" in name or "lm_head" in name) else None
 
+    slots = eager.lora_slots
     tokens = torch.export.Dim("tokens", min=1, max=max_context - 1)
+    inputs, dims = example_inputs(), ({1: tokens}, {0: 1})
+    if separate:  # (scale, factors...) as the third input: adapters.branch
+        lora_in = adapters.example_inputs(slots)
+        inputs, dims = inputs + (lora_in,), dims + (tuple(None for _ in lora_in),)
     result = lower.lower(
-        eager, example_inputs(), ({1: tokens}, {0: 1}), out_dir, ARTIFACT, runner_metadata(cfg, max_context),
-        job.progress, tag if shared else None,
+        eager, inputs, dims, out_dir, ARTIFACT, runner_metadata(cfg, max_context), job.progress,
+        tag if shared else None,
     )
+    lora_entries: dict[str, Any] = {}
+    if separate:
+        lora_entries = {"lora_branches": ranks, "lora_inputs": [sl.to_dict() for sl in slots],
+                        "adapter_files": adapters.write_all(slots, per_name, out_dir)}
     return {
         "file": ARTIFACT,
         "data_files": [f for f in result.files if f.endswith(".ptd")],
@@ -300,7 +346,8 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
                         "a4.8" else "") + ("int8 per token, asymmetric (XNNPACK)" if lq else "float32"),
         "embedding_quant": options.embedding_quant,
         "shared_embedding": shared,
-        "lora_mode": "merged",
+        "lora_mode": options.lora_mode,
+        **lora_entries,
         "max_context": max_context,
         "max_seq_len": max_context - 1,
         "dynamic_shapes": True,

@@ -74,6 +74,33 @@ def branch_tensors(
     return out
 
 
+def group_tensors(
+    groups: Mapping[str, Sequence[str]], f: Mapping[str, LoraFactors], have: Mapping[str, int],
+    shapes: Mapping[str, tuple[int, int]],
+) -> dict[str, np.ndarray]:
+    """Branch tensors of fused projections: ``groups`` maps a branch key to the HF modules one matmul computes
+    side by side (their outputs concatenated in that order).  A [in, sum r] concatenates the adapted modules' A
+    factors, B [sum r, sum out] is block-diagonal (exact); groups with no adapted module get no branch."""
+    out: dict[str, np.ndarray] = {}
+    for key, modules in groups.items():
+        adapted = [m for m in modules if have.get(m)]
+        if not adapted:
+            continue
+        widths = [shapes[m][0] for m in modules]
+        d_in, rank = shapes[modules[0]][1], sum(have[m] for m in adapted)
+        a, b = np.zeros((d_in, rank), np.float32), np.zeros((rank, sum(widths)), np.float32)
+        r0, o0 = 0, 0
+        for m, width in zip(modules, widths):
+            if m in adapted:
+                p = padded(f.get(m), have[m], d_in, width)
+                a[:, r0 : r0 + have[m]] = p.a.T
+                b[r0 : r0 + have[m], o0 : o0 + width] = p.b.T
+                r0 += have[m]
+            o0 += width
+        out[f"lora.{key}.A"], out[f"lora.{key}.B"] = a, b
+    return out
+
+
 def module_shapes(config: Any, modules: Sequence[str]) -> dict[str, tuple[int, int]]:
     """[out, in] of every LFM2 projection named (also q/k/v when only some are adapted)."""
     s = config
@@ -97,8 +124,10 @@ def module_shapes(config: Any, modules: Sequence[str]) -> dict[str, tuple[int, i
     return out
 
 
-def add_branches(path: Path, tensors: Mapping[str, np.ndarray]) -> None:
-    """Rewrite ``model.onnx`` (+ its external data) with a LoRA branch per ``lora.<key>.A/B`` pair."""
+def add_branches(path: Path, tensors: Mapping[str, np.ndarray], targets: Mapping[str, Sequence[str]] | None = None) -> None:
+    """Rewrite ``model.onnx`` (+ its external data) with a LoRA branch per ``lora.<key>.A/B`` pair, added to the
+    output of the node producing the branch's target (``targets``: key -> candidate output names, the first in the
+    graph wins; default: LFM2's names) and reading that node's first input."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -108,7 +137,10 @@ def add_branches(path: Path, tensors: Mapping[str, np.ndarray]) -> None:
     keys = sorted({k[len("lora.") : -2] for k in tensors})
     inserts: dict[int, list[Any]] = {}
     for key in keys:
-        target = branch_of(key)[1] if not key.endswith("qkv_proj") else f"l{key.split('.')[2]}/attn/qkv_proj/out0"
+        if targets is not None:
+            target = next((t for t in targets.get(key, ()) if t in producers), "")
+        else:
+            target = branch_of(key)[1] if not key.endswith("qkv_proj") else f"l{key.split('.')[2]}/attn/qkv_proj/out0"
         if target not in producers:
             raise UnsupportedError(f"ONNX LoRA: no projection {target!r} in the graph; this graph cannot take a branch")
         node = g.node[producers[target]]
