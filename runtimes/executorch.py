@@ -152,6 +152,9 @@ class ExecuTorchSession:
         torch = self._torch
         entry = adapter_entry(self.manifest, name, scale)
         t0 = time.perf_counter()
+        if not self.adapters:  # a merged (or adapter-free) program has no LoRA inputs: None is the only state
+            self.reset()
+            return time.perf_counter() - t0
         held = self._held.get(name)
         if held is None:
             if entry is None:
