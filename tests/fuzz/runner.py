@@ -110,7 +110,8 @@ def gen_config(rng: random.Random, i: int, d: Path, base: Path) -> Case:
                           "architectures"])
         del cfg[key]
         save_json(p, cfg)
-        return Case("config", i, f"delete {key}", "refuse", "plan")
+        # model_type or architectures alone still names the family: then transformers loads the same model
+        return Case("config", i, f"delete {key}", "either", "plan", oracle=_transformers_same)
     if kind == "layer_swap":
         j = rng.randrange(len(cfg["layer_types"]))
         cfg["layer_types"][j] = {"conv": "full_attention", "full_attention": "conv"}[cfg["layer_types"][j]]
@@ -137,8 +138,7 @@ def gen_config(rng: random.Random, i: int, d: Path, base: Path) -> Case:
         p.write_bytes(raw)
         # a flipped character may still parse: right to accept only if the model the config describes is the same
         if how == "flip":
-            return Case("config", i, f"byte flip ({how})", "either", "plan",
-                        oracle=lambda _d, raw=raw: _config_equivalent(raw, cfg))
+            return Case("config", i, f"byte flip ({how})", "either", "plan", oracle=_transformers_same)
         return Case("config", i, f"bytes ({how})", "refuse", "plan")
     variant = rng.choice(["indent", "sorted", "comment", "version"])
     if variant == "comment":
@@ -149,20 +149,32 @@ def gen_config(rng: random.Random, i: int, d: Path, base: Path) -> Case:
     return Case("config", i, f"benign ({variant})", "accept", "plan")
 
 
-def _config_equivalent(raw: bytes, original: dict[str, Any]) -> bool:
-    """The mutated config describes the same model: every original key has its value, or is absent (a renamed
-    key) and transformers' default equals the original value; keys added by the mutation are unknown to both."""
-    try:
-        new = json.loads(raw.decode("utf-8"))
-    except Exception:
-        return False
-    if not isinstance(new, dict):
-        return False
-    from transformers import Lfm2Config
+REF_LOGITS: Path | None = None  # transformers' logits of the unmutated checkpoint (set by learn_baselines)
+REF_IDS = list(range(1, 33))
 
-    defaults = Lfm2Config().to_dict()
-    missing = object()
-    return all(new.get(k, defaults.get(k, missing)) == v for k, v in original.items())
+
+def transformers_logits(ckpt: Path) -> Any:
+    """The logits [1, 32, vocab] float32 of transformers' Lfm2ForCausalLM loaded from ``ckpt`` as a user would."""
+    import torch
+    import transformers
+
+    model = transformers.Lfm2ForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32, local_files_only=True)
+    with torch.no_grad():
+        return model(torch.tensor([REF_IDS])).logits.numpy()
+
+
+def _transformers_same(d: Path) -> bool:
+    """The mutated checkpoint means the same model to transformers: it loads, and its logits equal the unmutated
+    checkpoint's exactly (a renamed key whose default differs, or a missing tensor filled at random, changes
+    them). Accepting is right then, and only then."""
+    import numpy as np
+
+    try:
+        logits = transformers_logits(d / "ckpt")
+    except Exception:  # noqa: BLE001 - transformers cannot load it: the config does not describe these weights
+        return False
+    ref = np.load(REF_LOGITS)
+    return logits.shape == ref.shape and bool(np.array_equal(logits, ref))
 
 
 def gen_safetensors(rng: random.Random, i: int, d: Path, base: Path) -> Case:
@@ -620,6 +632,9 @@ def learn_baselines(work: Path, inputs: dict[str, Path], baseline_dir: Path | No
                     for adapter in (None, inputs["adapter_src"]):
                         prep = make_plan(inputs["base"], fmt, quant, adapter)
                         plans[plan_key(fmt, adapter is not None)] = plan_fingerprint(prep)
+                import numpy as np
+
+                np.save(work / "ref_logits.npy", transformers_logits(inputs["base"]))
                 if baseline_dir is not None:
                     from edgekit.cli import main as cli_main
 
@@ -633,6 +648,8 @@ def learn_baselines(work: Path, inputs: dict[str, Path], baseline_dir: Path | No
     if not learnt.exists():
         raise SystemExit("fuzz: the unmutated inputs do not plan")
     data = json.loads(learnt.read_text())
+    global REF_LOGITS
+    REF_LOGITS = work / "ref_logits.npy"
     if warm:
         import importlib
 

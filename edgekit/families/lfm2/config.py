@@ -71,7 +71,7 @@ def _float(value: Any, key: str) -> float:
 def _effective_ff(config: Mapping[str, Any]) -> int:
     """The SwiGLU width after LFM2's auto-adjust (LFM2-350M: 6656 -> 4608); the rule of transformers' Lfm2MLP."""
     ff = int(config.get("block_ff_dim") or config["intermediate_size"])
-    if config.get("block_auto_adjust_ff_dim", False):
+    if config.get("block_auto_adjust_ff_dim", True):  # transformers' Lfm2Config default (a missing key adjusts)
         ff = int(2 * ff / 3)
         mult = config.get("block_ffn_dim_multiplier")
         if mult is not None:

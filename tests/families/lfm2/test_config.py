@@ -27,7 +27,8 @@ def test_lfm2_350m():
 @pytest.mark.parametrize(
     "overrides, ff",
     [
-        ({}, 768),
+        ({}, 512),  # transformers' default is block_auto_adjust_ff_dim=True: a config without the key adjusts
+        ({"block_auto_adjust_ff_dim": False}, 768),
         ({"block_auto_adjust_ff_dim": True, "block_multiple_of": 256}, 512),
         ({"block_ff_dim": 768, "block_auto_adjust_ff_dim": True, "block_multiple_of": 256}, 512),
         ({"block_auto_adjust_ff_dim": True, "block_ffn_dim_multiplier": 1.5, "block_multiple_of": 256}, 768),
@@ -35,6 +36,13 @@ def test_lfm2_350m():
 )
 def test_feed_forward_auto_adjust(overrides, ff):
     assert Lfm2Config.from_hf({**BASE, **overrides}).intermediate_size == ff
+    # the width transformers' own Lfm2MLP builds from the same config (keys it does not see take its defaults)
+    import transformers
+    from transformers.models.lfm2 import modeling_lfm2
+
+    hf = transformers.Lfm2Config(**{k: v for k, v in {**BASE, **overrides}.items() if k != "block_ff_dim"})
+    if "block_ff_dim" not in overrides:
+        assert modeling_lfm2.Lfm2MLP(hf).w1.out_features == ff
 
 
 def test_layer_types_from_full_attn_idxs():
