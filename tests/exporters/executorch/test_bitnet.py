@@ -23,7 +23,7 @@ from edgekit.errors import UnsupportedError  # noqa: E402
 from edgekit.families import Family  # noqa: E402
 from edgekit.kinds.language.parity import compare_logits, heldout_text  # noqa: E402
 from edgekit.plan import Format  # noqa: E402
-from parity import quants, recipe  # noqa: E402
+from parity import assert_three_parts, quants, recipe  # noqa: E402
 
 SOURCE = BUILTIN / "bitnet-tiny"
 CTX = 256
@@ -93,6 +93,7 @@ def test_recipe_parity(exports):
         v = read_manifest(root)["verification"]
         t = recipe(Family.BITNET, Format.EXECUTORCH).thresholds[quant]
         assert v["passed"] and v["metrics"]["top1"] >= t.min_top1 and v["metrics"]["mean_kl"] <= t.max_mean_kl, v
+        assert_three_parts(v, t)  # tensor check (ternary exact), fidelity vs the file's weights, cost reported
 
 
 def _run(root: Path, art: dict, tokens: list[int]) -> np.ndarray:

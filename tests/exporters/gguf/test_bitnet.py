@@ -15,7 +15,7 @@ from edgekit.bundle import read_manifest
 from edgekit.errors import AdapterError, UnsupportedError
 from edgekit.families import Family
 from edgekit.plan import Format
-from parity import quants, recipe
+from parity import assert_three_parts, quants, recipe
 
 ROW = recipe(Family.BITNET, Format.GGUF)
 BASE, LORA = "builtin:bitnet-tiny", "builtin:bitnet-tiny-lora"
@@ -26,7 +26,7 @@ TYPE = {"tq1_0": "TQ1_0", "tq2_0": "TQ2_0", "f16": "F16", "f32": "F32"}
 def test_builtin_with_adapter(export_cache, quant):
     m = read_manifest(exported(export_cache, BASE, "gguf", quant, adapter=LORA))
     v, t = m["verification"], ROW.thresholds[quant]
-    assert v["passed"], v["failures"]
+    assert_three_parts(v, t)  # tensor check (ternary exact), fidelity vs the file's weights, cost reported
     assert v["metrics"]["tokens"] >= 2000 and v["metrics"]["top1"] >= t.min_top1
     assert v["metrics"]["mean_kl"] <= t.max_mean_kl
     assert TYPE[quant] in m["artifact"]["tensor_types"]
