@@ -86,7 +86,7 @@ def summary_markdown(report: ProfileReport, entries: Sequence[MatrixEntry]) -> s
         top1 = f"{verification['top1']:.3f}" if "top1" in verification else "not verified"
         for r in by_bundle.get(str(e.bundle), []):
             cases = {c.case.name: c for c in r.cases}
-            cells = [f"{cases[t].tps_mean:.1f} ± {cases[t].tps_std:.1f}" if t in cases else "-" for t in tests]
+            cells = [cases[t].tps_text() if t in cases else "-" for t in tests]
             pp = [c for c in r.cases if c.case.kind == PP and c.ttft_s is not None]
             tg = [c for c in r.cases if c.case.kind == TG and c.roofline_fraction is not None]
             row = [

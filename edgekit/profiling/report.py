@@ -7,7 +7,7 @@ import io
 import json
 from typing import Any
 
-from .values import SOLVE, STEP, CaseResult, ProfileReport
+from .values import SOLVE, STEP, CaseResult, ProfileReport, tps_text
 
 FORMATS = ("table", "json", "jsonl", "csv", "md")
 COLUMNS = (
@@ -63,7 +63,7 @@ def _display(report: ProfileReport) -> tuple[list[str], list[list[str]]]:
     header = ["bundle", "format", "quant", "threads", "test", "t/s", "ttft ms", "load s", "peak RSS MB", "size MB", "roofline"]
     body = []
     for row in _rows(report):
-        tps = "-" if row.get("tps_mean") is None else f"{row['tps_mean']:.2f} ± {row['tps_std']:.2f}"
+        tps = "-" if row.get("tps_mean") is None else tps_text(row["tps_mean"], row["tps_std"], row["repetitions"], 2)
         bundle = row["bundle"].rstrip("/").split("/")[-1]
         test = row["test"] + ("" if row["status"] == "ok" else f" ({row['status']})")
         body.append([
@@ -80,7 +80,8 @@ def _caption(report: ProfileReport) -> str:
     parts = [
         f"device {report.device}: {inv.get('cpu_model', '?')}, {inv.get('cpu_count', '?')} cores, "
         f"{inv.get('mem_total_mb', '?')} MB, {inv.get('os', '?')} ({inv.get('machine', '?')})",
-        f"{s.repetitions} repetitions{' after a warm-up' if s.warmup else ''}; t/s = mean ± sample stddev",
+        f"{s.repetitions} repetitions{' after a warm-up' if s.warmup else ''}; t/s = "
+        + ("mean ± sample stddev" if s.repetitions > 1 else "the one repetition's (no spread)"),
     ]
     if any(c.case.kind in (STEP, SOLVE) for r in report.results for c in r.cases):
         parts.append("solver tests: stepN = one supervision step of N puzzles (t/s = puzzle-steps/s); solveN = N "

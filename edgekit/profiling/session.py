@@ -71,7 +71,7 @@ def run_one(
             elif kind == "case":
                 case = CaseResult.from_dict(event["result"])
                 result = result.with_case(case)
-                progress(f"{result.label}: {case.case.name} {case.tps_mean:.1f} ± {case.tps_std:.1f} tok/s")
+                progress(f"{result.label}: {case.case.name} {case.tps_text()} tok/s")
             elif kind == "done":
                 result = _replace(result, peak_rss_mb=event.get("peak_rss_mb"), partial=False)
             elif kind == "missing":

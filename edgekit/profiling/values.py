@@ -118,6 +118,10 @@ class CaseResult:
         """Sample standard deviation of the per-repetition rates, as llama-bench reports it."""
         return statistics.stdev(self.rates) if len(self.rates) > 1 else 0.0
 
+    def tps_text(self, digits: int = 1) -> str:
+        """``mean ± stddev`` tokens/s; the mean alone for one repetition (a spread of one sample is not 0)."""
+        return tps_text(self.tps_mean, self.tps_std, len(self.rates), digits)
+
     @property
     def wall_tps_mean(self) -> float:
         rates = [self.case.n / s.wall_s for s in self.samples if s.wall_s > 0]
@@ -256,3 +260,8 @@ def parse_counts(text: str, name: str, allow_zero: bool = True) -> tuple[int, ..
 
 
 __all__ = ["Case", "ProfileSpec", "Sample", "CaseResult", "BundleResult", "ProfileReport", "parse_counts", "PP", "TG"]
+
+
+def tps_text(mean: float, std: float, n: int, digits: int = 1) -> str:
+    """A rate as the tables print it: ``mean ± stddev``, or the mean alone when ``n`` < 2 samples."""
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")

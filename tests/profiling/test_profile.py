@@ -319,3 +319,18 @@ def test_peak_rss_is_the_runner_s_own_not_its_parent_s(q8: Path) -> None:
     rep = profile([q8], ProfileSpec(prompts=(8,), gens=(0,), threads=(1,), repetitions=1, warmup=False), parse("local"))
     assert rep.results[0].peak_rss_mb < 300, rep.results[0].peak_rss_mb
     del ballast
+
+
+def test_one_repetition_prints_no_spread() -> None:
+    """`edgekit profile -r 1`: a stddev of one sample is undefined, so the table prints the rate alone."""
+    from dataclasses import replace
+
+    from edgekit.profiling import report
+
+    one = CaseResult(Case(TG, 8), 1, (Sample(0.5, 0.6),))
+    two = CaseResult(Case(TG, 8), 1, (Sample(0.5, 0.6), Sample(0.25, 0.3)))
+    assert one.tps_text() == "16.0" and two.tps_text() == "24.0 ± 11.3"
+    res = BundleResult("b", "gguf", "q8_0", "llama.cpp", 1, 10, 5, 0.1, 50.0, (one,), None, False)
+    rep = ProfileReport("local", {"cpu_model": "x"}, replace(SMALL, repetitions=1), (res,), False, "0")
+    table = report.render(rep, "table")
+    assert "±" not in table and "16.00" in table and "no spread" in table
