@@ -4,9 +4,12 @@ six).  Written into bench/RESULTS.md (``--write``) with the CPU, the commit and 
 
     .venv/bin/python bench/adapters_bench.py [--formats gguf:q8_0,onnx:int8,executorch:8da4w] [--write]
 
+``--write`` with every format rewrites the section; with some formats it replaces only their rows and records
+their run (commit, load) under the table.
+
 Per format: the merged bundle's size and each separate adapter file's size; the switch time
-(``session.use_adapter``, median over repeated switches between the adapters and the base; ExecuTorch reloads
-the program with the other data file); decode tokens/s (engine timers, greedy, ``--tokens`` after a 16-token
+(``session.use_adapter``, median over repeated switches between the adapters and the base; ExecuTorch passes
+the other adapter's tensors as the program's LoRA inputs); decode tokens/s (engine timers, greedy, ``--tokens`` after a 16-token
 prompt, one thread, median of ``--reps`` interleaved repetitions) of the merged bundle, of the separate bundle with an adapter active, and with none
 (the zero branches still run: ONNX and ExecuTorch keep their LoRA matmuls; llama.cpp skips them without an
 adapter).  Exports skip verification (the tests verify); speed ratios within one run are what to read.
@@ -21,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import common
 
@@ -30,8 +34,8 @@ DEFAULT = "gguf:q8_0,onnx:int8,executorch:8da4w"
 NOTE = (
     "Sizes: a GGUF adapter file holds only its own factors (F32); ONNX and ExecuTorch adapter files hold every "
     "branch of the graph at the largest rank (zero-padded), so `http` is as large as `main`. The ONNX separate "
-    "base carries the zero default branch tensors; the ExecuTorch separate base keeps the tied table unshared "
-    "(float32 gather table in the .pte, since the data file is the adapter's) plus `lora_zero.ptd`. The LoRA "
+    "base carries the zero default branch tensors; the ExecuTorch separate base is the merged program's layout "
+    "(tied table stored once) plus the branches' matmuls, whose factors are inputs. The LoRA "
     "branches cost relatively much on this 6 M-parameter model (each a separate small matmul beside 4.9 M base "
     "weights); on a full-size model the same adapter is a far smaller share of the work."
 )
@@ -142,9 +146,10 @@ def main(argv: list[str] | None = None) -> None:
         *table(rows),
         "",
         "Switch = `session.use_adapter(name)`: llama.cpp `llama_set_adapters_lora` on the loaded model (adapter file "
-        "read once); ONNX Runtime rebinding the adapter's tensors as inputs (file read once); ExecuTorch reloading the "
-        "program with the adapter's .ptd (XNNPACK repacks at method load). With no adapter, llama.cpp runs the base "
-        "graph alone, while the ONNX and ExecuTorch graphs still run their (zero) LoRA branches.",
+        "read once); ONNX Runtime rebinding the adapter's tensors as inputs (file read once); ExecuTorch passing the "
+        "adapter's factors and scale as the program's LoRA inputs on every call (file read once; no reload, any "
+        "scale). With no adapter, llama.cpp runs the base graph alone, while the ONNX and ExecuTorch graphs still "
+        "run their (zero) LoRA branches.",
         "",
         NOTE,
     ]
@@ -157,11 +162,44 @@ def main(argv: list[str] | None = None) -> None:
         start = text.find(f"\n{title}\n")
         if start < 0:
             text = text.rstrip("\n") + "\n\n" + body
+        elif args.formats != DEFAULT:
+            text = replace_rows(text, start, rows, load_before, load_after, args)
         else:
             end = text.find("\n## ", start + 1)
             text = text[: start + 1] + body + (text[end + 1 :] if end > 0 else "")
         path.write_text(text)
 
+
+def replace_rows(text: str, start: int, rows: list[dict], before: tuple, after: tuple, args: Any) -> str:
+    """The section's table rows of the formats measured now replaced, each followed (below the table) by a line
+    saying when and under what load it was measured."""
+    lines = text[start:].split("\n")
+    top = next(i for i, x in enumerate(lines) if x.startswith("| format |"))
+    end = top
+    while end + 1 < len(lines) and lines[end + 1].startswith("|"):
+        end += 1
+    table_rows = lines[top : end + 1]
+    notes_at = end + 2  # the lines after the table's blank line: earlier per-row notes
+    notes = []
+    while notes_at < len(lines) and " row: re-measured in a run of its own" in lines[notes_at]:
+        notes.append(lines[notes_at])
+        notes_at += 1
+    for r, line in zip(rows, table(rows)[2:]):
+        head = f"| {r['format']} |"
+        hit = [i for i, x in enumerate(table_rows) if x.startswith(head)]
+        if hit:
+            table_rows[hit[0]] = line
+        else:
+            table_rows.append(line)
+        notes = [x for x in notes if not x.startswith(f"The {r['format']} row:")]
+        notes.append(f"The {r['format']} row: re-measured in a run of its own (other rows not re-run), commit {common.git_commit()}, load average "
+                     f"{before[0]:.1f} before, {after[0]:.1f} after (`python bench/adapters_bench.py --formats "
+                     f"{args.formats} --write`).")
+    rest = lines[notes_at:] if notes_at > end + 2 else lines[end + 1 :]
+    while rest and not rest[0]:
+        rest = rest[1:]
+    out = lines[:top] + table_rows + [""] + notes + [""] + rest
+    return text[:start] + "\n".join(out)
 
 if __name__ == "__main__":
     main()
