@@ -258,6 +258,22 @@ def remove_stale_staging(parent: Path) -> list[Path]:
     return removed
 
 
+def _check_destination(out: Path, force: bool, while_running: bool = False) -> None:
+    """OutputExistsError unless ``out`` is free, or ``force`` and ``out`` is an earlier bundle or an empty directory."""
+    if out.exists() and not force:
+        if while_running:
+            raise OutputExistsError(
+                f"{out} appeared while this export ran (another export to the same path?); it was left as it is: "
+                "choose another output path or pass --force to replace it"
+            )
+        raise OutputExistsError(f"{out} already exists; choose another output path or pass --force to replace it")
+    if out.exists() and not (out.is_dir() and ((out / MANIFEST).is_file() or not any(out.iterdir()))):
+        raise OutputExistsError(
+            f"{out} exists and is not an edgekit bundle; --force replaces only an earlier bundle or an empty "
+            "directory: choose another output path"
+        )
+
+
 @contextlib.contextmanager
 def staging(out: Path, force: bool = False, keep: tuple[Path, ...] = ()) -> Iterator[Path]:
     """Yield an empty staging directory; on normal exit move it to ``out`` atomically, otherwise delete it.
@@ -275,13 +291,7 @@ def staging(out: Path, force: bool = False, keep: tuple[Path, ...] = ()) -> Iter
         k = Path(k).resolve()
         if k == resolved or resolved in k.parents:
             raise OutputExistsError(f"{out} holds {k}, which this export reads; choose another output path")
-    if out.exists() and not force:
-        raise OutputExistsError(f"{out} already exists; choose another output path or pass --force to replace it")
-    if out.exists() and not (out.is_dir() and ((out / MANIFEST).is_file() or not any(out.iterdir()))):
-        raise OutputExistsError(
-            f"{out} exists and is not an edgekit bundle; --force replaces only an earlier bundle or an empty "
-            "directory: choose another output path"
-        )
+    _check_destination(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(out.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
@@ -290,6 +300,8 @@ def staging(out: Path, force: bool = False, keep: tuple[Path, ...] = ()) -> Iter
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a bundle is an ordinary directory
+        # again: another export (or the user) may have written ``out`` while this one ran
+        _check_destination(out, force, while_running=True)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=out.parent))
             out.replace(old / "bundle")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import platform
 import shutil
 import time
@@ -115,13 +116,19 @@ def export(
     try:
         _export_into(prep, out, force, verify, progress, max_kl)
     except OSError as exc:  # the staging directory is gone by now
-        free = shutil.disk_usage(out.parent).free / 1e6 if out.parent.exists() else 0.0
-        raise WriteError(
-            f"writing {out} failed: {exc.strerror or exc} ({free:.0f} MB free there); "
-            "free space or choose another output path — nothing was left behind"
-        ) from exc
+        raise WriteError(f"writing {out} failed: {exc.strerror or exc}; {_write_advice(out, exc)} — nothing was left "
+                         "behind") from exc
     progress(f"bundle written to {out}")
     return out
+
+
+def _write_advice(out: Path, exc: OSError) -> str:
+    """What to do about a failed write: check the path when the path is the problem, else free space (a short
+    write carries no errno)."""
+    if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS):
+        free = shutil.disk_usage(out.parent).free / 1e6 if out.parent.exists() else 0.0
+        return f"{free:.0f} MB free there: free space or choose another output path"
+    return "check that its directory exists and is writable, or choose another output path"
 
 
 def with_budget(thresholds: Any, max_kl: float | None) -> Any:

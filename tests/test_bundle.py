@@ -45,6 +45,30 @@ def test_staging_removes_everything_on_error(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_output_written_by_another_export_meanwhile_is_not_replaced(tmp_path):
+    """Two exports to one path: the one finishing second is refused unless forced (found by a new-user trial)."""
+    out = tmp_path / "out"
+    with pytest.raises(OutputExistsError, match="appeared while this export ran"):
+        with staging(out) as d:
+            (d / "a.bin").write_bytes(b"second")
+            write_manifest(d, skeleton(d, "a.bin"))
+            with staging(out) as first:  # the other export finishes first
+                (first / "a.bin").write_bytes(b"first!")
+                write_manifest(first, skeleton(first, "a.bin"))
+    assert leftovers(tmp_path) == ["out"]
+    assert (out / "a.bin").read_bytes() == b"first!"
+    with staging(out, force=True) as d:  # forced: the later one replaces it
+        (d / "a.bin").write_bytes(b"forced")
+        write_manifest(d, skeleton(d, "a.bin"))
+    assert (out / "a.bin").read_bytes() == b"forced" and leftovers(tmp_path) == ["out"]
+
+
+def test_unwritable_output_is_not_blamed_on_free_space(tmp_path):
+    with pytest.raises(WriteError, match="exists and is writable") as err:
+        export(make_plan("builtin:lfm2-tiny", "gguf", "f32"), Path("/proc/edgekit-out"), progress=lambda _m: None)
+    assert "MB free" not in str(err.value)
+
+
 def test_existing_output_is_refused_unless_forced(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
