@@ -139,7 +139,13 @@ def lora_mode(options: Any) -> str:
 def plan_adapters(
     specs: Sequence[str | Path], base: Checkpoint, family: str, fmt: str, quant: str, options: Any
 ) -> tuple[Adapter | None, tuple[NamedAdapter, ...]]:
-    """(the adapter to merge, or None; the adapters to keep separate).  Several adapters need separate mode."""
+    """(the adapter to merge, or None; the adapters to keep separate).  Several adapters need separate mode.
+    ``--accept-reternarisation`` (BitNet) without an adapter to merge would change nothing: refused."""
+    if getattr(options, "accept_reternarisation", False) and (not specs or lora_mode(options) == "separate"):
+        raise UnsupportedError(
+            "--accept-reternarisation applies only when a LoRA adapter is merged (--adapter PATH, --lora-mode "
+            "merged); this export merges none — drop the flag"
+        )
     if lora_mode(options) != "separate":
         if len(specs) > 1:
             raise UnsupportedError(

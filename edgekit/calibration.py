@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 from .errors import UnsupportedError
 from .plan import Options, QuantSpec, option
@@ -206,6 +206,12 @@ class CalibrationOptions(Options):
                                            "importance statistics, >= 1024 tokens, sharing nothing with the "
                                            "verification text (default: edgekit's built-in sample)")
     no_calibration: bool = option(False, "calibrated quants: plain round-to-nearest, no calibration")
+
+    @classmethod
+    def inapplicable(cls, quants: Iterable[str]) -> frozenset[str]:
+        quants = tuple(quants)
+        out = super().inapplicable(quants)
+        return out if set(quants) & set(cls.CALIBRATED) else out | {"calibration", "no_calibration"}
 
     def calibrates(self, quant: QuantSpec) -> bool:
         return quant.name in self.CALIBRATED and not self.no_calibration

@@ -123,7 +123,7 @@ def cmd_formats(args: argparse.Namespace) -> int:
                 lines.append(f"{family.value:<8} {fmt.value:<11} -  {why}")
                 continue
             quants = [r.default_quant] + [q for q in r.quants if q != r.default_quant]
-            opts = ", ".join("--" + f.name.replace("_", "-") for f in dataclasses.fields(r.options)) or "-"
+            opts = ", ".join("--" + n.replace("_", "-") for n in r.options.flags(r.quants)) or "-"
             lines.append(f"{family.value:<8} {fmt.value:<11} {', '.join(quants):<58} {opts}")
     print("\n".join(lines))
     return 0
@@ -174,6 +174,8 @@ def cmd_solve(args: argparse.Namespace) -> int:
     from . import load
     from .kinds.solver import grid
 
+    if args.output is not None and args.output.exists() and not args.force:
+        raise EdgekitError(f"{args.output} exists; pass --force to overwrite it, or choose another -o path")
     session = load(args.bundle, check=not args.no_check, **({"n_threads": args.threads} if args.threads else {}))
     try:
         if not hasattr(session, "solve"):
@@ -297,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--adapter", help="apply this separate adapter of the bundle (`edgekit adapter list BUNDLE`)")
     r.add_argument("--adapter-scale", type=float, default=1.0, help="multiplier of the adapter's update (default 1)")
     r.add_argument("--no-check", action="store_true", help=NO_CHECK_HELP)
-    r.set_defaults(func=cmd_run)
+    r.set_defaults(func=cmd_run, guard_engine=True)
 
     so = sub.add_parser("solve", help="solve puzzles with a TRM/HRM bundle (early halting by default)")
     so.add_argument("bundle", type=Path)
@@ -305,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "dataset encoding (0 pad, 1 blank, 2.. digits), or a text file with one grid per line "
                     "(digits, '.' or '0' for blanks)")
     so.add_argument("-o", "--output", type=Path, help="write the answers (token ids, int32 [N, seq_len]) as .npy")
+    so.add_argument("--force", action="store_true", help="overwrite an existing -o file")
     so.add_argument("--puzzle-identifiers", type=Path, help=".npy of int [N] (default 0 for every puzzle)")
     so.add_argument("--max-steps", type=_positive, help="supervision steps at most (default: the model's halt_max_steps)")
     so.add_argument("--no-halt", action="store_true", help="run every step, as the official evaluation does")
@@ -312,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     so.add_argument("--show", type=int, default=0, help="print the first N puzzles and answers as grids")
     so.add_argument("--threads", type=int)
     so.add_argument("--no-check", action="store_true", help=NO_CHECK_HELP)
-    so.set_defaults(func=cmd_solve)
+    so.set_defaults(func=cmd_solve, guard_engine=True)
 
     f = sub.add_parser("formats", help="print the support matrix: family x format, quantisations, options")
     f.add_argument("--json", action="store_true", help="machine-readable, with the parity thresholds")
@@ -370,8 +373,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     verbose = bool(getattr(args, "verbose", False))
-    try:
+    if getattr(args, "guard_engine", False):  # run / chat / solve: an engine abort becomes one line
+        return _handled(lambda: _guarded(args, verbose), verbose)
+    return _handled(lambda: args.func(args), verbose)
+
+
+def _guarded(args: argparse.Namespace, verbose: bool) -> int:
+    """Run the command in a forked child when the bundle's engine can kill its process (runtimes/probe.py)."""
+    from .bundle import read_manifest
+    from .runtimes import probe
+
+    manifest = read_manifest(Path(args.bundle))
+    if not probe.guarded(manifest):
         return args.func(args)
+    return probe.run_supervised(lambda: _handled(lambda: args.func(args), verbose), args.bundle,
+                                str(manifest["engine"]), checked=not getattr(args, "no_check", False))
+
+
+def _handled(call: Callable[[], int], verbose: bool) -> int:
+    """Run a command; every error becomes one line on stderr and an exit code (2 refusal, 3 edgekit bug)."""
+    try:
+        return call()
     except EdgekitError as exc:
         report_error(exc, verbose)
         return 2

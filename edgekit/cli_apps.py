@@ -78,7 +78,7 @@ def add_parsers(sub: Any) -> None:
                    "at most 4096)")
     c.add_argument("--ignore-eos", action="store_true", help="keep generating past the end-of-sequence token")
     c.add_argument("--threads", type=_positive)
-    c.set_defaults(func=cmd_chat)
+    c.set_defaults(func=cmd_chat, guard_engine=True)
 
     s = sub.add_parser("serve", help="OpenAI-compatible HTTP server for a bundle (+ a Sudoku page for solvers)")
     s.add_argument("bundle", type=Path)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 from .errors import UnsupportedError
 from .plan import Options, QuantSpec, option
@@ -228,6 +228,12 @@ class MixedOptions(Options):
     byte_budget: str | None = option(None, "mixed precision: bytes per weight of the weight matrices (e.g. 0.57) "
                                            "or their total in MB (e.g. 3.9MB); default: what the quant's default "
                                            "assignment stores")
+
+    @classmethod
+    def inapplicable(cls, quants: Iterable[str]) -> frozenset[str]:
+        quants = tuple(quants)
+        out = super().inapplicable(quants)
+        return out if set(quants) & set(cls.MIXED) else out | {"mixed_precision", "byte_budget"}
 
     def mixes(self, quant: QuantSpec) -> bool:
         if quant.name not in self.MIXED:

@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
 
 from .errors import UnsupportedError
 
@@ -107,6 +107,18 @@ class Options:
 
     def validate(self, quant: QuantSpec, given: set[str]) -> None:
         """Combination checks of a subclass; ``given`` names the options the user set explicitly."""
+
+    @classmethod
+    def inapplicable(cls, quants: Iterable[str]) -> frozenset[str]:
+        """Fields that ``validate`` refuses for every one of ``quants`` (a row's quants): listing them as the
+        row's flags (``edgekit formats``) would offer what always fails. A mixin extends it with ``super()``."""
+        return frozenset()
+
+    @classmethod
+    def flags(cls, quants: Iterable[str]) -> list[str]:
+        """The option names a row with ``quants`` offers: every field but the inapplicable ones."""
+        drop = cls.inapplicable(tuple(quants))
+        return [f.name for f in dataclasses.fields(cls) if f.name not in drop]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -65,14 +65,12 @@ class Recipe:
             getattr(importlib.import_module(module), name)(model_config, quant, options)
 
     def describe(self) -> dict[str, Any]:
-        from dataclasses import fields
-
         return {
             "family": self.family.value,
             "format": self.format.value,
             "quants": list(self.quants),
             "default_quant": self.default_quant,
-            "options": [f.name for f in fields(self.options)],
+            "options": self.options.flags(self.quants),  # without those every quant of the row refuses
             "thresholds": {q: t.to_dict() for q, t in self.thresholds.items()},
         }
 
@@ -279,6 +277,7 @@ def _builtin() -> RecipeTable:
         thresholds={"int2": bitnet(0.995, 3e-6, 2.5e-5), "int4": bitnet(0.995, 3e-6, 2.5e-5),
                     "fp32": bitnet(0.999, 1e-9, 1.3e-5, max_abs=1e-4, greedy=32)},
         options=bitnet_onnx, module="edgekit.exporters.onnx.bitnet",
+        plan_check="edgekit.exporters.onnx.limits:check_bitnet",  # head size, MatMulNBits blocks, at plan time
     ))
     # TRM / HRM: one supervision step.  fp32 must reproduce the reference's logits to 1e-4 over every step and
     # give identical answers; quantised steps must give the same answers on >= 99 % of puzzles (the built-in
@@ -291,11 +290,13 @@ def _builtin() -> RecipeTable:
             family, Format.ONNX, pick(onnx.QUANTS, "fp32", "int8", "int4"), default_quant="fp32",
             thresholds={"fp32": solver_float, "int8": solver_quant, "int4": solver_quant},
             options=onnx.SolverOptions, module=f"edgekit.exporters.onnx.{name}",
+            plan_check="edgekit.families.trm.step:check_plan",  # --seq-len against the checkpoint, at plan time
         ))
         table.register(Recipe(
             family, Format.EXECUTORCH, pick(executorch.QUANTS, "fp32", "8da8w", "8da4w"), default_quant="fp32",
             thresholds={"fp32": solver_float, "8da8w": solver_quant, "8da4w": solver_quant},
             options=executorch.SolverOptions, module=f"edgekit.exporters.executorch.{name}",
+            plan_check="edgekit.families.trm.step:check_plan",
         ))
         table.refuse(family, Format.GGUF, f"llama.cpp has no {name.upper()} graph; GGUF cannot describe a {name} step")
     return table

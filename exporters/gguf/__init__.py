@@ -56,3 +56,7 @@ class GgufOptions(CalibrationOptions, MixedOptions):
     def validate(self, quant: QuantSpec, given: set[str]) -> None:
         self.check_calibration(quant, given)
         self.check_mixed(quant, given)
+        if self.pretokenizer is not None:
+            from .vocab import check_pretokenizer_name
+
+            check_pretokenizer_name(self.pretokenizer)

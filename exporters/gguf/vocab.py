@@ -33,6 +33,30 @@ PRETOKENIZERS: dict[tuple[str, ...], str] = {
     (QWEN2,): "qwen2",
 }
 KNOWN_NAMES = ("gpt-2", "llama-bpe", "qwen2", "default")
+# every ``tokenizer.ggml.pre`` value the pinned llama.cpp (llama-cpp-python 0.3.36) accepts for a BPE vocabulary:
+# any other name makes it refuse the file at load ("unknown pre-tokenizer type"), so ``--pretokenizer`` is checked
+# against this list when the export is planned (tests/test_plan_time_checks.py finds each name in the
+# installed libllama, so an upgrade that drops one fails there)
+LLAMA_CPP_PRETOKENIZERS = (
+    "default", "llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
+    "deepseek-llm", "deepseek-coder", "deepseek-v3", "falcon", "mpt", "starcoder", "gpt-2", "phi-2", "jina-es",
+    "jina-de", "gigachat", "jina-v2-es", "jina-v2-de", "a.x-4.0", "mellum", "jina-v1-en", "jina-v2-code",
+    "roberta-bpe", "refact", "command-r", "qwen2", "deepseek-r1-qwen", "kormo", "stablelm2", "olmo", "dbrx",
+    "smaug-bpe", "poro-chat", "glm4", "chatglm-bpe", "viking", "jais", "tekken", "smollm", "codeshell", "bloom",
+    "gpt3-finnish", "exaone", "exaone4", "chameleon", "minerva-7b", "megrez", "gpt-4o", "llama4", "superbpe",
+    "trillion", "granite-docling", "bailingmoe", "bailingmoe2", "llada-moe", "seed-coder", "hunyuan",
+    "hunyuan-dense", "kimi-k2", "grok-2", "afmoe", "minimax-m2",
+)
+
+
+def check_pretokenizer_name(name: str) -> None:
+    """UnsupportedError when llama.cpp would refuse ``--pretokenizer NAME`` at load."""
+    if name not in LLAMA_CPP_PRETOKENIZERS:
+        close = [n for n in LLAMA_CPP_PRETOKENIZERS if n.split("-")[0] == name.split("-")[0]][:5]
+        raise UnsupportedError(
+            f"gguf --pretokenizer {name!r} is not a pre-tokenizer llama.cpp knows (it would refuse the file at "
+            f"load); e.g. {', '.join(close or KNOWN_NAMES)} (all: edgekit.exporters.gguf.vocab.LLAMA_CPP_PRETOKENIZERS)"
+        )
 
 
 @dataclass(frozen=True)

@@ -51,13 +51,13 @@ from edgekit.families.bitnet.reference import activation_modes
 from edgekit.families.bitnet.weights import BitNetWeights
 
 from .. import ExportJob
-from . import ARTIFACT, DATA, builder, check, quantize
+from . import ARTIFACT, DATA, builder, check, limits, quantize
 from .builder import MS_DOMAIN, GraphBuilder
 from .lfm2 import GENAI_CONFIG, LOGITS_TO_KEEP, SEARCH, TIED_HEAD, present_name
 
 LM_HEAD = TIED_HEAD.weight
-TERNARY_BITS = {"int2": 2, "int4": 4}
-FAST_INT2_BLOCKS = (16, 32, 64, 128)
+TERNARY_BITS = limits.TERNARY_BITS
+FAST_INT2_BLOCKS = limits.FAST_INT2_BLOCKS
 HEAD_BLOCK = 32
 
 
@@ -293,21 +293,8 @@ def genai_config(c: BitNetConfig) -> dict[str, Any]:
 
 
 def block_size(c: BitNetConfig, wanted: int, bits: int, accuracy_level: int) -> int:
-    """The MatMulNBits block: ``wanted`` must divide every projection's input width; int2 must stay on the
-    fast kernel (see the module docstring)."""
-    widths = sorted({c.hidden_size, c.num_attention_heads * c.head_dim, c.intermediate_size})
-    if any(w % wanted for w in widths):
-        fits = [bs for bs in (16, 32, 64, 128, 256) if all(w % bs == 0 for w in widths)]
-        raise UnsupportedError(
-            f"onnx BitNet --block-size {wanted} does not divide the projection widths {widths}; valid: "
-            f"{', '.join(map(str, fits))}"
-        )
-    if bits == 2 and (wanted not in FAST_INT2_BLOCKS or accuracy_level != 4):
-        raise UnsupportedError(
-            f"onnx BitNet int2 needs --accuracy-level 4 and --block-size <= 128 (ONNX Runtime's 2-bit CPU kernel "
-            f"otherwise dequantises, ~100x slower); got block {wanted}, accuracy level {accuracy_level}; or use int4"
-        )
-    return wanted
+    """The MatMulNBits block (``limits.bitnet_block_size``: checked at plan time too)."""
+    return limits.bitnet_block_size(c, wanted, bits, accuracy_level)
 
 
 def required_kernels(c: BitNetConfig, bits: int | None) -> dict[str, int]:

@@ -5,6 +5,9 @@ Limits measured with onnxruntime 1.32 on random LFM2s (tests/exporters/onnx/test
 - CPU ``GroupQueryAttention``: "head_size must be a multiple of 8" (head size 12 fails at the first run);
 - ``MatMulNBits`` (int8 / int4 here): the input dimension K of every quantised matrix must hold whole blocks —
   hidden 80 with ``--block-size 32`` fails at load ("Incompatible dimensions for matrix multiplication").
+BitNet (``check_bitnet``): the same GroupQueryAttention head size; its ternary ``MatMulNBits`` blocks must divide
+every projection's input width, and int2 must stay on the 2-bit CPU kernel's fast path (blocks <= 128, accuracy
+level 4), which ``exporters/onnx/bitnet.py`` otherwise found only after loading the model.
 Stdlib only: imported by ``make_plan`` through the recipe row's ``plan_check``.
 """
 
@@ -43,3 +46,43 @@ def check_lfm2(config: Any, quant: Any, options: Any) -> None:
                 + (f"pass --block-size {' or '.join(map(str, fits))}" if fits else "use --quant fp32 or fp16")
                 + f", or export with {OTHER_FORMATS}"
             )
+
+
+FAST_INT2_BLOCKS = (16, 32, 64, 128)
+TERNARY_BITS = {"int2": 2, "int4": 4}
+
+
+def _check_head(config: Any, family: str) -> None:
+    hd = int(config.head_dim)
+    if hd % GQA_HEAD_MULTIPLE:
+        raise UnsupportedError(
+            f"onnx {family}: head size {hd} is not a multiple of {GQA_HEAD_MULTIPLE}, which onnxruntime's "
+            f"GroupQueryAttention requires; export with {OTHER_FORMATS}"
+        )
+
+
+def bitnet_block_size(config: Any, wanted: int, bits: int, accuracy_level: int) -> int:
+    """The ternary MatMulNBits block: ``wanted`` must divide every projection's input width (hidden, q width,
+    feed-forward width); int2 must stay on the fast kernel (blocks <= 128, accuracy level 4)."""
+    widths = sorted({int(config.hidden_size), int(config.num_attention_heads) * int(config.head_dim),
+                     int(config.intermediate_size)})
+    if any(w % wanted for w in widths):
+        fits = [bs for bs in (16, 32, 64, 128, 256) if all(w % bs == 0 for w in widths)]
+        raise UnsupportedError(
+            f"onnx BitNet --block-size {wanted} does not divide the projection widths {widths}; "
+            + (f"valid: {', '.join(map(str, fits))}" if fits else f"no block size fits: use --quant fp32 or {OTHER_FORMATS}")
+        )
+    if bits == 2 and (wanted not in FAST_INT2_BLOCKS or accuracy_level != 4):
+        raise UnsupportedError(
+            f"onnx BitNet int2 needs --accuracy-level 4 and --block-size <= 128 (ONNX Runtime's 2-bit CPU kernel "
+            f"otherwise dequantises, ~100x slower); got block {wanted}, accuracy level {accuracy_level}; or use int4"
+        )
+    return wanted
+
+
+def check_bitnet(config: Any, quant: Any, options: Any) -> None:
+    """Raise UnsupportedError naming the limit when onnxruntime cannot run this BitNet with this quantisation."""
+    _check_head(config, "BitNet")
+    bits = TERNARY_BITS.get(quant.name)
+    if bits:
+        bitnet_block_size(config, int(options.block_size), bits, int(options.accuracy_level))

@@ -45,3 +45,69 @@ def test_probe_child_runs_a_real_gguf_bundle(export_cache):
     from edgekit.bundle import read_manifest
 
     probe.run_probe(root, read_manifest(root))
+
+
+def test_supervised_child_killed_by_sigbus_is_a_one_line_bundle_error(tmp_path):
+    import os
+    import signal
+
+    with pytest.raises(BundleError, match=r"executorch crashed \(SIGBUS\).*sha256") as err:
+        probe.run_supervised(lambda: os.kill(os.getpid(), signal.SIGBUS) or 0, tmp_path, "executorch")
+    assert "\n" not in str(err.value)
+    with pytest.raises(BundleError, match=r"crashed \(SIGSEGV\).*without --no-check"):
+        probe.run_supervised(lambda: os.kill(os.getpid(), signal.SIGSEGV) or 0, tmp_path, "llama.cpp", checked=False)
+
+
+def test_supervised_child_exit_code_comes_back(tmp_path):
+    assert probe.run_supervised(lambda: 0, tmp_path, "llama.cpp") == 0
+    assert probe.run_supervised(lambda: 2, tmp_path, "llama.cpp") == 2
+
+
+def test_only_engines_that_abort_and_real_streams_are_guarded(capsys):
+    # capsys replaces sys.stdout with an in-memory stream: a forked child's output would be lost, so in-process
+    assert not probe.guarded({"engine": "llama.cpp"})
+    assert not probe.guarded({"engine": "onnxruntime"})
+
+
+def damaged_with_recorded_digest(root: Path, dst: Path, name: str, offset: int, value: int) -> Path:
+    """A copy of the bundle with one byte of ``name`` changed and the manifest's size/sha256 re-recorded from the
+    damaged file, so that the digest check passes and the engine meets the damage."""
+    import json
+    import shutil
+
+    from edgekit.hashing import sha256_file
+
+    shutil.copytree(root, dst)
+    p = dst / name
+    raw = bytearray(p.read_bytes())
+    raw[offset] = value
+    p.write_bytes(bytes(raw))
+    m = json.loads((dst / "edgekit.json").read_text())
+    m["files"][name] = {"sha256": sha256_file(p), "size": p.stat().st_size}
+    (dst / "edgekit.json").write_text(json.dumps(m, indent=2))
+    return dst
+
+
+@pytest.mark.slow  # one ExecuTorch export (~1-2 min here) and three fresh interpreters that import torch
+def test_executorch_program_that_segfaults_is_one_line_in_probe_and_run(export_cache, tmp_path):
+    """Byte 409 of the lfm2-tiny 8da4w model.ptd sits in the FlatTensor flatbuffer's tensor table; 0xff there
+    makes ExecuTorch read outside the mapping (SIGSEGV in load_method / the runner). Found by forking a load +
+    2-token stream for each of the flatbuffer's bytes set to 0xff: offsets 406-411, 418-423, 476-483 crash."""
+    import subprocess
+
+    from conftest import exported
+
+    root = exported(export_cache, "builtin:lfm2-tiny", "executorch", "8da4w", verify=False)
+    bad = damaged_with_recorded_digest(root, tmp_path / "bad", "model.ptd", 409, 0xFF)
+    with pytest.raises(BundleError, match=r"executorch crashed \(SIG(SEGV|BUS|ABRT)\).*sha256") as err:
+        probe.probe(bad, timeout_s=300)
+    assert "\n" not in str(err.value)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgekit", "run", str(bad), "--prompt", "def main(", "--max-tokens", "2"],
+        capture_output=True, text=True, timeout=300,
+    )
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("edgekit:")]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(ours) == 1 and "executorch crashed (SIG" in ours[0], proc.stderr[-2000:]
+    assert proc.stderr.rstrip().endswith(ours[0])
+    probe.probe(root, timeout_s=300)  # the undamaged bundle passes

@@ -28,6 +28,12 @@ def seq_len(config: Any, requested: int | None) -> int:
     return int(value)
 
 
+def check_plan(config: Any, quant: Any, options: Any) -> None:
+    """The recipe rows' plan-time check: ``--seq-len`` is checked against the checkpoint (or required) when the
+    plan is made, before the model loads (the same rule as ``seq_len``, which the exporters call again)."""
+    seq_len(config, getattr(options, "seq_len", None))
+
+
 def example_inputs(model: Any, length: int, batch: int = 2) -> tuple[Any, Any, Any, Any]:
     """(z_H, z_L, inputs, puzzle_identifiers) for tracing: the reset carry, blank-ish tokens, identifier 0."""
     import torch
