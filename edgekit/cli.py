@@ -183,6 +183,10 @@ def cmd_solve(args: argparse.Namespace) -> int:
         puzzles = grid.read_puzzles(args.input, session.seq_len)
         if len(puzzles) == 0:
             raise EdgekitError(f"{args.input}: no puzzles")
+        n = grid.sudoku_side(session.seq_len, session.vocab_size)
+        for k, why in enumerate(grid.sudoku_conflict(p, n) if n else None for p in puzzles):
+            if why:
+                raise EdgekitError(f"{args.input}: puzzle {k} is not a valid Sudoku: {why}")
         ids = np.load(args.puzzle_identifiers) if args.puzzle_identifiers else None
         answers, steps, seconds = [], [], 0.0
         for start in range(0, len(puzzles), args.batch_size):
@@ -199,12 +203,17 @@ def cmd_solve(args: argparse.Namespace) -> int:
         tmp = args.output.with_name(args.output.name + ".partial.npy")
         np.save(tmp, answers_all.astype(np.int32))
         tmp.replace(args.output)
+    solved = [grid.is_sudoku_solution(p, a) for p, a in zip(puzzles, answers_all)] if n else None
     for k in range(min(args.show, len(puzzles))):
-        print(f"puzzle {k} ({steps_all[k]} steps)\n{grid.render(puzzles[k])}\n-> answer\n{grid.render(answers_all[k])}\n")
+        verdict = "" if solved is None else (" — a valid solution" if solved[k] else " — NOT a valid solution")
+        print(f"puzzle {k} ({steps_all[k]} steps)\n{grid.render(puzzles[k])}\n-> answer{verdict}\n"
+              f"{grid.render(answers_all[k])}\n")
     print(
         f"[{session.engine}] {len(puzzles)} puzzles, steps mean {steps_all.mean():.2f} (max "
         f"{session.halt_max_steps if args.max_steps is None else args.max_steps}), {seconds:.3f} s in the engine, "
-        f"{len(puzzles) / seconds if seconds else 0.0:.1f} puzzles/s" + (f"; answers in {args.output}" if args.output else ""),
+        f"{len(puzzles) / seconds if seconds else 0.0:.1f} puzzles/s"
+        + ("" if solved is None else f", {sum(solved)}/{len(puzzles)} valid Sudoku solutions")
+        + (f"; answers in {args.output}" if args.output else ""),
         file=sys.stderr,
     )
     return 0

@@ -1,10 +1,11 @@
 """Solving Sudoku with a solver bundle (the built-in TRM): ``edgekit solve`` on the command line, and a web page
 served by ``edgekit serve`` of a solver bundle at ``/solver`` (page.html) over ``POST /v1/solve``.
 
-``POST /v1/solve`` takes ``{"puzzle": "81 characters: digits, '.' / '0' / '_' for blanks (spaces, '|' and line
+``POST /v1/solve`` takes ``{"puzzle": "n*n characters (81 for 9x9): digits, '.' / '0' / '_' for blanks (spaces, '|' and line
 breaks ignored)", "max_steps": optional int}`` and answers ``{"answer": "81 digits", "grid": text grid,
 "steps": recursion (supervision) steps run, "valid": the answer obeys the Sudoku rules and keeps the givens,
-"seconds": engine time}``; an invalid grid is a 400 with an OpenAI-shaped error body.
+"seconds": engine time}``; an invalid grid (wrong length, a character that is not a digit or blank, givens that
+break the rules: a digit twice in a row, column or box) is a 400 with an OpenAI-shaped error body naming why.
 """
 
 from __future__ import annotations
@@ -18,25 +19,6 @@ import numpy as np
 PAGE = Path(__file__).with_name("page.html")
 
 
-def is_valid_sudoku(puzzle: np.ndarray, answer: np.ndarray) -> bool:
-    """``answer`` (token ids, 2..n+1 = digits) fills every cell, keeps ``puzzle``'s givens, and has each digit once
-    per row, column and box (n x n grid, boxes of sqrt(n) when n is a square)."""
-    cells = answer.size
-    n = math.isqrt(cells)
-    if n * n != cells:
-        return False
-    g = answer.reshape(n, n) - 1
-    givens = puzzle.reshape(n, n) > 1
-    if (g < 1).any() or (g > n).any() or (answer.reshape(n, n)[givens] != puzzle.reshape(n, n)[givens]).any():
-        return False
-    full = set(range(1, n + 1))
-    units = [g[r, :] for r in range(n)] + [g[:, c] for c in range(n)]
-    b = math.isqrt(n)
-    if b * b == n:
-        units += [g[r:r + b, c:c + b].reshape(-1) for r in range(0, n, b) for c in range(0, n, b)]
-    return all(set(u.tolist()) == full for u in units)
-
-
 def solve_text(session: Any, text: str, max_steps: int | None = None) -> dict[str, Any]:
     """One puzzle as text -> the JSON answer of ``POST /v1/solve``.  Raises UnsupportedError for a bad grid."""
     from edgekit.errors import UnsupportedError
@@ -48,6 +30,10 @@ def solve_text(session: Any, text: str, max_steps: int | None = None) -> dict[st
     puzzles = grid.parse_lines("".join(c for c in text if c not in " \t\r\n|-+"), session.seq_len)
     if len(puzzles) != 1:
         raise UnsupportedError(f"one puzzle per request, got {len(puzzles)}")
+    n = grid.sudoku_side(session.seq_len, session.vocab_size)
+    why = grid.sudoku_conflict(puzzles[0], n) if n else None
+    if why:
+        raise UnsupportedError(f"not a valid Sudoku: {why}")
     sol = session.solve(puzzles, max_steps=max_steps)
     answer = sol.answers[0]
     return {
@@ -55,7 +41,7 @@ def solve_text(session: Any, text: str, max_steps: int | None = None) -> dict[st
         "grid": grid.render(answer),
         "steps": int(sol.steps[0]),
         "max_steps": int(max_steps or session.halt_max_steps),
-        "valid": is_valid_sudoku(puzzles[0], answer),
+        "valid": grid.is_sudoku_solution(puzzles[0], answer),
         "seconds": sol.seconds,
     }
 
@@ -93,7 +79,8 @@ def routes(session: Any, worker: Any, guarded: Callable[..., Any], read_body: Ca
         except ValueError as exc:
             raise api_error(400, f"the request body is not valid JSON ({exc})") from None
         if not isinstance(data, dict) or not isinstance(data.get("puzzle"), str):
-            raise api_error(400, 'send {"puzzle": "81 characters: digits and . for blanks"}', param="puzzle")
+            raise api_error(400, f'send {{"puzzle": "{session.seq_len} characters: digits and . for blanks"}}',
+                            param="puzzle")
 
         def job(_cancel: Any) -> dict[str, Any]:
             return solve_text(session, data["puzzle"], data.get("max_steps"))

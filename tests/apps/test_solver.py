@@ -57,8 +57,11 @@ def test_solve_api_matches_the_session(server, trm_onnx):
     [
         ({"puzzle": "12"}, "cells, this model takes"),
         ({"puzzle": "x" * 16}, "is not a digit"),
-        ({"puzzle": "9" * 16}, "token ids"),
-        ({"puzzle": 5}, "puzzle"),
+        ({"puzzle": "9" * 16}, "9 is not a digit of a 4x4 Sudoku"),
+        ({"puzzle": "11" + "." * 14}, "not a valid Sudoku: 1 appears twice in row 1"),
+        ({"puzzle": "2..." "2..." + "." * 8}, "2 appears twice in column 1"),
+        ({"puzzle": "3..." ".3.." + "." * 8}, "3 appears twice in box 1"),
+        ({"puzzle": 5}, "16 characters"),
         ({"puzzle": "." * 16, "max_steps": -1}, "max_steps"),
     ],
 )
@@ -73,13 +76,16 @@ def test_solver_server_has_no_text_routes(server):
 
 
 def test_validity_check():
-    from edgekit.apps.solver import is_valid_sudoku
+    from edgekit.kinds.solver.grid import is_sudoku_solution as is_valid_sudoku
+    from edgekit.kinds.solver.grid import sudoku_conflict, sudoku_side
 
     p = np.array([1, 1, 3, 1, 2, 3, 4, 1, 3, 5, 1, 1, 4, 2, 1, 3])
     good = np.array([5, 4, 3, 2, 2, 3, 4, 5, 3, 5, 2, 4, 4, 2, 5, 3])
     assert is_valid_sudoku(p, good)
     assert not is_valid_sudoku(p, good[[1, 0, *range(2, 16)]])  # swaps break a column
     assert not is_valid_sudoku(np.full(16, 3), good)  # the givens are not kept
+    assert sudoku_conflict(p, 4) is None and sudoku_side(16, 6) == 4
+    assert sudoku_side(900, 6) is None  # a 30x30 maze in 6 tokens is not a Sudoku: no Sudoku rules applied
 
 
 @pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
@@ -125,6 +131,6 @@ def test_page_in_headless_chromium(server, trm_onnx, tmp_path):
         cells[0].send_keys("9")
         driver.find_element(By.ID, "solve").click()
         WebDriverWait(driver, 30).until(lambda d: "error" in status.text)
-        assert "token ids" in status.text
+        assert "is not a digit of a 4x4 Sudoku" in status.text
     finally:
         driver.quit()

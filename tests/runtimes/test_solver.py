@@ -72,11 +72,8 @@ def test_gguf_is_refused_for_trm_naming_what_works():
 def test_seq_len_must_be_known():
     from edgekit.export import make_plan
 
-    prep = make_plan(FIXTURE, "onnx", "fp32")  # no dataset.json beside the fixture, no --seq-len
-    from edgekit.families.trm import step
-
-    with pytest.raises(UnsupportedError, match="pass --seq-len"):
-        step.seq_len(prep.checkpoint.model_config, prep.plan.options.seq_len)
+    with pytest.raises(UnsupportedError, match="pass --seq-len"):  # at plan time, before any export work
+        make_plan(FIXTURE, "onnx", "fp32")  # no dataset.json beside the fixture, no --seq-len
 
 
 def test_cli_solve_and_profile(bundle, tmp_path, capsys):
@@ -88,6 +85,9 @@ def test_cli_solve_and_profile(bundle, tmp_path, capsys):
     assert np.load(tmp_path / "a.npy").shape == (1, 81)
     assert "5 3 . | . 7 ." in capsys.readouterr().out
     assert main(["solve", str(bundle), "--input", str(tmp_path / "missing.npy")]) == 2
+    (tmp_path / "bad.txt").write_text("55" + "." * 79 + "\n")  # two 5s in row 1: no Sudoku can hold them
+    assert main(["solve", str(bundle), "--input", str(tmp_path / "bad.txt")]) == 2
+    assert "puzzle 0 is not a valid Sudoku: 5 appears twice in row 1" in capsys.readouterr().err
     assert main(["profile", str(bundle), "-r", "1", "--no-roofline", "-q"]) == 0
     out = capsys.readouterr().out
     assert "step1" in out and "solve16" in out and "puzzle-steps/s" in out

@@ -71,3 +71,49 @@ def render(tokens: np.ndarray) -> str:
         cells = chars[r * n : (r + 1) * n]
         lines.append(" | ".join(" ".join(cells[c : c + box]) for c in range(0, n, box)))
     return "\n".join(lines)
+
+
+def sudoku_side(cells: int, vocab_size: int) -> int | None:
+    """n when a model of ``cells`` cells and ``vocab_size`` tokens reads n x n Sudoku in the official encoding
+    (pad, blank, digits 1..n: vocab n + 2, e.g. 11 for 9x9), else None (a maze, ARC, another task)."""
+    n = side(cells)
+    return n if n is not None and vocab_size == n + 2 else None
+
+
+def _units(n: int) -> list[tuple[str, np.ndarray]]:
+    """(name, flat cell indices) of every row, column and box (boxes of sqrt(n) when n is a square)."""
+    idx = np.arange(n * n).reshape(n, n)
+    units = [(f"row {r + 1}", idx[r]) for r in range(n)] + [(f"column {c + 1}", idx[:, c]) for c in range(n)]
+    b = math.isqrt(n)
+    if b * b == n:
+        units += [(f"box {k + 1}", idx[r:r + b, c:c + b].reshape(-1))
+                  for k, (r, c) in enumerate((r, c) for r in range(0, n, b) for c in range(0, n, b))]
+    return units
+
+
+def sudoku_conflict(puzzle: np.ndarray, n: int) -> str | None:
+    """Why an n x n Sudoku's givens (token ids [n*n]) can have no solution — a digit above n or a digit twice in
+    one row, column or box — or None when they are consistent (it may still have no or several solutions)."""
+    digits = np.asarray(puzzle).reshape(-1) - 1  # 0 = blank (token 1); padding (token 0) counts as blank
+    if (digits > n).any():
+        k = int(np.argmax(digits > n))
+        return f"row {k // n + 1}, column {k % n + 1}: {digits[k]} is not a digit of a {n}x{n} Sudoku (1-{n})"
+    for name, cells in _units(n):
+        given = digits[cells][digits[cells] > 0]
+        values, counts = np.unique(given, return_counts=True)
+        if (counts > 1).any():
+            return f"{int(values[counts > 1][0])} appears twice in {name}"
+    return None
+
+
+def is_sudoku_solution(puzzle: np.ndarray, answer: np.ndarray) -> bool:
+    """``answer`` (token ids) fills every cell with 1..n, keeps ``puzzle``'s givens, and has each digit once per
+    row, column and box."""
+    n = side(np.asarray(answer).size)
+    if n is None:
+        return False
+    a, p = np.asarray(answer).reshape(-1) - 1, np.asarray(puzzle).reshape(-1) - 1
+    if (a < 1).any() or (a > n).any() or (a[p > 0] != p[p > 0]).any():
+        return False
+    return all(np.array_equal(np.sort(a[cells]), np.arange(1, n + 1)) for _name, cells in _units(n))
+
