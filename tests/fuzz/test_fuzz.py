@@ -1,10 +1,11 @@
 """The seeded fuzz run (issue 17): a few hundred mutated inputs per class, each in its own child process;
 fails on any traceback, crash, hang, silent acceptance or leftover.  Slow: run it with
 
-    EDGEKIT_FUZZ_CASES=300 .venv/bin/python -m pytest -m slow tests/fuzz -q
+    EDGEKIT_FUZZ_CASES=350 .venv/bin/python -m pytest -m slow tests/fuzz -q
 
 (``EDGEKIT_FUZZ_CASES`` cases per input class, default 300; ``EDGEKIT_FUZZ_SEED``, default 0).  The same run
-without pytest, with a per-case listing: ``.venv/bin/python tests/fuzz/runner.py --cases 300``.
+without pytest, with a per-case listing and the seconds per class: ``.venv/bin/python tests/fuzz/runner.py
+--cases 350 --timing``.
 """
 
 import json
