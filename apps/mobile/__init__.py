@@ -75,6 +75,12 @@ def plan_files(root: Path, manifest: Mapping[str, Any], target: Target) -> list[
         if len(data) > 1:
             raise UnsupportedError(f"{root} has {len(data)} data files ({', '.join(data)}); LlmModule takes one")
         files += data + ["tokenizer.json", "tokenizer_config.json"]
+    adapters = (manifest.get("adapters") or {}).get("items") or {}
+    if adapters and target.format == "executorch":
+        raise UnsupportedError(
+            f"{root} keeps its adapters ({', '.join(adapters)}) separate, as program inputs that ExecuTorch's LLM "
+            "runners (LlmModule, TextRunner) cannot pass; export the adapter the app needs with --lora-mode merged")
+    files += [str(a.get("file") or "") for a in adapters.values()]  # llama.cpp attaches GGUF adapters at run time
     missing = [f for f in files if not f or not (root / f).is_file()]
     if missing:
         raise UnsupportedError(f"{root}: {', '.join(missing) or 'the artifact'} missing; re-export the bundle")
@@ -102,6 +108,9 @@ def settings(manifest: Mapping[str, Any], target: Target, files: list[str], name
         "stop_texts": [t for t in ("<|im_end|>",) if template and t in template],
         "sampling": {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 256},
     }
+    adapters = (manifest.get("adapters") or {}).get("items") or {}
+    if adapters:  # llama.cpp LoRA adapter GGUFs, applied at run time with a scale (none is active by default)
+        out["adapters"] = [{"name": n, "file": a["file"], "scale": 1.0} for n, a in adapters.items()]
     if target.format == "executorch":
         out["data_file"] = files[1] if len(files) > 3 else None
         out["tokenizer_file"] = "tokenizer.json"
@@ -210,6 +219,13 @@ ExecuTorch runners take plain text; llama.cpp's Android library applies the GGUF
 
 Not tested here: no Android SDK, emulator or Xcode runs on the machine that made this; edgekit's tests load these
 exact files with the engines' own runners on the host (ExecuTorch's TextLLMRunner, llama.cpp's Llama).
+"""
+    if s.get("adapters"):
+        common += f"""
+Adapters ({', '.join(a['name'] for a in s['adapters'])}): llama.cpp LoRA adapter files under `adapters/`, applied on
+top of the base at run time. The example's Kotlin `InferenceEngine` has no adapter call, so attach one in its JNI
+layer with llama.cpp's C API: `llama_adapter_lora_init(model, path)` once per file, then
+`llama_set_adapters_lora(ctx, &adapter, 1, &scale)` to switch it in (`n_adapters` 0 for the base alone).
 """
     if target.name == "android-executorch":
         return common + f"""

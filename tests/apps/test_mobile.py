@@ -54,6 +54,39 @@ def test_android_llamacpp_layout_loads_in_llama_cpp(lfm2_gguf, tmp_path):
     assert got == want[: len(got)] and len(got) == len(want)
 
 
+def test_separate_adapters_travel_with_the_llamacpp_layout(export_cache, tmp_path):
+    """A separate-adapter GGUF bundle: the layout holds adapters/*.gguf, edgekit-app.json lists them, the guide says
+    how to attach them, and llama.cpp loads base + adapter from the laid-out folder."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from edgekit.export import export, make_plan
+
+    bundle = export_cache["root"] / "mobile-sep-gguf"
+    if not bundle.exists():
+        prep = make_plan("builtin:lfm2-tiny", "gguf", "q8_0", ["email=builtin:lfm2-tiny-lora"],
+                         {"lora_mode": "separate"})
+        export(prep, bundle, verify=False, progress=lambda _m: None)
+    out = tmp_path / "android"
+    r = bundle_for(bundle, "android-llamacpp", out)
+    assert r.returncode == 0, r.stderr
+    assert (out / "adapters" / "email.gguf").is_file()
+    settings = json.loads((out / "edgekit-app.json").read_text())
+    assert settings["adapters"] == [{"name": "email", "file": "adapters/email.gguf", "scale": 1.0}]
+    assert "llama_set_adapters_lora" in (out / "README.md").read_text()
+    llm = llama_cpp.Llama(model_path=str(out / "model.gguf"), lora_path=str(out / "adapters" / "email.gguf"),
+                          n_ctx=128, n_threads=1, verbose=False)
+    llm.close()
+
+
+def test_separate_adapters_are_refused_for_executorch_apps(tmp_path):
+    from edgekit.apps.mobile import TARGETS, plan_files
+    from edgekit.errors import UnsupportedError
+
+    manifest = {"kind": "language", "format": "executorch", "artifact": {"file": "model.pte"},
+                "adapters": {"mode": "separate", "items": {"email": {"file": "adapters/email.safetensors"}}}}
+    with pytest.raises(UnsupportedError, match="--lora-mode merged"):
+        plan_files(tmp_path, manifest, TARGETS["android-executorch"])
+
+
 def test_refusals(lfm2_gguf, trm_onnx, tmp_path):
     r = bundle_for(lfm2_gguf, "android-executorch", tmp_path / "a")
     assert r.returncode == 2 and "re-export with --format executorch" in r.stderr
