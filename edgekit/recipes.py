@@ -197,12 +197,10 @@ def _builtin() -> RecipeTable:
                        float_min_top1=0.93, float_max_kl=6e-3),
             "q5_k_m": LM(min_top1=0.97, max_mean_kl=1e-3, cost_kl=4.1e-3,
                        float_min_top1=0.9, float_max_kl=1.2e-2),
-            # q4_k_m and q4_0 default to calibrated mixed precision (issue 15, bench/RESULTS.md): cost 0.9375 /
-            # 6.87e-3 and 0.9106 / 1.05e-2 at the default assignment's bytes per weight; float bars ~2x that KL
-            "q4_k_m": LM(min_top1=0.97, max_mean_kl=1e-3, cost_kl=6.9e-3,
-                       float_min_top1=0.92, float_max_kl=1.4e-2),
-            "q4_0": LM(min_top1=0.97, max_mean_kl=1e-3, cost_kl=1.1e-2,
-                       float_min_top1=0.89, float_max_kl=2.1e-2),
+            "q4_k_m": LM(min_top1=0.97, max_mean_kl=1e-3, cost_kl=1.2e-2,
+                       float_min_top1=0.85, float_max_kl=3e-2),
+            "q4_0": LM(min_top1=0.97, max_mean_kl=1e-3, cost_kl=1.7e-2,
+                       float_min_top1=0.85, float_max_kl=4e-2),
         },
         options=gguf.GgufOptions,
         module="edgekit.exporters.gguf.lfm2",
@@ -277,14 +275,15 @@ def _builtin() -> RecipeTable:
     table.register(Recipe(
         Family.BITNET, Format.EXECUTORCH, {"8da4w": per_channel, "fp32": executorch.QUANTS["fp32"]},
         default_quant="8da4w", thresholds={"8da4w": bitnet(0.995, 2e-5, 4.1e-5, float_bars=(0.992, 1.2e-4)),
-                                           "fp32": bitnet(0.999, 1e-9, 1.3e-5, max_abs=1e-4, greedy=32)},
+                                           "fp32": bitnet(0.999, 1e-9, 1.3e-5, max_abs=1e-4, greedy=32,
+                                                          float_bars=(0.995, 4e-5))},
         options=bitnet_executorch, module="edgekit.exporters.executorch.bitnet",
     ))
     table.register(Recipe(
         Family.BITNET, Format.ONNX, pick(onnx.QUANTS, "int2", "int4", "fp32"), default_quant="int2",
         thresholds={"int2": bitnet(0.995, 3e-6, 2.5e-5, float_bars=(0.993, 7.5e-5)),
                     "int4": bitnet(0.995, 3e-6, 2.5e-5, float_bars=(0.993, 7.5e-5)),
-                    "fp32": bitnet(0.999, 1e-9, 1.3e-5, max_abs=1e-4, greedy=32)},
+                    "fp32": bitnet(0.999, 1e-9, 1.3e-5, max_abs=1e-4, greedy=32, float_bars=(0.995, 4e-5))},
         options=bitnet_onnx, module="edgekit.exporters.onnx.bitnet",
         plan_check="edgekit.exporters.onnx.limits:check_bitnet",  # head size, MatMulNBits blocks, at plan time
     ))

@@ -405,3 +405,20 @@ def test_bitnet_adapter_verified(export_cache, fmt, quant):
     m = json.loads((bundle / "edgekit.json").read_text())
     for v in (m["verification"], m["adapters"]["items"]["bitnet-tiny-lora"]["verification"]):
         assert v["passed"], v["failures"]
+
+
+def test_bitnet_float_bars_hold_an_adapter_to_the_unmerged_reference():
+    """With an adapter switched in there is no read-back: BitNet's float bars (the quant's cost, ~3x) replace the
+    fidelity, logit and greedy bars, which hold an engine to the file's own weights."""
+    from edgekit.families import Family
+    from edgekit.plan import Format
+    from edgekit.recipes import RECIPES
+
+    t = RECIPES.get(Family.BITNET, Format.ONNX).thresholds["fp32"]
+    m = {"top1": 0.997, "mean_kl": 2.0e-5, "max_abs_logit": 0.4, "greedy_prefix": 5, "greedy_tokens": 32,
+         "tokenizer_match": True,
+         "fidelity_reference": "float (a separate adapter is switched in; the file holds the base)"}
+    assert t.check(m) == []
+    assert len(t.check({**m, "mean_kl": 5e-5})) == 1
+    fails = t.check({**m, "fidelity_reference": "file weights"})
+    assert [f.split(" ")[0] for f in fails] == ["fidelity", "fidelity", "max", "greedy"]
