@@ -92,3 +92,20 @@ def answer_rate(bundle: Path, source: Path) -> dict[str, Any]:
     model = load_reference(open_checkpoint(str(source)), None)
     report = verify_bundle_with(bundle, model, Thresholds(min_answer_match=0.0), progress=lambda _m: None)
     return dict(report.metrics)
+
+
+def assert_three_parts(verification: dict, thresholds: Any) -> None:
+    """Issue 11's gates on a solver bundle's recorded verification: passed; the tensor check read the bundle
+    back and passed; fidelity against the file's own weights within the recipe's bars; the cost reported."""
+    v = verification
+    m = v["metrics"]
+    assert v["passed"], v["failures"]
+    assert m["tensor_check"] is not None and m["tensor_check"]["passed"], m["tensor_check"]
+    assert m["fidelity_reference"] == "file weights", m
+    answers, halts = thresholds.bars(m)
+    assert m["answer_match"] >= answers and m["halt_match"] >= halts, m
+    if thresholds.max_abs_logit is not None:
+        assert m["max_abs_logit"] <= thresholds.max_abs_logit, m
+    if thresholds.max_first_step_logit is not None:
+        assert m["first_step_max_abs_logit"] <= thresholds.max_first_step_logit, m
+    assert {"answer_match", "cell_match", "max_abs_logit"} <= set(m["cost"]), m["cost"]

@@ -61,3 +61,40 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
         "stage_seconds": {k: round(v, 2) for k, v in result.seconds.items()},
         "export_seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def file_weights(root: Path, manifest: Any, weights: Any) -> tuple[list[Any], dict[str, str]]:
+    """The step program's weights under the reference's names (``edgekit.tensorcheck``), re-derived with the
+    bundle's recorded quant and options as ``export`` quantises them (like the LFM2 pair's ``readback``: a
+    ``.pte``'s XNNPACK weights are not parsed): every linear weight (``<module>.weight``, 2-D; ``trm_graph``
+    splits q|k|v, gate|up and the halting head by rows, which per-channel and per-group quantisation keep
+    identical) at the linear quant with XNNPACK's int8 per-token activations; embeddings, biases and the reset
+    carry (read from ``carry_init.npz``) float32."""
+    import numpy as np
+
+    from edgekit.errors import BundleError
+    from edgekit.exporters.executorch import readback
+    from edgekit.families import Family
+    from edgekit.plan import Format
+    from edgekit.recipes import RECIPES
+    from edgekit.tensorcheck import ReadTensor
+
+    recipe = RECIPES.get(Family(manifest["family"]), Format.EXECUTORCH)
+    spec = recipe.quant(manifest["plan"]["quant"]["name"])
+    options = recipe.options.from_dict(manifest["plan"].get("options") or {})
+    lq = quant.linear_quant(spec, options)
+    carry = root / manifest["artifact"]["carry"]
+    try:
+        data = np.load(carry, allow_pickle=False)
+        init = {k: np.asarray(data[k], dtype=np.float32) for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{carry}: not a readable reset carry ({exc}); re-export the bundle") from None
+    out = [ReadTensor(f"{carry.name}:{k}", k, v, "F32") for k, v in init.items()]
+    for name, w in weights.items():
+        if name in init:
+            continue
+        if name.endswith(".weight") and w.ndim == 2:
+            out.append(readback.linear(name, name, w, lq, name.removesuffix(".weight")))
+        else:
+            out.append(ReadTensor(name, name, w, "F32"))
+    return out, {}

@@ -1,5 +1,5 @@
 """HRM -> ONNX: the same step graph as TRM's (``trm.py``); HRM's reference updates z_H with its own H network."""
 
-from .trm import export
+from .trm import export, file_weights
 
-__all__ = ["export"]
+__all__ = ["export", "file_weights"]

@@ -39,7 +39,65 @@ def trace(model: Any, length: int) -> Any:
             model, step.example_inputs(model, length), buf, dynamo=False, input_names=INPUTS, output_names=OUTPUTS,
             dynamic_axes={name: {0: "batch"} for name in INPUTS + OUTPUTS}, opset_version=OPSET,
         )
-    return onnx.load_from_string(buf.getvalue())
+    proto = onnx.load_from_string(buf.getvalue())
+    name_weights(proto, model)
+    return proto
+
+
+def name_weights(proto: Any, model: Any) -> None:
+    """Give the traced graph's anonymous weight initializers (``onnx::MatMul_N``: the exporter's transposed copies
+    of the ``nn.Linear`` weights, [in, out]) the reference's parameter names (``<module>.weight``), so that the
+    tensor check reads each back under its own name (``file_weights``).  Matched by exact value (a transposition
+    is exact); an initializer equal to no Linear weight, or to several, keeps its name (and the check then
+    reports the weight as missing rather than guessing)."""
+    import numpy as np
+    import torch
+    from onnx import numpy_helper
+
+    linears = {f"{n}.weight": m.weight.detach().float().numpy() for n, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear)}
+    rename: dict[str, str] = {}
+    for init in proto.graph.initializer:
+        if not init.name.startswith("onnx::") or len(init.dims) != 2:
+            continue
+        arr = numpy_helper.to_array(init).T
+        hits = [n for n, w in linears.items() if w.shape == arr.shape and np.array_equal(w, arr)]
+        if len(hits) == 1 and hits[0] not in rename.values():
+            rename[init.name] = hits[0]
+    for init in proto.graph.initializer:
+        init.name = rename.get(init.name, init.name)
+    for node in proto.graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+
+
+def file_weights(root: Path, manifest: Any, weights: Any) -> tuple[list[Any], dict[str, str]]:
+    """The bundle's weights under the reference's names (``edgekit.tensorcheck``): every matmul weight (float
+    ``MatMul`` or ``MatMulNBits`` blocks, read once however many unrolled cycles use it, with MatMulNBits' int8
+    activation blocks at accuracy level 4), the other float initializers that are reference weights (embeddings,
+    the halting head), and the reset carry (``carry_init.npz``).  A matmul weight under no reference name is
+    reported as foreign; constants that are not weights (RoPE tables) are skipped."""
+    import numpy as np
+
+    from ...errors import BundleError
+    from ...tensorcheck import ReadTensor
+    from . import readback
+
+    out: list[ReadTensor] = []
+    for w in readback.read(root / manifest["artifact"]["file"]):
+        if w.name in weights:
+            mods = (w.name.removesuffix(".weight"),) if w.matmul else ()
+            out.append(ReadTensor(w.name, w.name, w.values, w.qtype, w.block, w.levels, None, mods, w.act))
+        elif w.matmul:
+            out.append(ReadTensor(w.name, f"<unknown:{w.name}>", w.values, w.qtype, w.block, w.levels))
+    carry = root / manifest["artifact"]["carry"]
+    try:
+        data = np.load(carry, allow_pickle=False)
+        out += [ReadTensor(f"{carry.name}:{k}", k, np.asarray(data[k], dtype=np.float32), "F32") for k in data.files]
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{carry}: not a readable reset carry ({exc}); re-export the bundle") from None
+    return out, {}
 
 
 def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from edgekit.families import Family  # noqa: E402
 from edgekit.plan import Format  # noqa: E402
 from parity import quants, recipe  # noqa: E402
 from solver_cases import (  # noqa: E402
+    assert_three_parts,
     CHAOTIC, LOCAL, OFFICIAL_SEQ_LEN, TOL, VARIANTS, builtin_trm, check_official_outputs, export_bundle, official,
 )
 
@@ -51,10 +52,7 @@ def test_parity(cache: dict, quant: str) -> None:
     else:
         bundle = export_bundle(cache, builtin_trm(), "executorch", quant)
     v = read_manifest(bundle)["verification"]
-    assert v["passed"], v["failures"]
-    assert v["metrics"]["answer_match"] >= t.min_answer_match
-    if t.max_abs_logit is not None:
-        assert v["metrics"]["max_abs_logit"] <= t.max_abs_logit
+    assert_three_parts(v, t)  # tensor check, fidelity vs the file's weights (answers, max |Δlogit|), cost reported
     check_single_delegate(bundle)
     if quant == "fp32":
         check_official_outputs(bundle, fixture)
