@@ -254,11 +254,15 @@ def _builtin() -> RecipeTable:
     # switched in over a quantised ExecuTorch / ONNX base has no read-back, so the engine is held to the unmerged
     # W1.58A8 + adapter reference: its float bars are the quant's cost (~3x the KL, top-1 ~3 flips below), e.g.
     # ONNX int2 + bitnet-tiny-lora measured 2.55e-5 (issue 16).
+    # On a random-weight BitNet of another shape (hidden 512: two Q8_K blocks per row where the built-in's 256 is
+    # one, i.e. per token like A8) llama.cpp tq2_0 measured fidelity 0.9707 / 4.1e-3 against a cost near 1.1e-2:
+    # llama.cpp's numerics beyond Q8_K (not its F16 KV cache: simulating that moved 4.5e-3 only to 4.2e-3) are
+    # ~40 % of that model's small cost, so the quantised BitNet bars widen by half the cost there (share 0.5).
     def bitnet(top1: float, kl: float, cost: float, max_abs: float | None = None, greedy: int = 0,
                float_bars: tuple[float, float] | None = None) -> Any:
         f_top1, f_kl = float_bars or (None, None)
         return LM(min_top1=top1, max_mean_kl=kl, max_abs_logit=max_abs, min_greedy_prefix=greedy, cost_kl=cost,
-                  float_min_top1=f_top1, float_max_kl=f_kl)
+                  float_min_top1=f_top1, float_max_kl=f_kl, fidelity_share=None if max_abs is not None else 0.5)
 
     bitnet_gguf, bitnet_executorch, bitnet_onnx = _bitnet_options()
     table.register(Recipe(
@@ -290,13 +294,21 @@ def _builtin() -> RecipeTable:
     # TRM / HRM: one supervision step.  fp32 must reproduce the reference's logits to 1e-4 over every step and
     # give identical answers; quantised steps must give the same answers on >= 99 % of puzzles (the built-in
     # trained TRM's held-out puzzles; README, "TRM and HRM").
+    # Issue 11: these are fidelity bars (the engine vs the reference built from the file's weights with the
+    # engine's activation quantisation; ``kinds/solver``); answers and halting bars drop to what quantisation itself
+    # keeps on a model where it changes more (``Thresholds.bars``).  Measured (built-in TRM, 64 held-out puzzles x 16
+    # steps): ONNX fp32 max |Δlogit| 2.9e-6, int8 answers 1.0 / max |Δlogit| 0.058 (cost: answers 1.0, max |Δlogit|
+    # 0.117), int4 1.0 / 0.070 (cost 1.0 / 1.48); ExecuTorch fp32 3.8e-6.  On the official-format attention TRM
+    # (random weights, chaotic over steps) ONNX int8: answers 0.23 / cells 0.951 / first-step max |Δlogit| 0.081
+    # (cost: answers 0.17, cells 0.850), so the logit gate of a quantised step is its first step (0.25, ~3x).
     solver_float = SOLVER(min_answer_match=1.0, max_abs_logit=1e-4, min_halt_match=1.0)
     solver_quant = SOLVER(min_answer_match=0.99)
+    solver_onnx_quant = SOLVER(min_answer_match=0.99, max_first_step_logit=0.25, cost_answer_match=1.0)
     for family in (Family.TRM, Family.HRM):
         name = family.value
         table.register(Recipe(
             family, Format.ONNX, pick(onnx.QUANTS, "fp32", "int8", "int4"), default_quant="fp32",
-            thresholds={"fp32": solver_float, "int8": solver_quant, "int4": solver_quant},
+            thresholds={"fp32": solver_float, "int8": solver_onnx_quant, "int4": solver_onnx_quant},
             options=onnx.SolverOptions, module=f"edgekit.exporters.onnx.{name}",
             plan_check="edgekit.families.trm.step:check_plan",  # --seq-len against the checkpoint, at plan time
         ))

@@ -44,6 +44,8 @@ class Thresholds:
     # LoRA adapter switched in over a quantised base): the pre-issue-11 bars, measured on the built-in
     float_min_top1: float | None = None
     float_max_kl: float | None = None
+    # this recipe's share of the cost the engine may add on a sensitive model (default FIDELITY_SHARE_OF_COST)
+    fidelity_share: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,7 +53,7 @@ class Thresholds:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Thresholds":
         keys = ("min_top1", "max_mean_kl", "max_abs_logit", "min_greedy_prefix", "cost_kl", "max_cost_kl",
-                "float_min_top1", "float_max_kl")
+                "float_min_top1", "float_max_kl", "fidelity_share")
         return cls(**{k: d[k] for k in keys if k in d})
 
     def fidelity_bars(self, m: Mapping[str, Any]) -> tuple[float, float]:
@@ -63,8 +65,9 @@ class Thresholds:
             return self.float_min_top1, self.float_max_kl if self.float_max_kl is not None else self.max_mean_kl
         if not cost or m.get("fidelity_reference") != "file weights":
             return self.min_top1, self.max_mean_kl
-        top1 = min(self.min_top1, 1.0 - FIDELITY_SHARE_OF_COST**0.5 * (1.0 - cost["top1"]))
-        return top1, max(self.max_mean_kl, FIDELITY_SHARE_OF_COST * cost["mean_kl"])
+        share = FIDELITY_SHARE_OF_COST if self.fidelity_share is None else self.fidelity_share
+        top1 = min(self.min_top1, 1.0 - share**0.5 * (1.0 - cost["top1"]))
+        return top1, max(self.max_mean_kl, share * cost["mean_kl"])
 
     def warnings(self, m: Mapping[str, Any]) -> list[str]:
         """A quantisation cost far above the built-in model's for this quant (one line each; not failures)."""
