@@ -92,10 +92,23 @@ def run_probe(root: str | Path, manifest: Mapping[str, Any], timeout_s: float = 
         raise crash_error(root, str(manifest["engine"]), -proc.returncode, said)
 
 
+def _single_threaded() -> bool:
+    """Forking is safe only without other threads: a lock one of them holds (torch's, OpenMP's) stays locked in
+    the child forever (a caller that ran torch before ``cli.main(["run", ...])`` hung that way)."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:  # no /proc (macOS): the Python threads are what can be counted
+        import threading
+
+        return threading.active_count() == 1
+
+
 def guarded(manifest: Mapping[str, Any]) -> bool:
     """Whether the CLI runs this bundle's engine in a forked child: an engine that can abort, on a system with
-    ``fork``, with stdout/stderr that are real files (a caller that captures them in memory runs in-process)."""
-    if manifest.get("engine") not in PROBED_ENGINES or not hasattr(os, "fork"):
+    ``fork``, in a process with no other thread yet (``edgekit run`` as a command is one: it forks before any
+    engine or torch import), with stdout/stderr that are real files (a caller that captures them in memory runs
+    in-process)."""
+    if manifest.get("engine") not in PROBED_ENGINES or not hasattr(os, "fork") or not _single_threaded():
         return False
     try:
         sys.stdout.fileno(), sys.stderr.fileno()

@@ -69,6 +69,24 @@ def test_only_engines_that_abort_and_real_streams_are_guarded(capsys):
     assert not probe.guarded({"engine": "onnxruntime"})
 
 
+def test_a_process_with_threads_is_not_forked(capfd):
+    """capfd keeps real file descriptors, but this pytest process has threads: forking it could deadlock."""
+    import threading
+
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        assert not probe.guarded({"engine": "executorch"})
+    finally:
+        stop.set()
+        t.join()
+
+
+# a FlatTensor (.ptd) flatbuffer vtable: size 16, table 7, then the fields' offsets 8, 12, 10 (little-endian u16)
+PTD_VTABLE = bytes.fromhex("1000070008000c000a00")
+
+
 def damaged_with_recorded_digest(root: Path, dst: Path, name: str, offset: int, value: int) -> Path:
     """A copy of the bundle with one byte of ``name`` changed and the manifest's size/sha256 re-recorded from the
     damaged file, so that the digest check passes and the engine meets the damage."""
@@ -90,15 +108,19 @@ def damaged_with_recorded_digest(root: Path, dst: Path, name: str, offset: int, 
 
 @pytest.mark.slow  # one ExecuTorch export (~1-2 min here) and three fresh interpreters that import torch
 def test_executorch_program_that_segfaults_is_one_line_in_probe_and_run(export_cache, tmp_path):
-    """Byte 409 of the lfm2-tiny 8da4w model.ptd sits in the FlatTensor flatbuffer's tensor table; 0xff there
-    makes ExecuTorch read outside the mapping (SIGSEGV in load_method / the runner). Found by forking a load +
-    2-token stream for each of the flatbuffer's bytes set to 0xff: offsets 406-411, 418-423, 476-483 crash."""
+    """0xff as the high byte of the third field offset of the first tensor-table vtable in model.ptd's FlatTensor
+    flatbuffer (0x000a -> 0xff0a) makes ExecuTorch read 65 KB past the table: SIGSEGV in load_method / the
+    runner. Found by forking a load + 2-token stream for each flatbuffer byte set to 0xff (on one export, bytes
+    406-411, 418-423 and 476-483 crashed; byte 409 is this field); located by its vtable, not a fixed offset,
+    since the layout moves with the export."""
     import subprocess
 
     from conftest import exported
 
     root = exported(export_cache, "builtin:lfm2-tiny", "executorch", "8da4w", verify=False)
-    bad = damaged_with_recorded_digest(root, tmp_path / "bad", "model.ptd", 409, 0xFF)
+    at = (root / "model.ptd").read_bytes().find(PTD_VTABLE)
+    assert at > 0, "no tensor-table vtable in model.ptd: the FlatTensor layout changed; find a new damage"
+    bad = damaged_with_recorded_digest(root, tmp_path / "bad", "model.ptd", at + 9, 0xFF)
     with pytest.raises(BundleError, match=r"executorch crashed \(SIG(SEGV|BUS|ABRT)\).*sha256") as err:
         probe.probe(bad, timeout_s=300)
     assert "\n" not in str(err.value)
