@@ -98,7 +98,8 @@ def check_name(name: str, taken: Sequence[str] = ()) -> str:
             "with a punctuation mark)"
         )
     if name in taken:
-        raise AdapterError(f"two adapters are named {name!r}; give each a distinct name (NAME=PATH)")
+        raise AdapterError(f"two adapters are named {name!r}; give each a distinct name (NAME=PATH on export, "
+                           "--name NAME for `edgekit adapter add`)")
     return name
 
 

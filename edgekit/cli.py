@@ -33,6 +33,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def _progress(quiet: bool) -> Callable[[str], None]:
     start = time.perf_counter()
 
@@ -141,6 +148,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from . import load
     from .runtimes import SamplingParams, StreamResult
 
+    if args.adapter is None and args.adapter_scale != 1.0:
+        raise EdgekitError("--adapter-scale applies to a separate adapter: name it with --adapter NAME")
     options = {"n_threads": args.threads} if args.threads else {}
     session = load(args.bundle, check=not args.no_check, **options)
     try:
@@ -280,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", required=True, type=Path, help="bundle directory to create")
     e.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     e.add_argument("--no-verify", action="store_true", help="skip the parity check against PyTorch")
-    e.add_argument("--max-kl", type=float, help=MAX_KL_HELP)
+    e.add_argument("--max-kl", type=_positive_float, help=MAX_KL_HELP)
     e.add_argument("--allow-extra-tensors", action="store_true",
                    help="export a checkpoint holding tensors the model does not use, where dropping them provably "
                         "changes nothing (never quantisation scales or layer tensors)")
@@ -292,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("bundle", type=Path)
     v.add_argument("--source", help="checkpoint to compare with (default: the one recorded in the bundle)")
     v.add_argument("--adapter", help="adapter to merge (default: the one recorded in the bundle)")
-    v.add_argument("--max-kl", type=float, help=MAX_KL_HELP)
+    v.add_argument("--max-kl", type=_positive_float, help=MAX_KL_HELP)
     v.add_argument("-q", "--quiet", action="store_true")
     v.set_defaults(func=cmd_verify)
 

@@ -153,7 +153,7 @@ def _bitnet_options() -> tuple[type[Options], type[Options], type[Options]]:
     @dataclass(frozen=True)
     class BitNetOnnxOptions(BitNetOptions, onnx.OnnxOptions):
         # the 2-bit MatMulNBits CPU kernel's fast path needs blocks of at most 128 (and accuracy level 4)
-        block_size: int = option(128, "ONNX int8/int4/int2: weights per scale in MatMulNBits", (16, 32, 64, 128, 256))
+        block_size: int = option(128, "ONNX integer quants: weights per scale in MatMulNBits", (16, 32, 64, 128, 256))
 
     return BitNetGgufOptions, BitNetExecuTorchOptions, BitNetOnnxOptions
 
@@ -197,10 +197,12 @@ def _builtin() -> RecipeTable:
                        float_min_top1=0.93, float_max_kl=6e-3),
             "q5_k_m": LM(min_top1=0.97, max_mean_kl=1e-3, cost_kl=4.1e-3,
                        float_min_top1=0.9, float_max_kl=1.2e-2),
-            "q4_k_m": LM(min_top1=0.97, max_mean_kl=1e-3, cost_kl=1.2e-2,
-                       float_min_top1=0.85, float_max_kl=3e-2),
-            "q4_0": LM(min_top1=0.97, max_mean_kl=1e-3, cost_kl=1.7e-2,
-                       float_min_top1=0.85, float_max_kl=4e-2),
+            # q4_k_m and q4_0 default to calibrated mixed precision (issue 15, bench/RESULTS.md): cost 0.9375 /
+            # 6.87e-3 and 0.9106 / 1.05e-2 at the default assignment's bytes per weight; float bars ~2x that KL
+            "q4_k_m": LM(min_top1=0.97, max_mean_kl=1e-3, cost_kl=6.9e-3,
+                       float_min_top1=0.92, float_max_kl=1.4e-2),
+            "q4_0": LM(min_top1=0.97, max_mean_kl=1e-3, cost_kl=1.1e-2,
+                       float_min_top1=0.89, float_max_kl=2.1e-2),
         },
         options=gguf.GgufOptions,
         module="edgekit.exporters.gguf.lfm2",

@@ -21,3 +21,18 @@ def test_run_refusal_is_one_line_exit_2(export_cache, capfd):
     assert main(["run", str(bundle), "--prompt", "x", "--max-tokens", "100000"]) == 2
     _, err = capfd.readouterr()
     assert err.count("\n") == 1 and err.startswith("edgekit: error:"), err
+
+
+def test_options_that_cannot_apply_are_refused_before_any_work(export_cache, capfd, tmp_path):
+    """Found by a new-user trial: `--max-kl -1` ran a whole export before failing; `--adapter-scale` without
+    `--adapter` was ignored."""
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", "builtin:lfm2-tiny", "--format", "gguf", "--max-kl", "-1", "-o", str(tmp_path / "o")])
+    assert exit_.value.code == 2 and not (tmp_path / "o").exists()
+    assert "--max-kl: must be a positive number, got -1" in capfd.readouterr().err
+    bundle = exported(export_cache, "builtin:lfm2-tiny", "gguf", "q8_0", verify=False)
+    capfd.readouterr()
+    assert main(["run", str(bundle), "--prompt", "x", "--adapter-scale", "0.5"]) == 2
+    assert "--adapter-scale applies to a separate adapter" in capfd.readouterr().err

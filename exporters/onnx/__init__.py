@@ -46,7 +46,7 @@ QUANTS: dict[str, QuantSpec] = {
 class OnnxOptions(Options):
     FORMAT_NAME = "onnx"
 
-    block_size: int = option(32, "ONNX int8/int4: weights per scale in MatMulNBits", (16, 32, 64, 128, 256))
+    block_size: int = option(32, "ONNX integer quants: weights per scale in MatMulNBits", (16, 32, 64, 128, 256))
     accuracy_level: int = option(4, "ONNX int8/int4: MatMulNBits compute type (0 default, 1 fp32, 2 fp16, 3 bf16, "
                                     "4 int8 activations)", (0, 1, 2, 3, 4))
     head_bits: int | None = option(None, "ONNX int4: bits of the tied embedding / LM head (default 4)", (4, 8))
@@ -76,7 +76,7 @@ class SolverOptions(Options):
 
     seq_len: int | None = option(None, "solvers: puzzle length the step graph is built for, when the checkpoint does "
                                        "not fix it (no dataset.json beside it)")
-    block_size: int = option(32, "ONNX int8/int4: weights per scale in MatMulNBits", (16, 32, 64, 128, 256))
+    block_size: int = option(32, "ONNX integer quants: weights per scale in MatMulNBits", (16, 32, 64, 128, 256))
     accuracy_level: int = option(4, "ONNX int8/int4: MatMulNBits compute type (0 default, 1 fp32, 2 fp16, 3 bf16, "
                                     "4 int8 activations)", (0, 1, 2, 3, 4))
 
