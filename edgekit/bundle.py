@@ -137,6 +137,19 @@ def _file_name(name: str, key: str, where: str) -> None:
         raise _fail(where, key, f"names {name!r}, which is not a file inside the bundle")
 
 
+def _check_family(name: str, kind: str, where: str) -> None:
+    """The family must be registered (a project's own family: ``FAMILIES.register`` before loading) and be of the
+    manifest's kind."""
+    from .families import FAMILIES, Family
+
+    family = Family(name)
+    if family not in FAMILIES:
+        raise _fail(where, "family", f"= {name!r} is unknown (known: {FAMILIES.names()}; a family of your own must be "
+                                     "registered with edgekit.families.FAMILIES.register before loading)")
+    if FAMILIES.get(family).kind.value != kind:
+        raise _fail(where, "kind", f"= {kind!r}, but family {name} is a {FAMILIES.get(family).kind.value} model")
+
+
 def validate_manifest(m: Mapping[str, Any], where: str = MANIFEST) -> None:
     """Check every key edgekit reads (CLI, runtimes, verification, profiler) for presence, type and range.
 
@@ -147,6 +160,7 @@ def validate_manifest(m: Mapping[str, Any], where: str = MANIFEST) -> None:
     kind = _get(m, "kind", (str,), where)
     if kind not in _KINDS:
         raise _fail(where, "kind", f"= {kind!r} is unknown (known: {', '.join(_KINDS)})")
+    _check_family(m["family"], kind, where)
     fmt = _get(m, "format", (str,), where)
     if fmt not in _ENGINE_OF_FORMAT:
         raise _fail(where, "format", f"= {fmt!r} is unknown (known: {', '.join(_ENGINE_OF_FORMAT)})")
@@ -259,7 +273,12 @@ def remove_stale_staging(parent: Path) -> list[Path]:
 
 
 def _check_destination(out: Path, force: bool, while_running: bool = False) -> None:
-    """OutputExistsError unless ``out`` is free, or ``force`` and ``out`` is an earlier bundle or an empty directory."""
+    """OutputExistsError unless ``out`` is free, or ``force`` and ``out`` is an earlier bundle or an empty directory,
+    and ``out`` is not inside another bundle (replacing that one would delete it)."""
+    for parent in out.resolve().parents:
+        if (parent / MANIFEST).is_file():
+            raise OutputExistsError(f"{out} is inside the bundle {parent}, which --force on it would delete; choose "
+                                    "a path outside any bundle")
     if out.exists() and not force:
         if while_running:
             raise OutputExistsError(

@@ -63,6 +63,15 @@ def test_output_written_by_another_export_meanwhile_is_not_replaced(tmp_path):
     assert (out / "a.bin").read_bytes() == b"forced" and leftovers(tmp_path) == ["out"]
 
 
+def test_output_inside_another_bundle_is_refused(tmp_path):
+    with staging(tmp_path / "out") as d:
+        write_manifest(d, skeleton(d, "a.bin"))
+    with pytest.raises(OutputExistsError, match="is inside the bundle"):
+        with staging(tmp_path / "out" / "nested"):
+            pytest.fail("must not start")
+    assert leftovers(tmp_path / "out") == ["a.bin", MANIFEST]
+
+
 def test_unwritable_output_is_not_blamed_on_free_space(tmp_path):
     with pytest.raises(WriteError, match="exists and is writable") as err:
         export(make_plan("builtin:lfm2-tiny", "gguf", "f32"), Path("/proc/edgekit-out"), progress=lambda _m: None)
