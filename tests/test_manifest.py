@@ -72,6 +72,8 @@ DAMAGE = {
     "unknown engine": (_set("engine", "tensorrt"), r"engine = 'tensorrt' does not run format gguf"),
     "unknown format": (_set("format", "tflite"), r"format = 'tflite' is unknown"),
     "unknown kind": (_set("kind", "vision"), r"kind = 'vision' is unknown"),
+    "unknown family": (_set("family", "lfmX"), r"family = 'lfmX' is unknown \(known: lfm2, bitnet"),
+    "family of another kind": (_set("kind", "solver"), r"kind = 'solver', but family lfm2 is a language model"),
     "files a list": (_set("files", []), r"files must be dict"),
     "size negative": (lambda m: m["files"]["model.gguf"].update(size=-1), r"size = -1 is out of range"),
     "size string": (lambda m: m["files"]["model.gguf"].update(size="16384"), r"size must be int"),
