@@ -92,23 +92,25 @@ def run_probe(root: str | Path, manifest: Mapping[str, Any], timeout_s: float = 
         raise crash_error(root, str(manifest["engine"]), -proc.returncode, said)
 
 
-def _single_threaded() -> bool:
-    """Forking is safe only without other threads: a lock one of them holds (torch's, OpenMP's) stays locked in
-    the child forever (a caller that ran torch before ``cli.main(["run", ...])`` hung that way)."""
-    try:
-        return len(os.listdir("/proc/self/task")) == 1
-    except OSError:  # no /proc (macOS): the Python threads are what can be counted
-        import threading
+# modules whose thread pools and locks a forked child inherits locked (torch's intra-op pool deadlocked a child of
+# a process that had run torch); numpy's OpenBLAS threads are fork-safe (pthread_atfork) and do not count
+UNFORKABLE_MODULES = ("torch", "llama_cpp", "onnxruntime", "executorch")
 
-        return threading.active_count() == 1
+
+def _fork_safe() -> bool:
+    """Forking is safe before any engine or torch has started threads: one Python thread and none of
+    ``UNFORKABLE_MODULES`` imported (``edgekit run`` as a command forks in that state; a test or an app that
+    calls ``cli.main`` after using torch runs in-process)."""
+    import threading
+
+    return threading.active_count() == 1 and not any(m in sys.modules for m in UNFORKABLE_MODULES)
 
 
 def guarded(manifest: Mapping[str, Any]) -> bool:
     """Whether the CLI runs this bundle's engine in a forked child: an engine that can abort, on a system with
-    ``fork``, in a process with no other thread yet (``edgekit run`` as a command is one: it forks before any
-    engine or torch import), with stdout/stderr that are real files (a caller that captures them in memory runs
+    ``fork``, in a process where no engine or torch has started threads yet (``_fork_safe``), with stdout/stderr that are real files (a caller that captures them in memory runs
     in-process)."""
-    if manifest.get("engine") not in PROBED_ENGINES or not hasattr(os, "fork") or not _single_threaded():
+    if manifest.get("engine") not in PROBED_ENGINES or not hasattr(os, "fork") or not _fork_safe():
         return False
     try:
         sys.stdout.fileno(), sys.stderr.fileno()

@@ -69,18 +69,31 @@ def test_only_engines_that_abort_and_real_streams_are_guarded(capsys):
     assert not probe.guarded({"engine": "onnxruntime"})
 
 
-def test_a_process_with_threads_is_not_forked(capfd):
-    """capfd keeps real file descriptors, but this pytest process has threads: forking it could deadlock."""
+def test_a_process_with_threads_or_torch_is_not_forked(capfd):
+    """capfd keeps real file descriptors, but a process with Python threads, or one that imported torch (its
+    thread pools), could deadlock in a forked child: it runs in-process."""
     import threading
 
+    import torch  # noqa: F401
+
+    assert not probe.guarded({"engine": "executorch"})
     stop = threading.Event()
     t = threading.Thread(target=stop.wait)
     t.start()
     try:
-        assert not probe.guarded({"engine": "executorch"})
+        assert not probe._fork_safe()
     finally:
         stop.set()
         t.join()
+
+
+def test_the_cli_process_forks_before_any_engine_is_imported():
+    """`edgekit run` as a command: after parsing and reading the manifest, nothing that blocks the fork."""
+    import subprocess
+
+    code = ("import sys; from edgekit import cli; cli.quiet_libraries(); cli.build_parser(); "
+            "from edgekit.runtimes import probe; sys.exit(0 if probe._fork_safe() else 1)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 # a FlatTensor (.ptd) flatbuffer vtable: size 16, table 7, then the fields' offsets 8, 12, 10 (little-endian u16)
