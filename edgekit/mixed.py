@@ -95,7 +95,9 @@ class Plan:
         }
 
 
-def scan_windows(windows: Sequence[Sequence[int]], tokens: int = SCAN_TOKENS) -> list[list[int]]:
+def scan_windows(windows: Sequence[Sequence[int]], tokens: int | None = None) -> list[list[int]]:
+    """The first windows holding at least ``tokens`` (default ``SCAN_TOKENS``) calibration tokens."""
+    tokens = SCAN_TOKENS if tokens is None else tokens
     out: list[list[int]] = []
     for w in windows:
         if sum(len(x) for x in out) >= tokens:
