@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from . import cli_adapter, cli_apps, cli_profile
 from .errors import EdgekitError
@@ -402,10 +404,75 @@ def _guarded(args: argparse.Namespace, verbose: bool) -> int:
     from .runtimes import probe
 
     manifest = read_manifest(Path(args.bundle))
+    quiet = manifest["engine"] == "executorch" and not verbose
+
+    def command() -> int:
+        with _native_stderr_silenced() if quiet else contextlib.nullcontext():
+            return _handled(lambda: args.func(args), verbose)
+
     if not probe.guarded(manifest):
-        return args.func(args)
-    return probe.run_supervised(lambda: _handled(lambda: args.func(args), verbose), args.bundle,
-                                str(manifest["engine"]), checked=not getattr(args, "no_check", False))
+        return command()
+    return probe.run_supervised(command, args.bundle, str(manifest["engine"]),
+                                checked=not getattr(args, "no_check", False))
+
+
+class _DropNativeLogLines:
+    """A text stream that drops whole lines in ExecuTorch's log format (``[cpuinfo_utils.cpp:71] ...``, ``I
+    tokenizers:...``): its runtime hands a few of them to Python's ``sys.stderr`` in pieces; everything else passes."""
+
+    _NATIVE = re.compile(r"^(\[[\w.]+\.(cpp|cc|h):\d+\] |[IWE] tokenizers:)")
+
+    def __init__(self, stream: Any) -> None:
+        self._stream, self._pending = stream, ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            if not self._NATIVE.match(line):
+                self._stream.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        # a log line arrives in pieces, each flushed ("[", "cpuinfo_utils.cpp", ":", ...): a partial line that may
+        # still become one is held until its newline
+        if self._pending and not self._pending.startswith(("[", "I ", "W ", "E ")):
+            self._stream.write(self._pending)
+            self._pending = ""
+        self._stream.flush()
+
+    def close(self) -> None:
+        if self._pending and not self._NATIVE.match(self._pending):
+            self._stream.write(self._pending)
+        self._pending = ""
+        self._stream.flush()
+        self._stream.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Native code's writes to fd 2 go to /dev/null while Python's ``sys.stderr`` (errors, the timing line) keeps
+    the real stderr: ExecuTorch's runner logs ~20 Info lines from C++ per run (cpuinfo, load, warm-up) into the
+    middle of the answer, and its Python API has no switch for them.  A crash is still reported by the parent."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    python_stderr = sys.stderr
+    sys.stderr = _DropNativeLogLines(open(saved, "w", buffering=1, closefd=False, encoding="utf-8",
+                                          errors="backslashreplace"))
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    os.close(null)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        sys.stderr.close()
+        os.close(saved)
+        sys.stderr = python_stderr
 
 
 def _handled(call: Callable[[], int], verbose: bool) -> int:

@@ -36,3 +36,19 @@ def test_options_that_cannot_apply_are_refused_before_any_work(export_cache, cap
     capfd.readouterr()
     assert main(["run", str(bundle), "--prompt", "x", "--adapter-scale", "0.5"]) == 2
     assert "--adapter-scale applies to a separate adapter" in capfd.readouterr().err
+
+
+def test_executorch_log_lines_are_dropped_from_pythons_stderr_and_ours_kept():
+    """ExecuTorch hands its cpuinfo lines to Python's stderr in flushed pieces; `edgekit run/chat/solve` drop them
+    (whole lines in its log format only) unless --verbose (new-user trial: ~20 lines inside the answer)."""
+    import io
+
+    from edgekit.cli import _DropNativeLogLines
+
+    out = io.StringIO()
+    s = _DropNativeLogLines(out)
+    for piece in ["[", "cpuinfo_utils.cpp", ":", "71", "] ", "Reading file /sys/x", "\n",
+                  "I tokenizers:regex.cpp:40] Registering\n", "[executorch] prompt 4 tok", "\n", "partial"]:
+        s.write(piece)
+        s.flush()
+    assert out.getvalue() == "[executorch] prompt 4 tok\npartial"

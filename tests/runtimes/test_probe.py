@@ -146,3 +146,9 @@ def test_executorch_program_that_segfaults_is_one_line_in_probe_and_run(export_c
     assert len(ours) == 1 and "executorch crashed (SIG" in ours[0], proc.stderr[-2000:]
     assert proc.stderr.rstrip().endswith(ours[0])
     probe.probe(root, timeout_s=300)  # the undamaged bundle passes
+    proc = subprocess.run(  # and `edgekit run` prints only its timing line: none of ExecuTorch's log lines
+        [sys.executable, "-m", "edgekit", "run", str(root), "--prompt", "def main(", "--max-tokens", "2"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0 and proc.stderr.startswith("[executorch] prompt"), proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1, proc.stderr[-2000:]
