@@ -89,12 +89,15 @@ def file_weights(root: Path, manifest: Any, weights: Any) -> tuple[list[Any], di
         init = {k: np.asarray(data[k], dtype=np.float32) for k in data.files}
     except (OSError, ValueError) as exc:
         raise BundleError(f"{carry}: not a readable reset carry ({exc}); re-export the bundle") from None
+    import torch
+
     out = [ReadTensor(f"{carry.name}:{k}", k, v, "F32") for k, v in init.items()]
-    for name, w in weights.items():
-        if name in init:
-            continue
-        if name.endswith(".weight") and w.ndim == 2:
-            out.append(readback.linear(name, name, w, lq, name.removesuffix(".weight")))
-        else:
-            out.append(ReadTensor(name, name, w, "F32"))
+    with torch.no_grad():  # torchao's int4 tensors dequantise to tensors that require grad otherwise
+        for name, w in weights.items():
+            if name in init:
+                continue
+            if name.endswith(".weight") and w.ndim == 2:
+                out.append(readback.linear(name, name, w, lq, name.removesuffix(".weight")))
+            else:
+                out.append(ReadTensor(name, name, w, "F32"))
     return out, {}
