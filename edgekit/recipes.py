@@ -197,12 +197,13 @@ def _builtin() -> RecipeTable:
                        float_min_top1=0.93, float_max_kl=6e-3),
             "q5_k_m": LM(min_top1=0.97, max_mean_kl=1e-3, cost_kl=4.1e-3,
                        float_min_top1=0.9, float_max_kl=1.2e-2),
-            # q4_k_m and q4_0 default to calibrated mixed precision (issue 15, bench/RESULTS.md): cost 0.9375 /
-            # 6.87e-3 and 0.9106 / 1.05e-2 at the default assignment's bytes per weight; float bars ~2x that KL
-            "q4_k_m": LM(min_top1=0.97, max_mean_kl=1e-3, cost_kl=6.9e-3,
-                       float_min_top1=0.92, float_max_kl=1.4e-2),
-            "q4_0": LM(min_top1=0.97, max_mean_kl=1e-3, cost_kl=1.1e-2,
-                       float_min_top1=0.89, float_max_kl=2.1e-2),
+            # q4_k_m and q4_0 are calibrated by default (issue 15, bench/RESULTS.md): cost 0.9165 / 1.14e-2 and
+            # 0.8931 / 1.48e-2 (--mixed-precision: 0.9375 / 6.87e-3, 0.9106 / 1.05e-2); float bars ~2x that KL,
+            # tighter than the round-to-nearest bars they replace (0.85 / 3e-2 and 0.85 / 4e-2)
+            "q4_k_m": LM(min_top1=0.97, max_mean_kl=1e-3, cost_kl=1.2e-2,
+                       float_min_top1=0.89, float_max_kl=2.3e-2),
+            "q4_0": LM(min_top1=0.97, max_mean_kl=1e-3, cost_kl=1.5e-2,
+                       float_min_top1=0.87, float_max_kl=3e-2),
         },
         options=gguf.GgufOptions,
         module="edgekit.exporters.gguf.lfm2",

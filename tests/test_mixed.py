@@ -46,6 +46,10 @@ def test_mixed_options_at_plan_time():
     assert opts.mixes(make_plan(SOURCE, "gguf", "q4_k_m").plan.quant) and opts.budget().bytes_per_weight == 0.6
     off = make_plan(SOURCE, "gguf", "q4_k_m", options={"mixed_precision": False})
     assert not off.plan.options.mixes(off.plan.quant)
+    default = make_plan(SOURCE, "gguf", "q4_k_m")  # opt-in: the scan costs 4-6 forward passes per matrix
+    assert not default.plan.options.mixes(default.plan.quant)
+    on = make_plan(SOURCE, "gguf", "q4_0", options={"mixed_precision": True})
+    assert on.plan.options.mixes(on.plan.quant)
     with pytest.raises(UnsupportedError, match="mixed precision applies to q4_0, q4_k_m, q5_k_m only, not q8_0"):
         make_plan(SOURCE, "gguf", "q8_0", options={"byte_budget": "0.6"})
     with pytest.raises(UnsupportedError, match="bytes per weight"):

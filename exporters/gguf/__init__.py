@@ -9,6 +9,7 @@ tensors and hyperparameters onto llama.cpp's architecture.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from edgekit.calibration import CalibrationOptions
 from edgekit.mixed import MixedOptions
@@ -44,9 +45,11 @@ class GgufOptions(CalibrationOptions, MixedOptions):
     CALIBRATED = ("q4_0", "q4_k_m", "q5_k_m")
     # a sensitivity scan re-assigns ggml types per tensor under a byte budget (exporters/gguf/mixed.py)
     MIXED = ("q4_0", "q4_k_m", "q5_k_m")
-    # on by default where it measured better at the default's bytes per weight (bench/RESULTS.md, built-in
-    # model: q4_k_m 0.9165 / 1.14e-2 -> 0.9375 / 6.9e-3, q4_0 0.8931 / 1.48e-2 -> 0.9106 / 1.05e-2)
-    MIXED_DEFAULT = ("q4_0", "q4_k_m")
+    # opt-in (--mixed-precision true): it measured better at the default's bytes per weight (bench/RESULTS.md,
+    # built-in model: q4_k_m 0.9165 / 1.14e-2 -> 0.9375 / 6.9e-3, q4_0 0.8931 / 1.48e-2 -> 0.9106 / 1.05e-2), but
+    # its scan runs 4-6 forward passes of the reference per weight matrix: 193 s instead of 21 s on the 6M
+    # built-in (load ~3), growing with parameters x matrices — too slow to impose on every export
+    MIXED_DEFAULT: ClassVar[tuple[str, ...]] = ()
 
     pretokenizer: str | None = option(None, "GGUF: llama.cpp pre-tokenizer name, when it cannot be derived from "
                                             "tokenizer.json")
