@@ -182,37 +182,55 @@ def write_file(path: Path, tensors: Mapping[str, np.ndarray]) -> int:
 
 
 def write(job: Any, named: Sequence[NamedAdapter], out_dir: Path, artifact: dict[str, Any]) -> dict[str, Any]:
-    from . import check
-
     all_f = [factors(n.adapter) for n in named]
     have = slots(all_f)
     shapes = module_shapes(job.config, list(have))
     job.progress(f"adding LoRA branches for {len(have)} projections to {ARTIFACT}")
-    add_branches(out_dir / ARTIFACT, branch_tensors({}, have, shapes))
-    items = {}
-    for n, f in zip(named, all_f):
-        rel = f"{ADAPTER_DIR}/{n.name}{SUFFIX}"
-        size = write_file(out_dir / rel, branch_tensors(f, have, shapes))
-        items[n.name] = {"file": rel, "bytes": size, "max_rank": max(lf.rank for lf in f.values())}
+    return write_branches(out_dir, named, all_f, have, lambda f: branch_tensors(f, have, shapes))
+
+
+def write_branches(
+    out_dir: Path, named: Sequence[NamedAdapter], all_f: Sequence[Mapping[str, Any]], have: Mapping[str, int],
+    tensors: Callable[[Mapping[str, Any]], dict[str, np.ndarray]], targets: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, Any]:
+    """Give the graph its LoRA branches (zero factors: the base) and write one adapter file per adapter;
+    ``tensors(factors)`` -> the branch initializers of one adapter (``{}``: zeros); ``targets`` as in
+    ``add_branches``.  Returns the writer's manifest section (``edgekit.adapters.attach``)."""
+    from . import check
+
+    add_branches(out_dir / ARTIFACT, tensors({}), targets)
+    items = {n.name: adapter_file(out_dir, n.name, f, tensors) for n, f in zip(named, all_f)}
     return {
         "mechanism": MECHANISM,
-        "branches": have,
+        "branches": dict(have),
         "scale_input": SCALE,
         "artifact": {"signature": check.signature(out_dir / ARTIFACT), "tensor_types": check.tensor_types(out_dir / ARTIFACT)},
         "items": items,
     }
 
 
-def add_adapter(
-    root: Path, manifest: Mapping[str, Any], checkpoint: Any, options: Any, named: NamedAdapter,
-    progress: Callable[[str], None],
-) -> dict[str, Any]:
+def adapter_file(root: Path, name: str, f: Mapping[str, Any],
+                 tensors: Callable[[Mapping[str, Any]], dict[str, np.ndarray]]) -> dict[str, Any]:
+    """Write adapter ``name``'s file under ``adapters/``; its manifest entry."""
+    rel = f"{ADAPTER_DIR}/{name}{SUFFIX}"
+    size = write_file(root / rel, tensors(f))
+    return {"file": rel, "bytes": size, "max_rank": max(lf.rank for lf in f.values())}
+
+
+def recorded_branches(root: Path, manifest: Mapping[str, Any], named: NamedAdapter) -> tuple[dict[str, int], Any]:
+    """(the bundle's LoRA branches, the adapter's factors checked to fit them) for ``adapter add``."""
     have = {k: int(v) for k, v in (manifest["adapters"].get("branches") or {}).items()}
     if not have:
         raise BundleError(f"{root}: the manifest records no LoRA branches; re-export with --lora-mode separate")
     f = factors(named.adapter)
     check_fits(named.name, f, have, "onnx")
+    return have, f
+
+
+def add_adapter(
+    root: Path, manifest: Mapping[str, Any], checkpoint: Any, options: Any, named: NamedAdapter,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    have, f = recorded_branches(root, manifest, named)
     shapes = module_shapes(checkpoint.model_config, list(have))
-    rel = f"{ADAPTER_DIR}/{named.name}{SUFFIX}"
-    size = write_file(root / rel, branch_tensors(f, have, shapes))
-    return {"file": rel, "bytes": size, "max_rank": max(lf.rank for lf in f.values())}
+    return adapter_file(root, named.name, f, lambda g: branch_tensors(g, have, shapes))

@@ -15,10 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ...adapters import ADAPTER_DIR, NamedAdapter, check_fits, factors, slots
-from ...errors import BundleError, UnsupportedError
+from ...adapters import NamedAdapter, factors, slots
+from ...errors import UnsupportedError
 from . import ARTIFACT
-from .adapters import MECHANISM, SCALE, SUFFIX, add_branches, group_tensors, write_file
+from .adapters import adapter_file, group_tensors, recorded_branches, write_branches
 
 
 def groups(c: Any) -> dict[str, list[str]]:
@@ -51,8 +51,6 @@ def _check_activations(options: Any) -> None:
 
 
 def write(job: Any, named: Sequence[NamedAdapter], out_dir: Path, artifact: dict[str, Any]) -> dict[str, Any]:
-    from . import check
-
     _check_activations(job.plan.options)
     c = job.config
     all_f = [factors(n.adapter) for n in named]
@@ -63,31 +61,13 @@ def write(job: Any, named: Sequence[NamedAdapter], out_dir: Path, artifact: dict
         raise UnsupportedError(f"onnx BitNet: no projection {unknown[0]} to give a LoRA branch")
     targets = {k: [f"{k}/out0", f"{k}/MatMulNBits/out0"] for k in g}
     job.progress(f"adding LoRA branches for {len(have)} projections to {ARTIFACT}")
-    add_branches(out_dir / ARTIFACT, group_tensors(g, {}, have, sh), targets)
-    items = {}
-    for n, f in zip(named, all_f):
-        rel = f"{ADAPTER_DIR}/{n.name}{SUFFIX}"
-        size = write_file(out_dir / rel, group_tensors(g, f, have, sh))
-        items[n.name] = {"file": rel, "bytes": size, "max_rank": max(lf.rank for lf in f.values())}
-    return {
-        "mechanism": MECHANISM,
-        "branches": have,
-        "scale_input": SCALE,
-        "artifact": {"signature": check.signature(out_dir / ARTIFACT), "tensor_types": check.tensor_types(out_dir / ARTIFACT)},
-        "items": items,
-    }
+    return write_branches(out_dir, named, all_f, have, lambda f: group_tensors(g, f, have, sh), targets)
 
 
 def add_adapter(
     root: Path, manifest: Mapping[str, Any], checkpoint: Any, options: Any, named: NamedAdapter,
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
-    have = {k: int(v) for k, v in (manifest["adapters"].get("branches") or {}).items()}
-    if not have:
-        raise BundleError(f"{root}: the manifest records no LoRA branches; re-export with --lora-mode separate")
-    f = factors(named.adapter)
-    check_fits(named.name, f, have, "onnx")
+    have, f = recorded_branches(root, manifest, named)
     c = checkpoint.model_config
-    rel = f"{ADAPTER_DIR}/{named.name}{SUFFIX}"
-    size = write_file(root / rel, group_tensors(groups(c), f, have, shapes(c)))
-    return {"file": rel, "bytes": size, "max_rank": max(lf.rank for lf in f.values())}
+    return adapter_file(root, named.name, f, lambda h: group_tensors(groups(c), h, have, shapes(c)))
