@@ -364,5 +364,15 @@ def run_check(root: Any, manifest: Mapping[str, Any], model: Any) -> TensorCheck
     return check(read, reference_weights(manifest, model), aliases)
 
 
+def file_reference(root: Any, manifest: Mapping[str, Any], reference: Any) -> tuple[TensorCheck | None, Any]:
+    """(tensor check or None, the reference built from the file's weights with the engine's activation numerics —
+    ``reference`` itself where the pair has no read-back): what every kind's verification compares against."""
+    got = read_back(root, manifest, reference)
+    if got is None:
+        return None, reference
+    read, aliases = got
+    return check(read, reference_weights(manifest, reference), aliases), engine_reference(manifest, reference, read)
+
+
 if __name__ == "__main__":
     _measure()

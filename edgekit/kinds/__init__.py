@@ -66,3 +66,14 @@ class DeviceCheck:
     @property
     def passed(self) -> bool:
         return not self.failures
+
+
+def tensor_check_rows(m: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """The verify table's tensor-check rows of a report's metrics (``m["tensor_check"]``, None: no read-back):
+    the verdict, then per type the worst relative RMS error and block error in quantisation steps."""
+    tc = m.get("tensor_check")
+    if tc is None:
+        return [("tensor check", "n/a", "no read-back")]
+    rows = [("tensor check", f"{tc['tensors']} tensors", "PASS" if tc["passed"] else "FAIL")]
+    return rows + [(f"  {t}", f"{w['rel_rms']:.1e}" + (f" {w['block_steps']:.2f}st" if w["block_steps"] else ""),
+                    "rel RMS, block") for t, w in sorted(tc["worst"].items())]

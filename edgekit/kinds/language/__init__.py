@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from .. import tensor_check_rows
 from .golden import compare as compare_golden
 from .golden import write as write_golden
 from .parity import run as verify
@@ -103,14 +104,7 @@ class Thresholds:
         return fails
 
     def rows(self, m: Mapping[str, Any]) -> list[tuple[str, str, str]]:
-        tc = m.get("tensor_check")
-        if tc is None:
-            tensor = [("tensor check", "n/a", "no read-back")]
-        else:
-            tensor = [("tensor check", f"{tc['tensors']} tensors", "PASS" if tc["passed"] else "FAIL")]
-            tensor += [(f"  {t}", f"{w['rel_rms']:.1e}" + (f" {w['block_steps']:.2f}st" if w["block_steps"] else ""),
-                        "rel RMS, block")
-                       for t, w in sorted(tc["worst"].items())]
+        tensor = tensor_check_rows(m)
         cost = m.get("cost") or {}
         budget = f"<= {self.max_cost_kl:.0e}" if self.max_cost_kl is not None else (
             f"built-in {self.cost_kl:.1e}" if self.cost_kl is not None else "reported")

@@ -64,12 +64,7 @@ def file_reference(root: Path, manifest: Any, reference: Any) -> tuple[Any, Any]
     pair has no read-back)."""
     from ... import tensorcheck
 
-    got = tensorcheck.read_back(root, manifest, reference)
-    if got is None:
-        return None, reference
-    read, aliases = got
-    return (tensorcheck.check(read, tensorcheck.reference_weights(manifest, reference), aliases),
-            tensorcheck.engine_reference(manifest, reference, read))
+    return tensorcheck.file_reference(root, manifest, reference)
 
 
 def windows(ids: Sequence[int], bos: int | None, window: int, min_tokens: int) -> list[list[int]]:

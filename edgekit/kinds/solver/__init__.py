@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .. import DeviceCheck, Report
+from .. import DeviceCheck, Report, tensor_check_rows
 
 CARRY_FILE = "carry_init.npz"
 COST_WARN_FACTOR = 10.0
@@ -93,13 +93,7 @@ class Thresholds:
         return fails
 
     def rows(self, m: Mapping[str, Any]) -> list[tuple[str, str, str]]:
-        tc = m.get("tensor_check")
-        if tc is None:
-            tensor = [("tensor check", "n/a", "no read-back")]
-        else:
-            tensor = [("tensor check", f"{tc['tensors']} tensors", "PASS" if tc["passed"] else "FAIL")]
-            tensor += [(f"  {t}", f"{w['rel_rms']:.1e}" + (f" {w['block_steps']:.2f}st" if w["block_steps"] else ""),
-                        "rel RMS, block") for t, w in sorted(tc["worst"].items())]
+        tensor = tensor_check_rows(m)
         cost = m.get("cost") or {}
         costs = [
             ("cost: identical answers vs float", f"{cost['answer_match']:.4f}",
@@ -240,12 +234,7 @@ def file_reference(root: Path, manifest: Mapping[str, Any], reference: Any) -> t
     has no read-back)."""
     from ... import tensorcheck
 
-    got = tensorcheck.read_back(root, manifest, reference)
-    if got is None:
-        return None, reference
-    read, aliases = got
-    return (tensorcheck.check(read, tensorcheck.reference_weights(manifest, reference), aliases),
-            tensorcheck.engine_reference(manifest, reference, read))
+    return tensorcheck.file_reference(root, manifest, reference)
 
 
 def verify(
