@@ -32,7 +32,7 @@ class PreparedExport:
 
     @property
     def thresholds(self) -> Any:
-        return self.recipe.thresholds[self.plan.quant.name]
+        return self.plan.options.thresholds(self.recipe.thresholds[self.plan.quant.name])
 
 
 def make_plan(
@@ -275,7 +275,9 @@ def verify_bundle(
     manifest = read_manifest(root)
     check_files(root, manifest, hashes=True)  # a file modified in place keeps its size; only its digest tells
     recipe = RECIPES.get(Family(manifest["family"]), Format.parse(manifest["format"]))
-    thresholds = with_budget(recipe.thresholds[recipe.quant(manifest["plan"]["quant"]["name"]).name], max_kl)
+    options = recipe.options.from_dict(manifest["plan"].get("options") or {})
+    thresholds = with_budget(options.thresholds(recipe.thresholds[recipe.quant(manifest["plan"]["quant"]["name"]).name]),
+                             max_kl)
     model = recorded_reference(manifest, progress, source, adapter)
     if manifest.get("adapters"):  # separate adapters: the base, then each adapter switched in on one session
         from . import adapters

@@ -53,7 +53,8 @@ def _recipe_thresholds(manifest: Mapping[str, Any]) -> dict[str, Any]:
     from .recipes import RECIPES
 
     recipe = RECIPES.get(Family(manifest["family"]), Format.parse(manifest["format"]))
-    return recipe.thresholds[recipe.quant(manifest["plan"]["quant"]["name"]).name].to_dict()
+    options = recipe.options.from_dict(manifest["plan"].get("options") or {})
+    return options.thresholds(recipe.thresholds[recipe.quant(manifest["plan"]["quant"]["name"]).name]).to_dict()
 
 
 def read_golden(bundle: str | Path) -> dict[str, Any]:

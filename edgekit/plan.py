@@ -108,6 +108,11 @@ class Options:
     def validate(self, quant: QuantSpec, given: set[str]) -> None:
         """Combination checks of a subclass; ``given`` names the options the user set explicitly."""
 
+    def thresholds(self, base: Any) -> Any:
+        """The recipe's thresholds ``base`` for an export with these options: unchanged unless an option changes
+        what the engine can match (BitNet a4.8)."""
+        return base
+
     @classmethod
     def inapplicable(cls, quants: Iterable[str]) -> frozenset[str]:
         """Fields that ``validate`` refuses for every one of ``quants`` (a row's quants): listing them as the
