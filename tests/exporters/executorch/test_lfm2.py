@@ -204,8 +204,10 @@ def test_shared_embedding_stores_the_table_once(export_cache, rand_lfm2, rand_fp
 
 
 # -- parity: the built-in trained model, every quant, with its adapter --------------------------------------
+# 8da8w (~140 s of lowering here) runs with -m slow: the default run keeps the default 8da4w and fp32 (CI time)
 @needs_builtin
-@pytest.mark.parametrize("quant", quants(Family.LFM2, Format.EXECUTORCH))
+@pytest.mark.parametrize("quant", [pytest.param(q, marks=pytest.mark.slow) if q == "8da8w" else q
+                                   for q in quants(Family.LFM2, Format.EXECUTORCH)])
 def test_builtin_with_adapter(export_cache, quant):
     bundle = _export(export_cache, "builtin:lfm2-tiny", quant, adapter="builtin:lfm2-tiny-lora")
     m = _check_report(bundle, quant)
@@ -215,6 +217,7 @@ def test_builtin_with_adapter(export_cache, quant):
     assert m["artifact"]["data_files"] == (["model.ptd"] if shared else [])
 
 
+@pytest.mark.slow  # ~150 s; the default run covers ExecuTorch separate adapters in tests/test_adapters.py
 @needs_builtin
 def test_builtin_separate_lora(export_cache):
     bundle = _export(export_cache, "builtin:lfm2-tiny", "8da4w", adapter="builtin:lfm2-tiny-lora", lora_mode="separate")
