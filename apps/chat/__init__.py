@@ -9,7 +9,9 @@ after each answer; Ctrl-C stops the answer being generated and keeps the chat; `
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
@@ -73,6 +75,11 @@ def run_chat(
             f"{root} is a {session.manifest.get('kind')} model, not a language model: chat needs a language bundle "
             "(use `edgekit solve` or `edgekit serve` for a solver bundle)"
         )
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C must reach the loop even when the process started with SIGINT ignored (a job started in the
+        # background by a non-interactive shell inherits SIG_IGN, and Python then installs no KeyboardInterrupt
+        # handler: CI's chat test saw a whole answer run through Ctrl-C)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     template = ChatTemplate.from_bundle(root, session.manifest)
     stops = stop_token_ids(session, template.stop_texts)
     conv = Conversation(template, lambda text: session.tokenize(text, add_special=False), session.n_ctx, system)
