@@ -41,11 +41,22 @@ def _signal_name(number: int) -> str:
 
 
 def crash_error(root: Path, engine: str, signum: int, said: str = "", checked: bool = True) -> BundleError:
-    """The one line for an engine that killed its process with signal ``signum``."""
-    why = (
-        "its files match the manifest's sha256, so the export itself is broken — re-export it (or export another "
-        "format)" if checked else "run again without --no-check to check its files' sha256, or re-export it"
-    )
+    """The one line for an engine that killed its process with signal ``signum``.
+
+    SIGILL is the engine's build, not the bundle: a llama.cpp compiled with -march=native on a CPU that reports AMX
+    dies this way where the kernel does not grant AMX tiles (scripts/install builds without AMX for that reason)."""
+    if signum == signal.SIGILL:
+        why = (
+            "the engine was built for instructions this machine refuses (llama.cpp's AMX kernels, when built with "
+            "-march=native on a CPU that reports AMX): rebuild it with `scripts/install` (or reinstall "
+            "llama-cpp-python with CFLAGS/CXXFLAGS='-march=native -mno-amx-tile -mno-amx-int8 -mno-amx-bf16' "
+            "CMAKE_ARGS=-DGGML_NATIVE=OFF and --no-cache-dir); the bundle itself is not at fault"
+        )
+    else:
+        why = (
+            "its files match the manifest's sha256, so the export itself is broken — re-export it (or export another "
+            "format)" if checked else "run again without --no-check to check its files' sha256, or re-export it"
+        )
     return BundleError(
         f"{root}: {engine} crashed ({_signal_name(signum)}) loading or running this bundle"
         + (f": {said[:200]}" if said else "") + f"; {why}"

@@ -25,6 +25,14 @@ def test_child_killed_by_sigabrt_is_a_one_line_bundle_error(tmp_path, monkeypatc
     assert "\n" not in str(err.value)
 
 
+def test_engine_killed_by_sigill_blames_the_engine_build_not_the_bundle(tmp_path, monkeypatch):
+    # a llama.cpp built with AMX on a machine whose kernel refuses AMX tiles dies exactly like this
+    monkeypatch.setattr(sys, "executable", fake_python(tmp_path, "kill -ILL $$"))
+    with pytest.raises(BundleError, match=r"crashed \(SIGILL\).*scripts/install.*not at fault") as err:
+        probe.run_probe(tmp_path, {"engine": "llama.cpp"})
+    assert "re-export" not in str(err.value)
+
+
 def test_hanging_child_is_refused_after_the_timeout(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "executable", fake_python(tmp_path, "exec sleep 30"))
     with pytest.raises(BundleError, match="did not finish"):
