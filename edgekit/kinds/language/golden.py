@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .. import DeviceCheck
-from .parity import greedy_prefix
+from .parity import decided_top1, greedy_prefix
 
 TOP_K = 16
 TOKENIZER_SAMPLE_CHARS = 2000
@@ -97,6 +97,16 @@ def window_metrics(got: np.ndarray, top_ids: Sequence[Sequence[int]], top_logits
     }
 
 
+def window_positions(got: np.ndarray, top_ids: Sequence[Sequence[int]], top_logits: Sequence[Sequence[float]],
+                     lse: Sequence[float]) -> dict[str, np.ndarray]:
+    """``parity.position_stats`` from the golden top-K (the impurity from the top-K probabilities: the tail's
+    squares are negligible)."""
+    ref = np.asarray(top_logits, dtype=np.float64)
+    p = np.exp(ref - np.asarray(lse, dtype=np.float64)[:, None])
+    return {"margin": ref[:, 0] - ref[:, 1], "flip": got.argmax(-1) != np.asarray(top_ids)[:, 0],
+            "impurity": 1.0 - np.sum(p * p, axis=-1)}
+
+
 def compare(session: Any, golden: Mapping[str, Any]) -> DeviceCheck:
     """Run ``session`` on the golden windows and check the bundle's thresholds (numpy only)."""
     from ...runtimes import SamplingParams
@@ -104,9 +114,11 @@ def compare(session: Any, golden: Mapping[str, Any]) -> DeviceCheck:
     totals = {"agree": 0.0, "kl_sum": 0.0, "max_abs": 0.0, "n": 0.0}
     host_agree = 0.0
     ref = golden["reference"]
+    positions = []
     for i, w in enumerate(golden["windows"]):
         got = session.logits(w)
         part = window_metrics(got, ref["top_ids"][i], ref["top_logits"][i], ref["lse"][i])
+        positions.append(window_positions(got, ref["top_ids"][i], ref["top_logits"][i], ref["lse"][i]))
         totals = {k: max(totals[k], part[k]) if k == "max_abs" else totals[k] + part[k] for k in totals}
         host_agree += float(np.sum(got.argmax(-1) == np.asarray(golden["host_engine"]["argmax"][i])))
     g = golden["greedy"]
@@ -115,6 +127,7 @@ def compare(session: Any, golden: Mapping[str, Any]) -> DeviceCheck:
     metrics = {
         "top1": totals["agree"] / totals["n"],
         "mean_kl": totals["kl_sum"] / totals["n"],
+        **decided_top1(positions, totals["kl_sum"] / totals["n"]),
         "max_abs_logit": totals["max_abs"],
         "tokens": int(totals["n"]),
         "greedy_prefix": greedy_prefix(g["reference"], got_greedy),

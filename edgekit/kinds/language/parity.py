@@ -4,7 +4,9 @@
    the merged float weight (name, shape, per-block error in quantisation steps, relative RMS error per type).
 2. **Fidelity**: the engine vs a reference built from *the file's own weights* (dequantised), with the engine's
    activation quantisation simulated; near-exact for every quant, so graph and packing bugs cannot hide under
-   quantisation noise.  ``top1`` / ``mean_kl`` / ``max_abs_logit`` / greedy tokens are these numbers.
+   quantisation noise.  ``top1`` / ``mean_kl`` / ``max_abs_logit`` / greedy tokens are these numbers; the top-1
+   gate counts only positions the reference has decided (``decided_top1``), so a flat model's near-ties, which
+   any correct engine's arithmetic flips, do not refuse a correct export.
 3. **Quantisation cost** (reported, not a gate unless ``--max-kl``): that file reference vs the float reference —
    top-1, mean KL and KL relative to the float model's own mean next-token entropy (``metrics["cost"]``); a
    warning when it is far above what the quant costs on the built-in model (``Thresholds.cost_kl``).
@@ -21,7 +23,7 @@ import hashlib
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -53,6 +55,43 @@ def compare_logits(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
         "entropy_sum": float(np.sum(-p * log_p)),
         "n": float(ref.shape[0]),
     }
+
+
+# A flip of the top-1 token at a reference margin (top-1 minus top-2 logit) above this many logit-noise sigmas has
+# odds below 1e-5 under the engine's own noise (Gaussian per-logit noise sigma: the difference of two tokens'
+# errors has sigma*sqrt(2), and P(N(0,1) > 6/sqrt(2)) ~ 1e-5); such a flip is a wrong graph, not arithmetic.
+DECIDED_SIGMAS = 6.0
+
+
+def position_stats(ref: np.ndarray, got: np.ndarray) -> dict[str, np.ndarray]:
+    """Per position: the reference's top-1 minus top-2 logit margin, whether the engine's top-1 differs, and the
+    reference's Gini impurity 1 - sum p^2 (how much of its probability is spread: the KL that per-logit noise of
+    variance s^2 causes is about s^2/2 times it)."""
+    ref64 = ref.astype(np.float64)
+    top2 = np.partition(ref64, -2, axis=-1)[:, -2:]
+    p = np.exp(ref64 - np.logaddexp.reduce(ref64, axis=-1, keepdims=True))
+    return {"margin": top2[:, 1] - top2[:, 0], "flip": ref.argmax(-1) != got.argmax(-1),
+            "impurity": 1.0 - np.sum(p * p, axis=-1)}
+
+
+def decided_top1(stats: Sequence[Mapping[str, np.ndarray]], mean_kl: float) -> dict[str, float]:
+    """Top-1 agreement where the reference has decided: over positions whose top-1/top-2 margin exceeds
+    ``DECIDED_SIGMAS`` times the engine's measured logit noise ``sigma = sqrt(2 * mean_kl / mean impurity)``
+    (nats: for small per-logit noise of variance s^2, KL(p || q) ~ Var_p(noise)/2 ~ s^2 (1 - sum p^2) / 2).
+
+    On a flat (uncertain) model most positions are near-ties that any correct engine's arithmetic flips; raw top-1
+    then measures the model's confidence, not the engine.  This statistic does not: a correct engine scores ~1.0 on
+    any model, and a wrong graph flips decided tokens.  The noise it is measured against is itself bounded by the
+    mean-KL bar, so a noisy engine cannot hide flips behind a large sigma.  Returns ``top1_decided``,
+    ``decided`` (the fraction of positions counted), ``noise`` (sigma) and ``margin`` (the cut, nats)."""
+    margin = np.concatenate([s["margin"] for s in stats])
+    flip = np.concatenate([s["flip"] for s in stats])
+    impurity = float(np.mean(np.concatenate([s["impurity"] for s in stats])))
+    sigma = float(np.sqrt(2.0 * max(mean_kl, 0.0) / impurity)) if impurity > 0 else 0.0
+    cut = DECIDED_SIGMAS * sigma
+    decided = margin > cut
+    return {"top1_decided": float(1.0 - flip[decided].mean()) if decided.any() else 1.0,
+            "decided": float(decided.mean()), "noise": sigma, "margin": cut}
 
 
 def _pool(totals: dict[str, float], part: dict[str, float]) -> dict[str, float]:
@@ -131,12 +170,14 @@ def run(
         tcheck, qref = None, reference
     fid: dict[str, float] = {}
     cost: dict[str, float] = {}
+    stats: list[dict[str, np.ndarray]] = []
     for i, w in enumerate(wins, 1):
         progress(f"verify: window {i}/{len(wins)} ({len(w)} tokens)")
         float_logits = ref_mod.logits(reference, w)
         engine_logits = session.logits(w)
         file_logits = float_logits if qref is reference else ref_mod.logits(qref, w)
         fid = _pool(fid, compare_logits(file_logits, engine_logits))
+        stats.append(position_stats(file_logits, engine_logits))
         # without a read-back the engine itself is the only measure of what quantisation cost
         cost = _pool(cost, compare_logits(float_logits, engine_logits if qref is reference else file_logits))
     totals = fid
@@ -158,6 +199,7 @@ def run(
     metrics = {
         "top1": totals["agree"] / totals["n"],
         "mean_kl": totals["kl_sum"] / totals["n"],
+        **decided_top1(stats, totals["kl_sum"] / totals["n"]),
         "max_abs_logit": totals["max_abs"],
         "tokens": int(totals["n"]),
         "windows": len(wins),

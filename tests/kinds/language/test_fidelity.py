@@ -32,11 +32,11 @@ def flat_lfm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
                      layer_types=("full_attention", "conv", "full_attention", "conv"), seed=11)
 
 
-# every quant of the pairs with a read-back; two run by default (< 90 s together), the rest with -m slow
+# every quant of every format (all have a read-back); two run by default (< 90 s together), the rest -m slow
 DEFAULT_FLAT = {("gguf", "q4_k_m"), ("onnx", "int4")}
 FLAT_CASES = [
     pytest.param(fmt.value, q, marks=() if (fmt.value, q) in DEFAULT_FLAT else pytest.mark.slow)
-    for fmt in (Format.GGUF, Format.ONNX)
+    for fmt in (Format.GGUF, Format.ONNX, Format.EXECUTORCH)
     for q in quants(Family.LFM2, fmt)
 ]
 
@@ -50,9 +50,10 @@ def test_flat_random_model_passes_fidelity(export_cache, flat_lfm2, fmt, quant):
     assert v["passed"], v["failures"]
     assert m["tensor_check"]["passed"] and m["fidelity_reference"] == "file weights"
     top1_bar, kl_bar = t.fidelity_bars(m)
-    assert m["top1"] >= top1_bar and m["mean_kl"] <= kl_bar, m
-    # the engine adds at most 5 % of what quantisation costs this sensitive model, whatever that cost is
-    assert m["mean_kl"] <= max(t.max_mean_kl, 0.05 * m["cost"]["mean_kl"]), (m["cost"], m["mean_kl"])
+    assert t.fidelity_top1(m) >= top1_bar and m["mean_kl"] <= kl_bar, m
+    # top-1 where the reference has decided: a correct engine keeps it on this flat model too (raw top-1 here is
+    # 0.91-0.98: near-ties), and enough positions are decided for it to mean something
+    assert m["top1_decided"] >= 0.99 and m["decided"] >= 0.3, m
 
 
 def _swap_block_scales(path: Path, tensor: str) -> None:
@@ -127,3 +128,37 @@ def test_act_quant_simulations():
     tok = ActQuant("asym_token").apply(x)
     assert torch.allclose(tok, x, atol=(4 / 255) / 2 + 1e-6)
     assert torch.equal(ActQuant().apply(x), x)
+
+
+def _scale_rope_base(path: Path, factor: float) -> float:
+    """Multiply the GGUF's RoPE base in place (a slightly wrong graph: the weights are untouched)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path), "r+")
+    field = reader.fields["lfm2.rope.freq_base"]
+    value = field.parts[field.data[0]]
+    value[0] = value[0] * factor
+    reader.data.flush()
+    return float(value[0])
+
+
+def test_wrong_graph_refused_by_fidelity_while_tensor_check_and_cost_pass(export_cache, tmp_path):
+    """A RoPE base off by 2x (a wrong RoPE variant, a mis-read config): every tensor is right, so the tensor check
+    passes and the quantisation cost (file weights vs float, no engine involved) is unchanged — at q4_k_m that
+    cost (KL 1.1e-2) is as large as the damage, which is what hid such bugs under a loose engine-vs-float bar.
+    The engine no longer computes what the file's weights compute, and fidelity refuses it (measured: KL 1.8e-2
+    against the bar 1e-3)."""
+    from edgekit.export import verify_bundle
+
+    src = exported(export_cache, "builtin:lfm2-tiny", "gguf", "q4_k_m", adapter="builtin:lfm2-tiny-lora")
+    good = read_manifest(src)["verification"]["metrics"]
+    bundle = tmp_path / "b"
+    shutil.copytree(src, bundle)
+    _scale_rope_base(bundle / "model.gguf", 0.5)
+    write_manifest(bundle, read_manifest(bundle))
+    report = verify_bundle(bundle, progress=lambda _m: None)
+    m = report.metrics
+    assert not report.passed
+    assert m["tensor_check"]["passed"], m["tensor_check"]["failures"]
+    assert m["cost"]["mean_kl"] == pytest.approx(good["cost"]["mean_kl"], rel=1e-6)
+    assert any(f.startswith("fidelity mean KL") for f in report.failures), report.failures
