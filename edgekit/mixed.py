@@ -9,6 +9,13 @@ within the budget.
 
 - **Scan**: cost(tensor, type) = mean over calibration tokens of KL(reference || reference with that one tensor
   quantised).  Costs are assumed additive across tensors (a first-order approximation the bench measures).
+  ``SCAN_METHOD = "estimate"`` (the default) runs one forward pass per tensor, at its cheapest type, and carries
+  that cost to the other types by the second-order expansion of the KL: for a linear layer, KL grows with the
+  output error, whose expected square is sum_j E[x_j^2] * sum_i dW_ij^2 (input channels' mean squared activation,
+  gathered in the reference pass: the importance matrix), so cost(type) = cost(cheapest) * that error at type /
+  that error at cheapest.  ``"exact"`` measures every type (4-6 forward passes per tensor instead of one;
+  bench/RESULTS.md compares what each picks).  Tensors that are not a linear layer's weight (an embedding table)
+  are always measured exactly.
 - **Selection**: a multiple-choice knapsack solved greedily: every tensor starts at its cheapest type, then the
   upgrade with the largest cost saved per extra byte (on each tensor's lower convex hull) is taken while the
   budget allows.
@@ -29,6 +36,7 @@ from .errors import UnsupportedError
 from .plan import Options, QuantSpec, option
 
 SCAN_TOKENS = 2048  # calibration tokens per measurement (the verification's own size)
+SCAN_METHOD = "estimate"  # or "exact": every type of every tensor measured (module docstring)
 
 
 class BudgetError(UnsupportedError):
@@ -81,11 +89,13 @@ class Plan:
     weights: int
     budget_bytes: float
     default_bytes: int
+    scan_method: str = "exact"
 
     def summary(self, budget_text: str, method: str) -> dict[str, Any]:
         return {
             "method": method,
             "statistic": "mean KL(reference || one tensor quantised) over calibration tokens",
+            "scan": self.scan_method,
             "budget": budget_text,
             "budget_bytes_per_weight": round(self.budget_bytes / self.weights, 5),
             "bytes_per_weight": round(self.used_bytes / self.weights, 5),
@@ -112,13 +122,18 @@ def scan(
     candidates: Sequence[Candidate],
     fake: Callable[[str, Any, str], Any],
     progress: Callable[[str], None] = lambda _m: None,
+    method: str | None = None,
 ) -> dict[str, dict[str, float]]:
-    """KL cost of each candidate tensor alone at each of its types.  ``model``: float32 torch causal LM taking
-    ``input_ids``; ``fake(name, weight float32 numpy, type) -> float32 numpy`` of the same shape.  Tied
-    parameters (one tensor, two names) are quantised together, as a format storing them once does."""
+    """KL cost (nats/token) of each candidate tensor alone at each of its types.  ``model``: float32 torch causal
+    LM taking ``input_ids``; ``fake(name, weight float32 numpy, type) -> float32 numpy`` of the same shape;
+    ``method``: ``"estimate"`` or ``"exact"`` (default ``SCAN_METHOD``; module docstring).  Tied parameters (one
+    tensor, two names) are quantised together, as a format storing them once does."""
     import numpy as np
     import torch
 
+    method = SCAN_METHOD if method is None else method
+    if method not in ("estimate", "exact"):
+        raise ValueError(f"scan method {method!r}: 'estimate' or 'exact'")
     params = dict(model.named_parameters(remove_duplicate=False))
     batch = torch.tensor([list(w) for w in windows if len(w) == len(windows[0])], dtype=torch.long)
 
@@ -127,25 +142,64 @@ def scan(
             out = model(input_ids=batch)
             return torch.log_softmax((out.logits if hasattr(out, "logits") else out).double(), -1)
 
-    base = logprobs()
+    power = _input_power(model, [c.name for c in candidates]) if method == "estimate" else {}
+    try:
+        base = logprobs()
+    finally:
+        for hook in power.pop("_hooks", []):
+            hook.remove()
     p = base.exp()
     costs: dict[str, dict[str, float]] = {}
     for k, c in enumerate(candidates):
         progress(f"sensitivity scan: {c.name} ({k + 1}/{len(candidates)})")
         param = params[c.name]
         original = param.detach().clone()
+        w = original.numpy().astype(np.float32)
+        quantised = {t: fake(c.name, w, t) for t in c.sizes}
+        measured = list(c.sizes)[:1] if c.name in power else list(c.sizes)
         costs[c.name] = {}
         try:
-            for t in c.sizes:
-                q = fake(c.name, original.numpy().astype(np.float32), t)
+            for t in measured:
                 with torch.no_grad():
-                    param.copy_(torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32)))
-                kl = (p * (base - logprobs())).sum(-1).mean().item()
-                costs[c.name][t] = max(kl, 0.0)
+                    param.copy_(torch.from_numpy(np.ascontiguousarray(quantised[t], dtype=np.float32)))
+                costs[c.name][t] = max((p * (base - logprobs())).sum(-1).mean().item(), 0.0)
         finally:
             with torch.no_grad():
                 param.copy_(original)
+        if c.name in power:
+            a = power[c.name]
+            err = {t: float(np.sum(((w - q).astype(np.float64) ** 2).sum(0) * a)) for t, q in quantised.items()}
+            first = measured[0]
+            scale = costs[c.name][first] / err[first] if err[first] > 0 else 0.0
+            costs[c.name].update({t: scale * e for t, e in err.items() if t != first})
     return costs
+
+
+def _input_power(model: Any, names: Sequence[str]) -> dict[str, Any]:
+    """Forward hooks that gather, for each candidate that is a ``torch.nn.Linear``'s ``weight``, the mean squared
+    input activation per input channel (float64 numpy [in], filled by the next forward pass); the hooks under
+    ``"_hooks"`` (the caller removes them)."""
+    import numpy as np
+    import torch
+
+    out: dict[str, Any] = {"_hooks": []}
+    for name in names:
+        if not name.endswith(".weight"):
+            continue
+        try:
+            module = model.get_submodule(name[: -len(".weight")])
+        except AttributeError:
+            continue
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        out[name] = np.zeros(module.in_features)
+
+        def hook(_mod: Any, args: tuple[Any, ...], _out: Any, name: str = name) -> None:
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            out[name] += (x * x).mean(0).numpy()
+
+        out["_hooks"].append(module.register_forward_hook(hook))
+    return out
 
 
 def select(candidates: Sequence[Candidate], costs: Mapping[str, Mapping[str, float]], budget_bytes: float) -> dict[str, str]:
@@ -209,10 +263,11 @@ def plan(
     floor = sum(min(c.sizes.values()) for c in candidates)
     if floor > budget_bytes:
         select(candidates, {}, budget_bytes)  # raises with the minimum
-    costs = scan(model, scan_windows(windows), candidates, fake, progress)
+    method = SCAN_METHOD
+    costs = scan(model, scan_windows(windows), candidates, fake, progress, method)
     types = select(candidates, costs, budget_bytes)
     used = sum(c.sizes[types[c.name]] for c in candidates)
-    return Plan(types, costs, used, weights, budget_bytes, default_bytes)
+    return Plan(types, costs, used, weights, budget_bytes, default_bytes, method)
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ def test_mixed_options_at_plan_time():
     assert opts.mixes(make_plan(SOURCE, "gguf", "q4_k_m").plan.quant) and opts.budget().bytes_per_weight == 0.6
     off = make_plan(SOURCE, "gguf", "q4_k_m", options={"mixed_precision": False})
     assert not off.plan.options.mixes(off.plan.quant)
-    default = make_plan(SOURCE, "gguf", "q4_k_m")  # opt-in: the scan costs 4-6 forward passes per matrix
+    default = make_plan(SOURCE, "gguf", "q4_k_m")  # opt-in: the scan costs a forward pass per matrix
     assert not default.plan.options.mixes(default.plan.quant)
     on = make_plan(SOURCE, "gguf", "q4_0", options={"mixed_precision": True})
     assert on.plan.options.mixes(on.plan.quant)
@@ -123,3 +123,44 @@ def test_gguf_4bit_parity_plain_calibrated_mixed(tmp_path, quant, scheme):
     stored = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(out / "model.gguf")).tensors}
     assert mp["tensor_types"] and all(stored[n] == t for n, t in mp["tensor_types"].items())
     assert set(mp["scan_kl"]) == set(mp["tensor_types"])
+
+
+def test_estimated_scan_carries_the_measured_cost_by_the_weighted_error():
+    """The estimate measures one type per linear weight and scales it to the others by sum_j E[x_j^2] sum_i dW_ij^2
+    (second order); on a small model with rounding to grids of 1x, 2x, 4x the step it ranks and sizes the types
+    like the exact scan (within 30 %), and an embedding table (not a linear layer) is measured at every type."""
+    import torch
+
+    torch.manual_seed(0)
+
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(64, 32)
+            self.up = torch.nn.Linear(32, 64, bias=False)
+            self.down = torch.nn.Linear(64, 32, bias=False)
+            self.head = torch.nn.Linear(32, 64, bias=False)
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            h = self.embed(input_ids)
+            return self.head(h + self.down(torch.relu(self.up(h)))) * 3
+
+    model = Tiny().eval()
+    steps = {"q2": 0.08, "q3": 0.04, "q4": 0.02}  # cheapest (coarsest) first
+
+    def fake(_name: str, w: np.ndarray, t: str) -> np.ndarray:
+        return np.round(w / steps[t]) * steps[t]
+
+    windows = [list(np.random.default_rng(i).integers(0, 64, 64)) for i in range(4)]
+    cands = [mixed.Candidate(n, 1, {"q2": 1, "q3": 2, "q4": 3}) for n in ("embed.weight", "up.weight", "down.weight")]
+    exact = mixed.scan(model, windows, cands, fake, method="exact")
+    calls: list[str] = []
+    est = mixed.scan(model, windows, cands, lambda n, w, t: calls.append(n) or fake(n, w, t), method="estimate")
+    assert est["embed.weight"] == exact["embed.weight"]  # measured, not estimated
+    for name in ("up.weight", "down.weight"):
+        assert est[name]["q2"] == pytest.approx(exact[name]["q2"])  # the measured one
+        for t in ("q3", "q4"):
+            assert est[name][t] == pytest.approx(exact[name][t], rel=0.3), (name, t, est[name], exact[name])
+        assert est[name]["q2"] > est[name]["q3"] > est[name]["q4"] > 0
+    with pytest.raises(ValueError, match="'estimate' or 'exact'"):
+        mixed.scan(model, windows, cands, fake, method="fast")
