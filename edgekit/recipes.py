@@ -204,12 +204,12 @@ def _builtin() -> RecipeTable:
                        float_min_top1=0.93, float_max_kl=6e-3),
             "q5_k_m": LM(min_top1=0.99, max_mean_kl=1e-3, cost_kl=4.1e-3, fidelity_share=0.15,
                        float_min_top1=0.9, float_max_kl=1.2e-2),
-            # q4_k_m and q4_0 are calibrated by default (issue 15, bench/RESULTS.md): cost 0.9165 / 1.14e-2 and
-            # 0.8931 / 1.48e-2 (--mixed-precision: 0.9375 / 6.87e-3, 0.9106 / 1.05e-2); float bars ~2x that KL,
-            # tighter than the round-to-nearest bars they replace (0.85 / 3e-2 and 0.85 / 4e-2)
-            "q4_k_m": LM(min_top1=0.99, max_mean_kl=1e-3, cost_kl=1.2e-2,
+            # q4_k_m and q4_0 are calibrated + mixed by default (issue 15, bench/RESULTS.md): cost 0.9370 / 6.9e-3
+            # and 0.9160 / 1.02e-2 (calibrated only: 0.9136 / 1.15e-2, 0.8950 / 1.47e-2); float bars ~2x the
+            # calibrated-only KL (a separate adapter's base), tighter than the round-to-nearest bars they replaced
+            "q4_k_m": LM(min_top1=0.99, max_mean_kl=1e-3, cost_kl=7e-3,
                        float_min_top1=0.89, float_max_kl=2.3e-2),
-            "q4_0": LM(min_top1=0.99, max_mean_kl=1e-3, cost_kl=1.5e-2, fidelity_share=0.03,
+            "q4_0": LM(min_top1=0.99, max_mean_kl=1e-3, cost_kl=1e-2, fidelity_share=0.03,
                        float_min_top1=0.87, float_max_kl=3e-2),
         },
         options=gguf.GgufOptions,

@@ -45,11 +45,11 @@ class GgufOptions(CalibrationOptions, MixedOptions):
     CALIBRATED = ("q4_0", "q4_k_m", "q5_k_m")
     # a sensitivity scan re-assigns ggml types per tensor under a byte budget (exporters/gguf/mixed.py)
     MIXED = ("q4_0", "q4_k_m", "q5_k_m")
-    # opt-in (--mixed-precision true): it measured better at the default's bytes per weight (bench/RESULTS.md,
-    # built-in model: q4_k_m 0.9165 / 1.14e-2 -> 0.9375 / 6.9e-3, q4_0 0.8931 / 1.48e-2 -> 0.9106 / 1.05e-2), but
-    # its scan runs 4-6 forward passes of the reference per weight matrix: 193 s instead of 21 s on the 6M
-    # built-in (load ~3), growing with parameters x matrices — too slow to impose on every export
-    MIXED_DEFAULT: ClassVar[tuple[str, ...]] = ()
+    # the default for q4_k_m and q4_0 (--mixed-precision false for llama.cpp's own assignment): at the default's
+    # bytes per weight it measured q4_k_m 0.9136 / 1.15e-2 -> 0.9370 / 6.9e-3 and q4_0 0.8950 / 1.47e-2 ->
+    # 0.9160 / 1.02e-2 (cost vs float, built-in model, bench/RESULTS.md); the estimated scan on 512 tokens adds
+    # ~6 s to the built-in's export (one forward pass per matrix; bench/mixed_scan.py)
+    MIXED_DEFAULT: ClassVar[tuple[str, ...]] = ("q4_0", "q4_k_m")
 
     pretokenizer: str | None = option(None, "GGUF: llama.cpp pre-tokenizer name, when it cannot be derived from "
                                             "tokenizer.json")
