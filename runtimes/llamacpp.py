@@ -24,13 +24,15 @@ GGML_TYPE_F32 = 0
 KV_CACHE_TYPE = {"f32": GGML_TYPE_F32}
 
 
-# Lines llama.cpp logs at ERROR level that are not errors: LFM2's conv layers have no V cache, so every load of
-# an LFM2 GGUF says "padding V cache to 128" — noise on every `edgekit run`.  Set EDGEKIT_LLAMA_LOG=1 for all.
-_BENIGN = (b"padding V cache",)
+# Lines llama.cpp logs that are not problems: LFM2's conv layers have no V cache, so every load of an LFM2 GGUF
+# says "padding V cache to 128" (at ERROR level) — noise on every `edgekit run`; the quantiser warns once per
+# tensor of a mixed-precision assignment ("applying manual override"), which is the assignment edgekit asked
+# for and records in the manifest.  Set EDGEKIT_LLAMA_LOG=1 for all.
+_BENIGN = (b"padding V cache", b"applying manual override")
 _log_callback: Any = None
 
 
-def _install_log_filter(llama_cpp: Any) -> None:
+def install_log_filter(llama_cpp: Any) -> None:
     """Route llama.cpp's log through llama-cpp-python's own callback, minus the benign lines above."""
     global _log_callback
     if _log_callback is not None or os.environ.get("EDGEKIT_LLAMA_LOG"):
@@ -58,7 +60,7 @@ class LlamaCppSession:
     ) -> None:
         self._llama_cpp = require("llama_cpp", "gguf")
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
-        _install_log_filter(self._llama_cpp)
+        install_log_filter(self._llama_cpp)
         self.root = Path(root)
         self.manifest = manifest
         self.model = manifest.get("model", {})

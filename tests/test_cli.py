@@ -47,7 +47,7 @@ def test_export_info_run_verify(bundle):
     res = run("run", str(bundle), "--prompt", "def main(", "--max-tokens", "12")
     assert res.stdout.strip() and "tok/s" in res.stderr
     ver = run("verify", str(bundle), "-q")
-    assert "PASS" in ver.stdout and "top-1 agreement" in ver.stdout
+    assert "PASS" in ver.stdout and "fidelity: top-1, margin >" in ver.stdout
 
 
 def test_output_exists_needs_force(bundle):

@@ -49,9 +49,11 @@ class Report:
         return {**d, "passed": self.passed}
 
     def table(self) -> str:
-        lines = [f"{'metric':<26} {'measured':>14}  {'threshold':<12}"]
-        lines += [f"{a:<26} {b:>14}  {c:<12}" for a, b, c in self.rows]
+        w = max([26] + [len(a) for a, _, _ in self.rows])
+        lines = [f"{'metric':<{w}} {'measured':>14}  {'threshold'}"]
+        lines += [f"{a:<{w}} {b:>14}  {c}".rstrip() for a, b, c in self.rows]
         lines.append(f"{self.summary}: {'PASS' if self.passed else 'FAIL'}")
+        lines += [f"  - {f}" for f in self.failures]  # what failed, in words: a table alone does not say
         return "\n".join(lines)
 
 

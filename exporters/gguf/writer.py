@@ -154,7 +154,10 @@ def requantize(
     ``tt_overrides`` (``mixed.overrides``).  Raises ``EdgekitError`` when llama.cpp fails."""
     import llama_cpp
 
+    from edgekit.runtimes.llamacpp import install_log_filter
+
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp logs every tensor otherwise
+    install_log_filter(llama_cpp)  # and warns for every tensor of a mixed assignment
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(ftype)
     params.nthread = threads or os.cpu_count() or 1

@@ -24,6 +24,15 @@ COST_WARN_FACTOR = 10.0
 # quantisation's KL (per recipe: ``Thresholds.fidelity_share``).  The top-1 bar does not widen: it counts only
 # the positions the reference has decided (``parity.decided_top1``), which a correct engine keeps on any model.
 FIDELITY_SHARE_OF_COST = 0.05
+# ... but only for an error that looks like arithmetic: a KL above the recipe's own bar is accepted only when it
+# does not grow along the sequence (``parity.kl_drift``: later positions' mean KL over the first positions';
+# correct engines measured 0.92-1.12, a halved RoPE base 2.1).  Without this, a subtle graph bug on a model
+# whose quantisation costs much hid under the widened bar (found by a new-user trial: RoPE base halved on a
+# random model with another tokenizer, fidelity KL 2.3e-3 under a widened bar of 3.4e-3).
+# Below DRIFT_FLOOR nats the check does not apply: there llama.cpp's F16 KV cache, whose error grows with the
+# number of cached positions, dominates a float export's tiny KL (measured 2.3x at KL 1e-8 on a BitNet F32 GGUF).
+MAX_KL_DRIFT = 1.5
+DRIFT_FLOOR = 1e-4
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,12 @@ class Thresholds:
             fails.append(f"fidelity top-1 agreement {top1:.4f}{where} < {top1_bar:.4g}")
         if not m["mean_kl"] <= kl_bar:
             fails.append(f"fidelity mean KL {m['mean_kl']:.3e} > {kl_bar:.2e}")
+        elif (m["mean_kl"] > max(self.max_mean_kl, DRIFT_FLOOR) and not self._to_float(m)
+              and not (m.get("kl_drift") or 1.0) <= MAX_KL_DRIFT):
+            fails.append(
+                f"fidelity mean KL {m['mean_kl']:.3e} is above this quant's own bar {self.max_mean_kl:.1e} and grows "
+                f"along the sequence ({m['kl_drift']:.2f}x from the first positions to the rest, > {MAX_KL_DRIFT}): "
+                "an error that builds up with position (RoPE, KV cache, state), not the engine's rounding")
         cost = m.get("cost")
         if self.max_cost_kl is not None and cost and not cost["mean_kl"] <= self.max_cost_kl:
             fails.append(f"quantisation cost mean KL {cost['mean_kl']:.3e} > --max-kl {self.max_cost_kl:.1e}")
@@ -129,14 +144,21 @@ class Thresholds:
         ] if cost else []
         top1_bar, kl_bar = self.fidelity_bars(m)
         decided = [] if self._to_float(m) or "top1_decided" not in m else [
-            (f"fidelity: top-1, margin > {m['margin']:.2g}", f"{m['top1_decided']:.4f}", f">= {top1_bar:.4g}"),
+            (f"fidelity: top-1, margin > {m['margin']:.2g}",
+             f"{m['top1_decided']:.4f}" if m["decided"] > 0 else "n/a", f">= {top1_bar:.4g}" if m["decided"] > 0
+             else "no position decided: the KL gates"),
             ("fidelity: top-1, all positions", f"{m['top1']:.4f}",
              f"{m['decided']:.0%} decided, noise {m['noise']:.2g} nats"),
         ]
         return tensor + (decided or [("fidelity: top-1 agreement", f"{m['top1']:.4f}", f">= {top1_bar:.4g}")]) + [
             ("fidelity: mean KL", f"{m['mean_kl']:.2e}", f"<= {kl_bar:.2g}"),
+        ] + ([] if m.get("kl_drift") is None else [
+            ("fidelity: KL later/first positions", f"{m['kl_drift']:.2f}",
+             f"<= {MAX_KL_DRIFT} above {max(self.max_mean_kl, DRIFT_FLOOR):.0e}" if not self._to_float(m) else "-"),
+        ]) + [
             ("max |Δlogit|", f"{m['max_abs_logit']:.2e}", f"<= {self.max_abs_logit}" if self.max_abs_logit else "-"),
-            ("greedy prefix", f"{m['greedy_prefix']}/{m['greedy_tokens']}", f">= {self.min_greedy_prefix}"),
+            ("greedy prefix", f"{m['greedy_prefix']}/{m['greedy_tokens']}",
+             f">= {self.min_greedy_prefix}" if self.min_greedy_prefix else "reported"),
             ("tokenizer match", str(m["tokenizer_match"]), "True"),
             ("text prompt match", str(m.get("text_prompt_match", "-")), "True"),
         ] + costs

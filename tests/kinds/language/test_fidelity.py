@@ -162,3 +162,22 @@ def test_wrong_graph_refused_by_fidelity_while_tensor_check_and_cost_pass(export
     assert m["tensor_check"]["passed"], m["tensor_check"]["failures"]
     assert m["cost"]["mean_kl"] == pytest.approx(good["cost"]["mean_kl"], rel=1e-6)
     assert any(f.startswith("fidelity mean KL") for f in report.failures), report.failures
+
+
+def test_wrong_graph_on_a_flat_model_refused_although_under_the_widened_kl_bar(export_cache, flat_lfm2, tmp_path):
+    """The same RoPE damage on the flat random model: its quantisation costs so much that the widened KL bar
+    (5 % of the cost) is above the damaged engine's KL; what gives it away is that the error grows along the
+    sequence (``parity.kl_drift``; correct engines ~1.0), and a KL above the quant's own bar is accepted only
+    without such a drift."""
+    from edgekit.export import verify_bundle
+
+    src = exported(export_cache, str(flat_lfm2), "gguf", "q4_k_m")
+    good = read_manifest(src)["verification"]["metrics"]
+    assert good["kl_drift"] <= 1.2, good["kl_drift"]
+    bundle = tmp_path / "b"
+    shutil.copytree(src, bundle)
+    _scale_rope_base(bundle / "model.gguf", 0.5)
+    write_manifest(bundle, read_manifest(bundle))
+    report = verify_bundle(bundle, progress=lambda _m: None)
+    assert not report.passed and report.metrics["tensor_check"]["passed"]
+    assert any(f.startswith("fidelity mean KL") for f in report.failures), report.failures
