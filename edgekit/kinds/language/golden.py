@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .. import DeviceCheck
-from .parity import decided_top1, greedy_prefix
+from .parity import decided_top1, greedy_prefix, kl_drift
 
 TOP_K = 16
 TOKENIZER_SAMPLE_CHARS = 2000
@@ -76,35 +76,35 @@ def write(root: Path, manifest: Mapping[str, Any], model: Any, progress: Callabl
     }
 
 
-def window_metrics(got: np.ndarray, top_ids: Sequence[Sequence[int]], top_logits: Sequence[Sequence[float]],
-                   lse: Sequence[float]) -> dict[str, float]:
-    """Per-window sums, poolable across windows: top-1 agreements, KL sum (top-K + tail), max |Δlogit|."""
+def window_positions(got: np.ndarray, top_ids: Sequence[Sequence[int]], top_logits: Sequence[Sequence[float]],
+                     lse: Sequence[float]) -> dict[str, np.ndarray]:
+    """``parity.position_stats`` from the golden top-K: margin, flip, impurity (from the top-K probabilities: the
+    tail's squares are negligible) and KL over the top-K tokens plus one bucket for the rest."""
     ids = np.asarray(top_ids, dtype=np.int64)
     ref = np.asarray(top_logits, dtype=np.float64)
     got64 = got.astype(np.float64)
     log_p = ref - np.asarray(lse, dtype=np.float64)[:, None]
-    log_q_all = got64 - _lse(got64)[:, None]
-    log_q = np.take_along_axis(log_q_all, ids, axis=-1)
+    log_q = np.take_along_axis(got64 - _lse(got64)[:, None], ids, axis=-1)
     p, q = np.exp(log_p), np.exp(log_q)
     p_tail = np.clip(1.0 - p.sum(-1), 1e-12, 1.0)
     q_tail = np.clip(1.0 - q.sum(-1), 1e-12, 1.0)
     kl = np.sum(p * (log_p - log_q), axis=-1) + p_tail * (np.log(p_tail) - np.log(q_tail))
+    return {"margin": ref[:, 0] - ref[:, 1], "flip": got.argmax(-1) != ids[:, 0],
+            "impurity": 1.0 - np.sum(p * p, axis=-1), "kl": np.maximum(kl, 0.0)}
+
+
+def window_metrics(got: np.ndarray, top_ids: Sequence[Sequence[int]], top_logits: Sequence[Sequence[float]],
+                   positions: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Per-window sums, poolable across windows: top-1 agreements and KL sum (from ``window_positions``), max
+    |Δlogit| over the top-K logits."""
+    ids = np.asarray(top_ids, dtype=np.int64)
+    ref = np.asarray(top_logits, dtype=np.float64)
     return {
-        "agree": float(np.sum(got.argmax(-1) == ids[:, 0])),
-        "kl_sum": float(np.sum(np.maximum(kl, 0.0))),
-        "max_abs": float(np.max(np.abs(np.take_along_axis(got64, ids, axis=-1) - ref))),
+        "agree": float(np.sum(~positions["flip"])),
+        "kl_sum": float(np.sum(positions["kl"])),
+        "max_abs": float(np.max(np.abs(np.take_along_axis(got.astype(np.float64), ids, axis=-1) - ref))),
         "n": float(got.shape[0]),
     }
-
-
-def window_positions(got: np.ndarray, top_ids: Sequence[Sequence[int]], top_logits: Sequence[Sequence[float]],
-                     lse: Sequence[float]) -> dict[str, np.ndarray]:
-    """``parity.position_stats`` from the golden top-K (the impurity from the top-K probabilities: the tail's
-    squares are negligible)."""
-    ref = np.asarray(top_logits, dtype=np.float64)
-    p = np.exp(ref - np.asarray(lse, dtype=np.float64)[:, None])
-    return {"margin": ref[:, 0] - ref[:, 1], "flip": got.argmax(-1) != np.asarray(top_ids)[:, 0],
-            "impurity": 1.0 - np.sum(p * p, axis=-1)}
 
 
 def compare(session: Any, golden: Mapping[str, Any]) -> DeviceCheck:
@@ -117,8 +117,8 @@ def compare(session: Any, golden: Mapping[str, Any]) -> DeviceCheck:
     positions = []
     for i, w in enumerate(golden["windows"]):
         got = session.logits(w)
-        part = window_metrics(got, ref["top_ids"][i], ref["top_logits"][i], ref["lse"][i])
         positions.append(window_positions(got, ref["top_ids"][i], ref["top_logits"][i], ref["lse"][i]))
+        part = window_metrics(got, ref["top_ids"][i], ref["top_logits"][i], positions[-1])
         totals = {k: max(totals[k], part[k]) if k == "max_abs" else totals[k] + part[k] for k in totals}
         host_agree += float(np.sum(got.argmax(-1) == np.asarray(golden["host_engine"]["argmax"][i])))
     g = golden["greedy"]
@@ -128,6 +128,7 @@ def compare(session: Any, golden: Mapping[str, Any]) -> DeviceCheck:
         "top1": totals["agree"] / totals["n"],
         "mean_kl": totals["kl_sum"] / totals["n"],
         **decided_top1(positions, totals["kl_sum"] / totals["n"]),
+        "kl_drift": kl_drift(positions),
         "max_abs_logit": totals["max_abs"],
         "tokens": int(totals["n"]),
         "greedy_prefix": greedy_prefix(g["reference"], got_greedy),
