@@ -61,9 +61,9 @@ def measure(model: str, fmt: str, quant: str, work: Path) -> dict:
     stats = []
     for w in wins:
         r, e, f = ref_mod.logits(file_model, w), session.logits(w), ref_mod.logits(float_model, w)
-        fid = parity._pool(fid, parity.compare_logits(r, e))
-        cost = parity._pool(cost, parity.compare_logits(f, r))
         stats.append(parity.position_stats(r, e))
+        fid = parity._pool(fid, parity.compare_logits(r, e, stats[-1]))
+        cost = parity._pool(cost, parity.compare_logits(f, r))
     session.close()
     kl = fid["kl_sum"] / fid["n"]
     d = parity.decided_top1(stats, kl)

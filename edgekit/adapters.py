@@ -439,7 +439,7 @@ def add(
         write_manifest(tmp, manifest)
         if verify:
             _, reports = verify_separate(
-                tmp, None, ckpt, options, recipe.thresholds[quant.name], names=[name], progress=progress
+                tmp, None, ckpt, options, recipe.thresholds_for(quant.name, options), names=[name], progress=progress
             )
             report = reports[name]
             progress(report.table())

@@ -32,7 +32,7 @@ class PreparedExport:
 
     @property
     def thresholds(self) -> Any:
-        return self.plan.options.thresholds(self.recipe.thresholds[self.plan.quant.name])
+        return self.recipe.thresholds_for(self.plan.quant.name, self.plan.options)
 
 
 def make_plan(
@@ -268,16 +268,12 @@ def verify_bundle(
 ) -> Any:
     """``edgekit verify``: rebuild the reference from the recorded source (and adapter) and check the bundle
     against the thresholds of its recipe (tensor check, fidelity; the cost within ``max_kl`` where given)."""
-    from .families import Family
     from .recipes import RECIPES
 
     root = Path(root)
     manifest = read_manifest(root)
     check_files(root, manifest, hashes=True)  # a file modified in place keeps its size; only its digest tells
-    recipe = RECIPES.get(Family(manifest["family"]), Format.parse(manifest["format"]))
-    options = recipe.options.from_dict(manifest["plan"].get("options") or {})
-    thresholds = with_budget(options.thresholds(recipe.thresholds[recipe.quant(manifest["plan"]["quant"]["name"]).name]),
-                             max_kl)
+    thresholds = with_budget(RECIPES.bundle_thresholds(manifest), max_kl)
     model = recorded_reference(manifest, progress, source, adapter)
     if manifest.get("adapters"):  # separate adapters: the base, then each adapter switched in on one session
         from . import adapters

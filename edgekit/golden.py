@@ -48,13 +48,9 @@ def write_golden(bundle: str | Path, progress: Callable[[str], None] = print) ->
 
 def _recipe_thresholds(manifest: Mapping[str, Any]) -> dict[str, Any]:
     """The thresholds of the bundle's recipe (for a bundle exported with --no-verify)."""
-    from .families import Family
-    from .plan import Format
     from .recipes import RECIPES
 
-    recipe = RECIPES.get(Family(manifest["family"]), Format.parse(manifest["format"]))
-    options = recipe.options.from_dict(manifest["plan"].get("options") or {})
-    return options.thresholds(recipe.thresholds[recipe.quant(manifest["plan"]["quant"]["name"]).name]).to_dict()
+    return RECIPES.bundle_thresholds(manifest).to_dict()
 
 
 def read_golden(bundle: str | Path) -> dict[str, Any]:

@@ -55,6 +55,11 @@ class Recipe:
             )
         return self.quants[key]
 
+    def thresholds_for(self, quant: str | None, options: Options) -> Any:
+        """The parity thresholds of ``quant`` for an export with ``options`` (``Options.thresholds`` may adjust
+        the row's: BitNet a4.8)."""
+        return options.thresholds(self.thresholds[self.quant(quant).name])
+
     def exporter(self) -> ModuleType:
         return importlib.import_module(self.module)
 
@@ -122,6 +127,12 @@ class RecipeTable:
         raise UnsupportedError(
             f"{family.value} cannot be exported to {fmt.value}{reason}; formats that work for {family.value}: {works}"
         )
+
+    def bundle_thresholds(self, manifest: Mapping[str, Any]) -> Any:
+        """The thresholds a bundle is held to: its recipe's, for its quant and recorded options."""
+        recipe = self.get(Family(manifest["family"]), Format.parse(manifest["format"]))
+        options = recipe.options.from_dict(manifest["plan"].get("options") or {})
+        return recipe.thresholds_for(manifest["plan"]["quant"]["name"], options)
 
     def options_classes(self) -> list[type[Options]]:
         seen: list[type[Options]] = []

@@ -35,6 +35,7 @@ _log_callback: Any = None
 def install_log_filter(llama_cpp: Any) -> None:
     """Route llama.cpp's log through llama-cpp-python's own callback, minus the benign lines above."""
     global _log_callback
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp logs every tensor and layer otherwise
     if _log_callback is not None or os.environ.get("EDGEKIT_LLAMA_LOG"):
         return
     import ctypes
@@ -59,7 +60,6 @@ class LlamaCppSession:
         adapter: str | None = None,
     ) -> None:
         self._llama_cpp = require("llama_cpp", "gguf")
-        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
         install_log_filter(self._llama_cpp)
         self.root = Path(root)
         self.manifest = manifest

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import time
 from collections import Counter
@@ -156,8 +155,7 @@ def requantize(
 
     from edgekit.runtimes.llamacpp import install_log_filter
 
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp logs every tensor otherwise
-    install_log_filter(llama_cpp)  # and warns for every tensor of a mixed assignment
+    install_log_filter(llama_cpp)  # llama.cpp logs every tensor (and warns for each of a mixed assignment)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(ftype)
     params.nthread = threads or os.cpu_count() or 1

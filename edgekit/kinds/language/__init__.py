@@ -104,8 +104,8 @@ class Thresholds:
         top1_bar, kl_bar = self.fidelity_bars(m)
         top1 = self.fidelity_top1(m)
         if not top1 >= top1_bar:
-            where = "" if top1 == m["top1"] and "top1_decided" not in m else (
-                f" where the reference's margin exceeds {m.get('margin', 0.0):.3g} nats")
+            where = "" if self._to_float(m) or "top1_decided" not in m else (
+                f" where the reference's margin exceeds {m['margin']:.3g} nats")
             fails.append(f"fidelity top-1 agreement {top1:.4f}{where} < {top1_bar:.4g}")
         if not m["mean_kl"] <= kl_bar:
             fails.append(f"fidelity mean KL {m['mean_kl']:.3e} > {kl_bar:.2e}")

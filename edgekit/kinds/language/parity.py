@@ -40,19 +40,16 @@ def heldout_text() -> str:
     return resources.files("edgekit").joinpath("data/heldout.txt").read_text(encoding="utf-8")
 
 
-def compare_logits(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
+def compare_logits(ref: np.ndarray, got: np.ndarray,
+                   stats: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
     """Per-position sums so windows can be pooled: agreeing top-1 count, KL sum, max |Δ|, and the reference's
-    next-token entropy sum (nats)."""
-    ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
-    log_p = ref64 - np.logaddexp.reduce(ref64, axis=-1, keepdims=True)
-    log_q = got64 - np.logaddexp.reduce(got64, axis=-1, keepdims=True)
-    p = np.exp(log_p)
-    kl = np.sum(p * (log_p - log_q), axis=-1)
+    next-token entropy sum (nats); ``stats``: ``position_stats(ref, got)`` where the caller has it already."""
+    s = position_stats(ref, got) if stats is None else stats
     return {
-        "agree": float(np.sum(ref.argmax(-1) == got.argmax(-1))),
-        "kl_sum": float(np.sum(kl)),
-        "max_abs": float(np.max(np.abs(ref64 - got64))),
-        "entropy_sum": float(np.sum(-p * log_p)),
+        "agree": float(np.sum(~s["flip"])),
+        "kl_sum": float(np.sum(s["kl"])),
+        "max_abs": float(np.max(np.abs(ref.astype(np.float64) - got.astype(np.float64)))),
+        "entropy_sum": float(np.sum(s["entropy"])),
         "n": float(ref.shape[0]),
     }
 
@@ -70,14 +67,15 @@ DRIFT_HEAD = 64
 def position_stats(ref: np.ndarray, got: np.ndarray) -> dict[str, np.ndarray]:
     """Per position: the reference's top-1 minus top-2 logit margin, whether the engine's top-1 differs, the
     reference's Gini impurity 1 - sum p^2 (how much of its probability is spread: the KL that per-logit noise of
-    variance s^2 causes is about s^2/2 times it), and KL(reference || engine)."""
+    variance s^2 causes is about s^2/2 times it), KL(reference || engine) and the reference's entropy (nats)."""
     ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
     top2 = np.partition(ref64, -2, axis=-1)[:, -2:]
     log_p = ref64 - np.logaddexp.reduce(ref64, axis=-1, keepdims=True)
     p = np.exp(log_p)
     log_q = got64 - np.logaddexp.reduce(got64, axis=-1, keepdims=True)
     return {"margin": top2[:, 1] - top2[:, 0], "flip": ref.argmax(-1) != got.argmax(-1),
-            "impurity": 1.0 - np.sum(p * p, axis=-1), "kl": np.sum(p * (log_p - log_q), axis=-1)}
+            "impurity": 1.0 - np.sum(p * p, axis=-1), "kl": np.sum(p * (log_p - log_q), axis=-1),
+            "entropy": -np.sum(p * log_p, axis=-1)}
 
 
 def kl_drift(stats: Sequence[Mapping[str, np.ndarray]]) -> float | None:
@@ -197,8 +195,8 @@ def run(
         float_logits = ref_mod.logits(reference, w)
         engine_logits = session.logits(w)
         file_logits = float_logits if qref is reference else ref_mod.logits(qref, w)
-        fid = _pool(fid, compare_logits(file_logits, engine_logits))
         stats.append(position_stats(file_logits, engine_logits))
+        fid = _pool(fid, compare_logits(file_logits, engine_logits, stats[-1]))
         # without a read-back the engine itself is the only measure of what quantisation cost
         cost = _pool(cost, compare_logits(float_logits, engine_logits if qref is reference else file_logits))
     totals = fid
