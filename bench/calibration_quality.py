@@ -42,8 +42,10 @@ SCHEMES = [
     ("gguf", "q5_k_m", "imatrix (calibrated)", {}),
     ("onnx", "int4", "round-to-nearest (affine)", {}),
     ("onnx", "int4", "HQQ (data-free)", {"weight_algorithm": "hqq"}),
+    ("onnx", "int4", "mixed (calibration text)", {"mixed_precision": True}),
     ("executorch", "8da4w", "round-to-nearest (affine)", {}),
     ("executorch", "8da4w", "HQQ scale-only (data-free)", {"weight_algorithm": "hqq"}),
+    ("executorch", "8da4w", "mixed (calibration text)", {"mixed_precision": True}),
 ]
 SOURCE, ADAPTER = "builtin:lfm2-tiny", "builtin:lfm2-tiny-lora"
 
@@ -77,9 +79,11 @@ def measure(bundle: Path, model, text: str) -> dict[str, float]:
 
 
 def weight_bytes(bundle: Path, m: dict) -> str:
-    """GGUF: bytes per weight of the quantised matrices (every 2-D tensor not stored as F32); '-' elsewhere."""
+    """GGUF: bytes per weight of the quantised matrices (every 2-D tensor not stored as F32); other formats: the
+    mixed-precision summary's bytes per weight where the manifest has one; '-' elsewhere."""
+    mixed = m["artifact"].get("mixed_precision") or {}
     if m["artifact"].get("file") != "model.gguf":
-        return "-"
+        return f"{mixed['bytes_per_weight']:.4f}" if "bytes_per_weight" in mixed else "-"
     import gguf
     import numpy as np
 
@@ -92,6 +96,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="markdown file to append the table to")
     ap.add_argument("--only", help="one format")
     ap.add_argument("--quants", help="comma-separated quants to run (default: all)")
+    ap.add_argument("--schemes", help="comma-separated scheme labels' first words to run, e.g. mixed,round-to-nearest")
+    ap.add_argument("--source", default=SOURCE, help=f"checkpoint (default {SOURCE})")
+    ap.add_argument("--adapter", default=ADAPTER, help=f"LoRA adapter, or 'none' (default {ADAPTER})")
     args = ap.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"]
@@ -103,7 +110,9 @@ def main() -> None:
         for k, (fmt, quant, label, opts) in enumerate(SCHEMES):
             if (args.only and fmt != args.only) or (args.quants and quant not in args.quants.split(",")):
                 continue
-            prep = make_plan(SOURCE, fmt, quant, ADAPTER, opts)
+            if args.schemes and label.split()[0] not in args.schemes.split(","):
+                continue
+            prep = make_plan(args.source, fmt, quant, None if args.adapter == "none" else args.adapter, opts)
             if model is None:
                 model = ref_mod.load_reference(prep.checkpoint, prep.adapter, prep.plan.options)
             t0 = time.perf_counter()
