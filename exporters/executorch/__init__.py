@@ -9,6 +9,10 @@ Options are validated here, at plan time, without importing torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from edgekit.calibration import CalibrationOptions
+from edgekit.mixed import MixedOptions
 
 from ...errors import UnsupportedError
 from ...plan import Options, QuantSpec, WeightKind, option
@@ -67,8 +71,24 @@ class LinearOptions(Options):
 
 
 @dataclass(frozen=True)
-class LanguageOptions(LinearOptions):
-    """Options of the language-model recipes (a tied embedding / LM head, a KV cache, LoRA)."""
+class LanguageOptions(CalibrationOptions, MixedOptions, LinearOptions):
+    """Options of the language-model recipes (a tied embedding / LM head, a KV cache, LoRA).
+
+    ``--mixed-precision`` / ``--byte-budget`` (8da4w): a sensitivity scan on the calibration text gives each linear
+    its own int4 group size or int8 per channel within the byte budget (``mixed``); ``--calibration`` names that
+    text.  They are LFM2's (the recipe that uses this class itself): a subclass — another family's options —
+    has no calibrated or mixed quant unless it names ``CALIBRATED`` / ``MIXED`` in its own body."""
+
+    # the calibration text feeds only the mixed-precision scan (no calibrated quantiser of its own)
+    CALIBRATED: ClassVar[tuple[str, ...]] = ("8da4w",)
+    MIXED: ClassVar[tuple[str, ...]] = ("8da4w",)
+    MIXED_DEFAULT: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("CALIBRATED", "MIXED", "MIXED_DEFAULT"):
+            if name not in cls.__dict__:
+                setattr(cls, name, ())
 
     embedding_quant: str = option("none", "ExecuTorch: quantise the token embedding table (none, 8 or 4 bits)",
                                   ("none", "8", "4"))
@@ -84,6 +104,15 @@ class LanguageOptions(LinearOptions):
 
     def validate(self, quant: QuantSpec, given: set[str]) -> None:
         super().validate(quant, given)
+        self.check_calibration(quant, given)
+        self.check_mixed(quant, given)
+        if quant.name in self.CALIBRATED and not self.mixes(quant):
+            if self.calibration is not None:
+                raise UnsupportedError("executorch --calibration is read by the mixed-precision scan only; add "
+                                       "--mixed-precision true (or drop --calibration)")
+        if self.no_calibration and self.mixes(quant):
+            raise UnsupportedError("executorch --no-calibration: the mixed-precision scan reads the calibration "
+                                   "text; drop --mixed-precision / --byte-budget for plain round-to-nearest")
         if quant.weight_bits != 4 and self.head_bits is not None:
             raise UnsupportedError("executorch --head-bits applies to 8da4w only")
         if self.max_context is not None and self.max_context < 16:

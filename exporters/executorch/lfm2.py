@@ -386,6 +386,15 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
 
     seconds: dict[str, float] = {}
     t = time.perf_counter()
+    per_linear: dict[str, quant.LinearQuant] = {}
+    mixed_summary, calibration = None, None
+    if lq is not None and options.mixes(spec):
+        from . import mixed
+
+        per_linear, mixed_summary, calibration = mixed.plan(job, linear_weights(job.weights), lq)
+    seconds["mixed_precision"] = time.perf_counter() - t
+
+    t = time.perf_counter()
     eager = eager.eval()
     with torch.no_grad():
         emb_bits = EMBEDDING_BITS[options.embedding_quant]
@@ -393,7 +402,9 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
             quant.quantize_embedding(eager, "embed_tokens", emb_bits)
         if lq is not None:
             overrides = {"lm_head": lq.at_bits(head_bits)} if head_bits != lq.weight_bits else {}
-            job.progress(f"quantising linear layers ({lq.describe()}, LM head int{head_bits})")
+            overrides.update(graph_overrides(per_linear))
+            job.progress(f"quantising linear layers ({lq.describe()}, LM head int{head_bits}"
+                         + (f", {len(per_linear)} of them mixed precision" if mixed_summary else "") + ")")
             quant.quantize_linears(eager, lq, overrides)
         if shared:
             quant.share_embedding_with_head(eager, "embed_tokens", "lm_head", head_bits)
@@ -437,6 +448,8 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
         "embedding_quant": options.embedding_quant,
         "shared_embedding": shared,
         "lora_mode": options.lora_mode,
+        "calibration": calibration,
+        "mixed_precision": mixed_summary,
         **({"lora_branches": lora_ranks_, "lora_inputs": [sl.to_dict() for sl in slots]} if separate else {}),
         **({"adapter_files": adapter_files} if separate else {}),
         "max_context": max_context,
@@ -448,6 +461,25 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
         "stage_seconds": {k: round(v, 2) for k, v in {**seconds, **result.seconds}.items()},
         "export_seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+SPECIAL = ("model.embed_tokens.weight", "lm_head.weight")
+
+
+def linear_weights(weights: Mapping[str, np.ndarray]) -> list[str]:
+    """Checkpoint names of the [out, in] linear weights the linear quant covers (not the embedding / LM head)."""
+    return [n for n, w in weights.items() if w.ndim == 2 and n not in SPECIAL]
+
+
+def graph_overrides(per_linear: Mapping[str, Any]) -> dict[str, Any]:
+    """Checkpoint name -> config (``mixed.plan``) as ``quantize_linears`` overrides: graph module -> config.
+    in_proj's three graph linears (B, C, x) take its one type: the scan measured the checkpoint's tensor, and a
+    row-wise scheme quantises each of its row blocks as it would the whole."""
+    out: dict[str, Any] = {}
+    for hf, q in per_linear.items():
+        for name, _part in _dest(hf):
+            out[name.removesuffix(".weight")] = q
+    return out
 
 
 def file_weights(root: Path, manifest: Mapping[str, Any], weights: Mapping[str, np.ndarray]) -> Any:
@@ -465,9 +497,11 @@ def file_weights(root: Path, manifest: Mapping[str, Any], weights: Mapping[str, 
     options = recipe.options.from_dict(manifest["plan"].get("options") or {})
     if getattr(options, "lora_mode", "merged") == "separate":
         return None
-    special = ("model.embed_tokens.weight", "lm_head.weight")
-    linears = [n for n, w in weights.items() if w.ndim == 2 and n not in special]
-    read = readback.read(weights, options, spec, linears)
+    from . import mixed
+
+    types = (manifest.get("artifact", {}).get("mixed_precision") or {}).get("tensor_types") or {}
+    per_linear = {n: mixed.linear_quant(t, options.weight_algorithm) for n, t in types.items()}
+    read = readback.read(weights, options, spec, linear_weights(weights), per_linear)
     covered = {t.source for t in read}
     read += [ReadTensor(n, n, w, "F32") for n, w in weights.items() if n not in covered]
     return read, {}

@@ -58,13 +58,17 @@ def embedding(name: str, source: str, table: np.ndarray, bits: int, group: int =
 
 
 def read(weights: Mapping[str, np.ndarray], options: Any, spec: Any, linear_names: Any,
+         per_linear: Mapping[str, Any] | None = None,
          embed: str = "model.embed_tokens.weight", head: str = "lm_head.weight") -> list[ReadTensor]:
     """The quantised weights of an LFM2/Llama-like language export: every linear in ``linear_names`` (checkpoint
-    names of [out, in] weights), the LM head at the options' head bits, the token table as the options store it."""
+    names of [out, in] weights) at the options' quant or, where ``per_linear`` names it, its own (a mixed-precision
+    assignment: checkpoint name -> ``quant.LinearQuant``), the LM head at the options' head bits, the token table
+    as the options store it."""
     from . import quant
 
     lq = quant.linear_quant(spec, options)
-    out = [linear(n, n, weights[n], lq, n.removesuffix(".weight")) for n in linear_names]
+    per_linear = per_linear or {}
+    out = [linear(n, n, weights[n], per_linear.get(n, lq), n.removesuffix(".weight")) for n in linear_names]
     head_w = weights.get(head, weights[embed])
     hq = lq.at_bits(options.lm_head_bits(spec)) if lq is not None else None
     head_t = linear(head, head, head_w, hq, "lm_head")
