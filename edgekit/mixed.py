@@ -74,11 +74,14 @@ def parse_budget(text: str) -> Budget:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One tensor's options: reference parameter ``name``, ``numel`` and type -> stored bytes (cheapest first)."""
+    """One tensor's options: reference parameter ``name``, ``numel`` and type -> stored bytes (cheapest first).
+    ``group``: further reference parameters the file stores fused with ``name`` in one matrix of one type (ONNX's
+    q|k|v projection); the scan quantises them together, and ``numel`` / ``sizes`` count them all."""
 
     name: str
     numel: int
     sizes: Mapping[str, int]
+    group: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,7 @@ def scan(
             out = model(input_ids=batch)
             return torch.log_softmax((out.logits if hasattr(out, "logits") else out).double(), -1)
 
-    power = _input_power(model, [c.name for c in candidates]) if method == "estimate" else {}
+    power = _input_power(model, [n for c in candidates for n in (c.name, *c.group)]) if method == "estimate" else {}
     try:
         base = logprobs()
     finally:
@@ -154,23 +157,26 @@ def scan(
     costs: dict[str, dict[str, float]] = {}
     for k, c in enumerate(candidates):
         progress(f"sensitivity scan: {c.name} ({k + 1}/{len(candidates)})")
-        param = params[c.name]
-        original = param.detach().clone()
-        w = original.numpy().astype(np.float32)
-        quantised = {t: fake(c.name, w, t) for t in c.sizes}
-        measured = list(c.sizes)[:1] if c.name in power else list(c.sizes)
+        members = (c.name, *c.group)
+        originals = {n: params[n].detach().clone() for n in members}
+        ws = {n: o.numpy().astype(np.float32) for n, o in originals.items()}
+        quantised = {t: {n: fake(n, ws[n], t) for n in members} for t in c.sizes}
+        estimated = all(n in power for n in members)
+        measured = list(c.sizes)[:1] if estimated else list(c.sizes)
         costs[c.name] = {}
         try:
             for t in measured:
                 with torch.no_grad():
-                    param.copy_(torch.from_numpy(np.ascontiguousarray(quantised[t], dtype=np.float32)))
+                    for n in members:
+                        params[n].copy_(torch.from_numpy(np.ascontiguousarray(quantised[t][n], dtype=np.float32)))
                 costs[c.name][t] = max((p * (base - logprobs())).sum(-1).mean().item(), 0.0)
         finally:
             with torch.no_grad():
-                param.copy_(original)
-        if c.name in power:
-            a = power[c.name]
-            err = {t: float(np.sum(((w - q).astype(np.float64) ** 2).sum(0) * a)) for t, q in quantised.items()}
+                for n in members:
+                    params[n].copy_(originals[n])
+        if estimated:
+            err = {t: sum(float(np.sum(((ws[n] - q[n]).astype(np.float64) ** 2).sum(0) * power[n])) for n in members)
+                   for t, q in quantised.items()}
             first = measured[0]
             scale = costs[c.name][first] / err[first] if err[first] > 0 else 0.0
             costs[c.name].update({t: scale * e for t, e in err.items() if t != first})

@@ -9,8 +9,11 @@ file asks for.  Family files (``<family>.py``) build the float32 graph and say w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
+from ...calibration import CalibrationOptions
 from ...errors import UnsupportedError
+from ...mixed import MixedOptions
 from ...plan import Options, QuantSpec, WeightKind, option
 
 ARTIFACT = "model.onnx"
@@ -43,8 +46,26 @@ QUANTS: dict[str, QuantSpec] = {
 
 
 @dataclass(frozen=True)
-class OnnxOptions(Options):
+class OnnxOptions(CalibrationOptions, MixedOptions):
+    """Options of the language-model recipes.
+
+    ``--mixed-precision`` / ``--byte-budget`` (int4): a sensitivity scan on the calibration text gives each
+    MatMul weight, the tied embedding / LM head included, its own bits and block size within the byte budget
+    (``mixed``); ``--calibration`` names that text.  They are LFM2's (the recipe that uses this class itself): a
+    subclass — another family's options — has no calibrated or mixed quant unless it names ``CALIBRATED`` /
+    ``MIXED`` in its own body."""
+
     FORMAT_NAME = "onnx"
+    # the calibration text feeds only the mixed-precision scan (no calibrated quantiser of its own)
+    CALIBRATED: ClassVar[tuple[str, ...]] = ("int4",)
+    MIXED: ClassVar[tuple[str, ...]] = ("int4",)
+    MIXED_DEFAULT: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("CALIBRATED", "MIXED", "MIXED_DEFAULT"):
+            if name not in cls.__dict__:
+                setattr(cls, name, ())
 
     block_size: int = option(32, "ONNX integer quants: weights per scale in MatMulNBits", (16, 32, 64, 128, 256))
     accuracy_level: int = option(4, "ONNX int8/int4: MatMulNBits compute type (0 default, 1 fp32, 2 fp16, 3 bf16, "
@@ -60,6 +81,18 @@ class OnnxOptions(Options):
     def validate(self, quant: QuantSpec, given: set[str]) -> None:
         if quant.name != "int4" and "weight_algorithm" in given and self.weight_algorithm != "affine":
             raise UnsupportedError(f"onnx --weight-algorithm {self.weight_algorithm} applies to --quant int4 only")
+        self.check_calibration(quant, given)
+        self.check_mixed(quant, given)
+        if quant.name in self.CALIBRATED and not self.mixes(quant) and self.calibration is not None:
+            raise UnsupportedError("onnx --calibration is read by the mixed-precision scan only; add "
+                                   "--mixed-precision true (or drop --calibration)")
+        if self.mixes(quant):
+            if self.no_calibration:
+                raise UnsupportedError("onnx --no-calibration: the mixed-precision scan reads the calibration text; "
+                                       "drop --mixed-precision / --byte-budget for plain round-to-nearest")
+            if self.weight_algorithm != "affine":
+                raise UnsupportedError(f"onnx --weight-algorithm {self.weight_algorithm}: mixed precision assigns "
+                                       "symmetric round-to-nearest types; drop one of the two")
         blockwise = sorted(k for k in ("block_size", "accuracy_level") if k in given)
         if quant.name not in BLOCKWISE and blockwise:
             flags = ", ".join("--" + k.replace("_", "-") for k in blockwise)

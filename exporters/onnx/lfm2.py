@@ -25,9 +25,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ...errors import InternalError
 from ...families.lfm2 import Lfm2Config
 from .. import ExportJob
-from . import ARTIFACT, DATA, builder, check, quantize
+from . import ARTIFACT, DATA, builder, check, mixed, quantize
 from .builder import MS_DOMAIN, GraphBuilder
 from .quantize import TiedHead
 
@@ -276,15 +277,50 @@ def required_kernels(s: Lfm2Config) -> dict[str, int]:
     return required
 
 
+def matmul_sources(model: Any, weights: Mapping[str, np.ndarray]) -> dict[str, tuple[str, ...]]:
+    """MatMul weight initializer of the float graph -> the checkpoint weights it is made of, stacked by rows:
+    the fused q|k|v projection three, the tied head the embedding table (the reference's one parameter)."""
+    inits = {t.name for t in model.graph.initializer}
+    out: dict[str, tuple[str, ...]] = {}
+    for node in model.graph.node:
+        w = node.input[1] if node.op_type == "MatMul" and len(node.input) > 1 else None
+        if w is None or w not in inits:
+            continue
+        if w == LM_HEAD:
+            out[w] = ("model.embed_tokens.weight",)
+        elif w.endswith(".qkv_proj.weight"):
+            p = w.removesuffix("qkv_proj.weight")
+            out[w] = (f"{p}q_proj.weight", f"{p}k_proj.weight", f"{p}v_proj.weight")
+        elif w in weights:
+            out[w] = (w,)
+        else:
+            raise InternalError(f"ONNX MatMul weight {w!r} has no checkpoint weight")
+    return out
+
+
+def default_types(model: Any, q: quantize.OnnxQuant) -> dict[str, str]:
+    """MatMul weight -> the type the plain export gives it: ``q``'s bits and block, the tied head ``head_bits``."""
+    inits = {t.name for t in model.graph.initializer}
+    return {n.input[1]: mixed.type_name(q.head_bits if n.input[1] == LM_HEAD else q.bits, q.block_size)
+            for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits}
+
+
 def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
     q = quantize.native(job.plan.quant, job.plan.options)
     cfg = job.config
     t0 = time.perf_counter()
     job.progress("building the ONNX graph (float32)")
     model = build(job.weights, cfg)
+    mixed_summary, calibration = None, None
+    types: dict[str, tuple[int, int]] = {}
+    if job.plan.options.mixes(job.plan.quant):
+        chosen, mixed_summary, calibration = mixed.plan(job, matmul_sources(model, job.weights), default_types(model, q))
+        types = {name: mixed.parse_type(t) for name, t in chosen.items()}
     if q.name != "fp32":
         job.progress(f"quantising to {q.name} with onnxruntime's tools")
-        model = quantize.apply(model, q, TIED_HEAD)
+        model = quantize.apply(model, q, TIED_HEAD, types)
+    if mixed_summary is not None and mixed.node_types(model) != mixed_summary["tensor_types"]:
+        raise InternalError("the quantised graph's MatMulNBits types differ from the mixed-precision plan")
     job.progress(f"writing {ARTIFACT}")
     builder.save(model, out_dir)
     del model
@@ -302,6 +338,8 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
         "logits_to_keep": {"input": LOGITS_TO_KEEP, "default": 1, "all": 0},
         "session_options": {"graph_optimization_level": "ORT_ENABLE_ALL"},
         "optimized_ops": report,
+        "calibration": calibration,
+        "mixed_precision": mixed_summary,
         "libraries": builder.versions(),
         "export_seconds": round(time.perf_counter() - t0, 2),
     }

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -71,14 +71,17 @@ def native(quant: QuantSpec, options: OnnxOptions) -> OnnxQuant:
     )
 
 
-def apply(model: Any, q: OnnxQuant, head: TiedHead | None = None) -> Any:
-    """A float32 ModelProto -> the quantised ModelProto; ``head`` names a tied embedding / LM head to keep shared."""
+def apply(model: Any, q: OnnxQuant, head: TiedHead | None = None,
+          types: Mapping[str, tuple[int, int]] | None = None) -> Any:
+    """A float32 ModelProto -> the quantised ModelProto; ``head`` names a tied embedding / LM head to keep shared;
+    ``types``: MatMul weight initializer name -> (bits, block_size) where it differs from ``q``'s (a
+    mixed-precision assignment; block-wise quants)."""
     if q.name == "fp32":
         return model
     if q.name == "fp16":
         return _fp16(model)
     if q.name in BLOCKWISE:
-        return _blockwise(model, q, head)
+        return _blockwise(model, q, head, types or {})
     raise InternalError(f"onnx quantisation {q.name!r} has no implementation")
 
 
@@ -110,41 +113,52 @@ def _weights_direct(model: Any) -> None:
                 n.input[i] = alias[name]
 
 
-def _config(q: OnnxQuant, bits: int, head: bool = False) -> Any:
+def _config(q: OnnxQuant, bits: int, head: bool = False, block: int | None = None) -> Any:
     """The weight-only config of onnxruntime's MatMulNBitsQuantizer for ``q.algorithm`` at ``bits``: symmetric
     round-to-nearest (``DefaultWeightOnlyQuantConfig``) or HQQ (``HQQWeightOnlyQuantConfig``: half-quadratic
     proximal search of each block's zero point, asymmetric, no data).  A tied head stays symmetric round-to-nearest:
     ``GatherBlockQuantized`` serves the embedding from its blocks and takes no zero points."""
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
 
+    block = q.block_size if block is None else block
     if q.algorithm == "hqq" and bits == 4 and not head:
-        return mnq.HQQWeightOnlyQuantConfig(block_size=q.block_size, bits=bits, op_types_to_quantize=("MatMul",))
+        return mnq.HQQWeightOnlyQuantConfig(block_size=block, bits=bits, op_types_to_quantize=("MatMul",))
     return mnq.DefaultWeightOnlyQuantConfig(
-        block_size=q.block_size, is_symmetric=True, accuracy_level=q.accuracy_level, bits=bits,
+        block_size=block, is_symmetric=True, accuracy_level=q.accuracy_level, bits=bits,
         op_types_to_quantize=("MatMul",),
     )
 
 
-def _blockwise(model: Any, q: OnnxQuant, head: TiedHead | None) -> Any:
+def _blockwise(model: Any, q: OnnxQuant, head: TiedHead | None, types: Mapping[str, tuple[int, int]]) -> Any:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
 
-    def run(model: Any, bits: int, include: list[str] | None, exclude: list[str] | None) -> Any:
-        cfg = _config(q, bits, head=include is not None)
+    def run(model: Any, bits: int, block: int, exclude: list[str] | None, is_head: bool = False) -> Any:
+        cfg = _config(q, bits, head=is_head, block=block)
         quant = MatMulNBitsQuantizer(
-            model, bits=bits, block_size=q.block_size, is_symmetric=True, accuracy_level=q.accuracy_level,
-            nodes_to_include=include, nodes_to_exclude=exclude, algo_config=cfg,
+            model, bits=bits, block_size=block, is_symmetric=True, accuracy_level=q.accuracy_level,
+            nodes_to_exclude=exclude, algo_config=cfg,
         )
         quant.process()
         return quant.model.model
 
     _weights_direct(model)
-    if head is None:
-        return run(model, q.bits, None, None)
-    model = run(model, q.bits, None, [head.node])
-    model = run(model, q.head_bits, [head.node], None)
-    return _tie_quantized_embedding(model, q, head)
+    inits = {t.name for t in model.graph.initializer}
+    # MatMulNBitsQuantizer quantises every MatMul not in nodes_to_exclude (its nodes_to_include only adds
+    # op types it would otherwise skip), so each (bits, block_size) run excludes the float MatMuls of the others
+    matmuls = {n.name: n.input[1] for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits}
+    unknown = sorted(set(types) - set(matmuls.values()))
+    if unknown:
+        raise InternalError(f"mixed-precision types for weights the graph has no MatMul of: {', '.join(unknown)}")
+    groups: dict[tuple[bool, int, int], list[str]] = {}
+    for node, weight in matmuls.items():
+        is_head = head is not None and node == head.node  # a run of its own: symmetric whatever the algorithm
+        bits, block = types.get(weight, (q.head_bits if is_head else q.bits, q.block_size))
+        groups.setdefault((is_head, bits, block), []).append(node)
+    for (is_head, bits, block), nodes in sorted(groups.items()):
+        model = run(model, bits, block, [n for n in matmuls if n not in nodes], is_head)
+    return model if head is None else _tie_quantized_embedding(model, q, head)
 
 
 def _tie_quantized_embedding(model: Any, q: OnnxQuant, tied: TiedHead) -> Any:
@@ -156,6 +170,8 @@ def _tie_quantized_embedding(model: Any, q: OnnxQuant, tied: TiedHead) -> Any:
     if head is None:
         raise UnsupportedError(f"{q.name}: the LM head was not quantised to MatMulNBits; cannot share it with the embedding")
     blocks, scales = head.input[1], head.input[2]
+    attrs = {a.name: helper.get_attribute_value(a) for a in head.attribute}
+    bits, block = int(attrs.get("bits", 4)), int(attrs["block_size"])
     if len(head.input) > 3 and head.input[3]:
         raise UnsupportedError(f"{q.name}: asymmetric LM head blocks cannot be shared with GatherBlockQuantized")
     inits = {t.name: t for t in g.initializer}
@@ -171,7 +187,7 @@ def _tie_quantized_embedding(model: Any, q: OnnxQuant, tied: TiedHead) -> Any:
         helper.make_node("Reshape", [blocks, shape_name], ["embed/packed"], name="embed/Reshape"),
         helper.make_node(
             "GatherBlockQuantized", ["embed/packed", gather.input[1], scales], [gather.output[0]], name=tied.gather,
-            domain="com.microsoft", bits=q.head_bits, block_size=q.block_size, gather_axis=0, quantize_axis=1,
+            domain="com.microsoft", bits=bits, block_size=block, gather_axis=0, quantize_axis=1,
         ),
     ]
     for k, n in enumerate(new):
