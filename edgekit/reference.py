@@ -45,6 +45,30 @@ def logits(model: Any, tokens: Sequence[int]) -> np.ndarray:
         return model(input_ids=ids).logits[0].float().numpy()
 
 
+def float64_copy(model: Any) -> Any | None:
+    """A float64 copy of a reference (its parameters and buffers), or None when the family's forward cannot run in
+    float64.  Parity measures the float32 reference's own rounding error with it (``parity.reference_noise``)."""
+    import copy
+
+    import torch
+
+    twin = copy.deepcopy(model).double()
+    try:
+        with torch.inference_mode():
+            twin(input_ids=torch.tensor([[0, 0]], dtype=torch.long))
+    except (RuntimeError, TypeError):  # a forward that fixes float32 somewhere: no float64 twin
+        return None
+    return twin
+
+
+def logits64(model: Any, tokens: Sequence[int]) -> np.ndarray:
+    """Teacher-forced logits [len(tokens), vocab] in float64 of a ``float64_copy``."""
+    import torch
+
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([list(tokens)], dtype=torch.long)).logits[0].double().numpy()
+
+
 def greedy(model: Any, prompt: Sequence[int], n: int) -> list[int]:
     """``n`` greedy tokens after ``prompt``, decoded with the model's cache; no stop at eos, so that runs
     compare token by token."""

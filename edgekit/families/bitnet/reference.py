@@ -293,7 +293,7 @@ class BitNetReference(torch.nn.Module):
             kk = k.repeat_interleave(rep, dim=1) if rep > 1 else k
             vv = v.repeat_interleave(rep, dim=1) if rep > 1 else v
             scores = torch.matmul(q, kk.transpose(2, 3)) * hd**-0.5 + mask
-            attn = torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32), vv)
+            attn = torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)), vv)
             attn = attn.transpose(1, 2).reshape(bsz, n, heads * hd)
             h = h + layer.o_proj(rms_norm(attn, layer.attn_sub_norm, cfg.rms_norm_eps))
             x = rms_norm(h, layer.post_attention_layernorm, cfg.rms_norm_eps)

@@ -73,6 +73,8 @@ def write(root: Path, manifest: Mapping[str, Any], model: Any, progress: Callabl
         # the host's quantisation cost, so a device's fidelity bars widen exactly as the host's did
         "cost": host_metrics.get("cost"),
         "fidelity_reference": host_metrics.get("fidelity_reference"),
+        # and the float32 reference's own error, so a device's max |Δlogit| bar is the host's
+        "reference_noise": host_metrics.get("reference_noise"),
     }
 
 
@@ -138,6 +140,7 @@ def compare(session: Any, golden: Mapping[str, Any]) -> DeviceCheck:
         "tokenizer_match": session.tokenize(tok["text"], add_special=False) == tok["ids"],
         "cost": golden.get("cost"),
         "fidelity_reference": golden.get("fidelity_reference"),
+        "reference_noise": golden.get("reference_noise"),
     }
     from . import Thresholds
 
