@@ -35,12 +35,12 @@ MAX_KL_DRIFT = 1.5
 DRIFT_FLOOR = 1e-4
 # A max |Δlogit| bar is absolute, so it is only as model-independent as the float32 reference's own rounding
 # error (``parity``: ``reference_noise``, the reference vs its float64 copy).  The bar is at least this many times
-# that error: an engine is not held closer to the float32 reference than the float32 reference is to exact
-# arithmetic.  Measured on a random BitNet of hidden 512 (GGUF F16 / F32; bench/RESULTS.md "Fidelity on a flat
-# model"): engine / reference noise = 1.50 and 1.68 (F16), 1.01 and 1.29 (F32) over two windows each, and the
-# engine's own distance from the float64 reference is 1.1-1.6x the float32 reference's.  A graph error is far
-# above it (wrong RoPE, a swapped scale: |Δlogit| of order 1).
-REFERENCE_NOISE_FACTOR = 2.0
+# that error: an engine is not held closer to the float32 reference than a few times that reference's distance
+# from exact arithmetic.  Measured on a random BitNet of hidden 512, 2,048 tokens (README, "A max |Δlogit| bar on
+# any model"): engine / reference noise = 1.84 (GGUF F16: 3.24e-2 / 1.76e-2; single windows 1.50-1.68) and 1.14
+# (F32: 3.16e-3 / 2.78e-3); 3 leaves room for other CPUs' kernels.  A graph error is far above it: a RoPE base off
+# by 0.1 % measured 0.14 against 8.3e-3.
+REFERENCE_NOISE_FACTOR = 3.0
 
 
 @dataclass(frozen=True)
