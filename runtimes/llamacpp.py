@@ -27,8 +27,10 @@ KV_CACHE_TYPE = {"f32": GGML_TYPE_F32}
 # Lines llama.cpp logs that are not problems: LFM2's conv layers have no V cache, so every load of an LFM2 GGUF
 # says "padding V cache to 128" (at ERROR level) — noise on every `edgekit run`; the quantiser warns once per
 # tensor of a mixed-precision assignment ("applying manual override"), which is the assignment edgekit asked
-# for and records in the manifest.  Set EDGEKIT_LLAMA_LOG=1 for all.
-_BENIGN = (b"padding V cache", b"applying manual override")
+# for and records in the manifest; and once per matrix whose rows do not fit a k-quant's 256-weight super-blocks
+# ("falling back to", "required fallback quantization"), which the export summarises in one line and records
+# (``artifact.k_quant_fallbacks``).  Set EDGEKIT_LLAMA_LOG=1 for all.
+_BENIGN = (b"padding V cache", b"applying manual override", b"falling back to", b"required fallback quantization")
 _log_callback: Any = None
 
 
@@ -42,11 +44,18 @@ def install_log_filter(llama_cpp: Any) -> None:
 
     from llama_cpp import _logger
 
+    pending: list[tuple[int, bytes]] = []  # llama.cpp logs some lines in pieces: judge the whole line
+
     @llama_cpp.llama_log_callback
     def callback(level: int, text: bytes, user_data: Any) -> None:
-        if text and any(b in text for b in _BENIGN):
+        pending.append((level, text or b""))
+        if not (text or b"").endswith(b"\n"):
             return
-        _logger.llama_log_callback(level, text, user_data)
+        line = b"".join(t for _l, t in pending)
+        first = pending[0][0]
+        pending.clear()
+        if not any(b in line for b in _BENIGN):
+            _logger.llama_log_callback(first, line, user_data)
 
     _log_callback = callback  # ctypes keeps no reference: the callback must outlive every model
     llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))

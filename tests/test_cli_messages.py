@@ -52,3 +52,24 @@ def test_executorch_log_lines_are_dropped_from_pythons_stderr_and_ours_kept():
         s.write(piece)
         s.flush()
     assert out.getvalue() == "[executorch] prompt 4 tok\npartial"
+
+
+def test_k_quant_fallback_is_one_line_and_recorded(tmp_path, capfd):
+    """A model whose rows are not a multiple of 256 weights (hidden 320): llama.cpp stores those matrices in a
+    legacy type instead of Q4_K and logs one warning each; the export says so once and the manifest lists them."""
+    from factory import make_lfm2
+    from edgekit.bundle import read_manifest
+    from edgekit.export import export, make_plan
+
+    src = make_lfm2(tmp_path / "lfm2", hidden=320, intermediate=512, heads=5, kv_heads=1,
+                    layer_types=("conv", "full_attention"), seed=3)
+    lines: list[str] = []
+    capfd.readouterr()
+    out = export(make_plan(str(src), "gguf", "q4_k_m", None, {"mixed_precision": False}), tmp_path / "b",
+                 verify=False, progress=lines.append)
+    err = capfd.readouterr().err
+    assert "falling back" not in err and "fallback quantization" not in err, err
+    fallbacks = read_manifest(out)["artifact"]["k_quant_fallbacks"]
+    assert fallbacks["blk.0.ffn_up.weight"] == "Q5_0" and "blk.0.ffn_down.weight" not in fallbacks  # 512 wide: fits
+    (note,) = [x for x in lines if x.startswith("note: llama.cpp stored")]
+    assert f"stored {len(fallbacks)} matrices" in note

@@ -128,9 +128,15 @@ def write(
             progress(f"quantising again with {len(chosen)} tensor types from the sensitivity scan")
             requantize(staged, target, ftype, imatrix=imatrix, types=chosen)
         staged.unlink()
+    fallbacks = k_quant_fallbacks(target) if spec.method == "k-quant" else {}
+    if fallbacks:
+        progress(f"note: llama.cpp stored {len(fallbacks)} matrices whose rows are not a multiple of 256 weights in "
+                 f"{'/'.join(sorted(set(fallbacks.values())))} instead of a k-quant (the manifest's "
+                 "artifact.k_quant_fallbacks lists them)")
     return {
         "file": ARTIFACT,
         "arch": arch,
+        "k_quant_fallbacks": fallbacks or None,
         "tensor_types": tensor_types(target),
         "export_seconds": round(time.perf_counter() - t0, 2),
     }
@@ -181,6 +187,17 @@ def requantize(
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
         raise EdgekitError(f"llama.cpp's quantiser failed on {src} (code {rc})")
+
+
+def k_quant_fallbacks(path: Path) -> dict[str, str]:
+    """Tensor name -> stored type of each matrix llama.cpp could not store as a k-quant: k-quants pack rows in
+    super-blocks of 256 weights (QK_K), so llama.cpp's quantiser silently gives a matrix whose row is not a multiple
+    of 256 a legacy type (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0; llama-quant.cpp) and logs one warning each."""
+    import gguf
+
+    legacy = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"}
+    return {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors
+            if len(t.shape) == 2 and int(t.shape[0]) % 256 and t.tensor_type.name in legacy}
 
 
 def tensor_types(path: Path) -> dict[str, int]:
