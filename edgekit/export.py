@@ -155,6 +155,9 @@ def _export_into(
     keep += tuple(n.adapter.path for n in prep.adapters)
     with staging(out, force=force, keep=keep) as tmp:
         progress(f"loading {prep.checkpoint.path}" + (f" + adapter {prep.adapter.path}" if prep.adapter else ""))
+        if prep.checkpoint.family.kind.value == "language" and not prep.checkpoint.chat_template:
+            progress(f"note: {prep.checkpoint.path} has no chat template (chat_template.jinja, or chat_template in "
+                     "tokenizer_config.json): chat and serve will prompt with a plain User:/Assistant: transcript")
         model = reference.load_reference(prep.checkpoint, prep.adapter, prep.plan.options)
         job = ExportJob(
             plan=prep.plan, checkpoint=prep.checkpoint, reference=model, weights=reference.state_dict(model),
