@@ -4,6 +4,8 @@
 block-wise ``MatMulNBits``, a tied embedding served by the LM head's quantised blocks); ``check`` records the
 file's I/O signature and fails an export whose graph ONNX Runtime does not map onto the fused kernels the family
 file asks for.  Family files (``<family>.py``) build the float32 graph and say which kernels it must use.
+``mixed`` gives int4's MatMul weights (the tied head included) their own bits and block size under a byte budget
+(``--mixed-precision``, a sensitivity scan on the calibration text: ``edgekit.mixed``).
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ class OnnxOptions(CalibrationOptions, MixedOptions):
     # the calibration text feeds only the mixed-precision scan (no calibrated quantiser of its own)
     CALIBRATED: ClassVar[tuple[str, ...]] = ("int4",)
     MIXED: ClassVar[tuple[str, ...]] = ("int4",)
+    # opt-in: at the default's 0.625 bytes per weight it measured 0.8599 / 2.78e-2 -> 0.8755 / 2.37e-2 (cost vs
+    # float, built-in + LoRA, bench/calibration_quality.py), far from issue 15's 0.92 / 9e-3, for ~25-50 s of scan
+    # per export; the goal needs ~0.75 bytes per weight (--byte-budget 0.75: 0.9253 / 8.4e-3)
     MIXED_DEFAULT: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -314,7 +314,8 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
     mixed_summary, calibration = None, None
     types: dict[str, tuple[int, int]] = {}
     if job.plan.options.mixes(job.plan.quant):
-        chosen, mixed_summary, calibration = mixed.plan(job, matmul_sources(model, job.weights), default_types(model, q))
+        sources, defaults = matmul_sources(model, job.weights), default_types(model, q)
+        chosen, mixed_summary, calibration = mixed.plan(job, sources, defaults)
         types = {name: mixed.parse_type(t) for name, t in chosen.items()}
     if q.name != "fp32":
         job.progress(f"quantising to {q.name} with onnxruntime's tools")

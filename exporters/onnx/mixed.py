@@ -86,7 +86,8 @@ def node_types(model: Any) -> dict[str, str]:
     return out
 
 
-def plan(job: Any, weights: Mapping[str, tuple[str, ...]], defaults: Mapping[str, str]) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
+def plan(job: Any, weights: Mapping[str, tuple[str, ...]],
+         defaults: Mapping[str, str]) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
     """The scan over the graph's MatMul weights and the selection under the options' byte budget.
 
     ``weights``: the float graph's weight initializer name -> the reference parameters it is made of ([out, in]

@@ -8,6 +8,10 @@
   ``GatherBlockQuantized``, so the vocabulary matrix is stored once: at 8 bits for int8, and for int4 at
   ``head_bits`` (4 as onnxruntime-genai's builder does, or 8 for a more accurate head).
 
+A mixed-precision assignment (``types``: weight -> bits, block size) runs the quantiser once per (bits, block
+size), each run excluding every other float MatMul; the tied embedding's ``GatherBlockQuantized`` takes the head
+node's bits and block size, whatever they are.
+
 int8 is block-wise rather than ``quantize_dynamic``'s per-channel weights with one activation scale per tensor:
 on the built-in trained model that scheme reached only 0.935 top-1 agreement (block-wise 8-bit: 0.987).
 """
