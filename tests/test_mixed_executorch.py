@@ -96,7 +96,12 @@ def test_mixed_options_at_plan_time():
     budget = make_plan(SOURCE, "executorch", "8da4w", options={"byte_budget": "0.6"})
     assert budget.plan.options.mixes(budget.plan.quant) and budget.plan.options.budget().bytes_per_weight == 0.6
     default = make_plan(SOURCE, "executorch", "8da4w")
-    assert default.plan.options.mixes(default.plan.quant) == ("8da4w" in default.plan.options.MIXED_DEFAULT)
+    assert default.plan.options.mixes(default.plan.quant)  # MIXED_DEFAULT
+    for plain in ({"no_calibration": True}, {"mixed_precision": False}):  # round-to-nearest at --group-size
+        prep = make_plan(SOURCE, "executorch", "8da4w", options=plain)
+        assert not prep.plan.options.mixes(prep.plan.quant)
+    with pytest.raises(UnsupportedError, match="--calibration is read by the mixed-precision scan only"):
+        make_plan(SOURCE, "executorch", "8da4w", options={"calibration": __file__, "mixed_precision": False})
     for quant in ("8da8w", "fp32"):
         for opts in ({"mixed_precision": True}, {"byte_budget": "0.6"}):
             with pytest.raises(UnsupportedError, match=f"mixed precision applies to 8da4w only, not {quant}"):
@@ -139,7 +144,7 @@ def test_mixed_8da4w_export_passes_verification(tmp_path):
     from parity import assert_three_parts, recipe
 
     out = tmp_path / "b"
-    export(make_plan(SOURCE, "executorch", "8da4w", ADAPTER, {"mixed_precision": True, "max_context": 512}), out,
+    export(make_plan(SOURCE, "executorch", "8da4w", ADAPTER, {"max_context": 512}), out,  # mixed by default
            progress=lambda _m: None)
     m = read_manifest(out)
     assert_three_parts(m["verification"], recipe(Family.LFM2, Format.EXECUTORCH).thresholds["8da4w"])
