@@ -7,6 +7,12 @@ installation has: the standard library's own source.
 
     python -m edgekit.builtin.train --out edgekit/builtin            # ~30 min on 2 CPU cores
 
+Another shape, base model only (the second trained model of bench/RESULTS.md, "Calibrated 4-bit quantisation"):
+
+    python -m edgekit.builtin.train --out /tmp/second --data-out /tmp/second/data --lora-steps 0 --steps 500 \
+        --hidden-size 384 --intermediate-size 1152 --heads 6 --kv-heads 2 \
+        --layer-types full_attention,conv,conv,full_attention,conv
+
 Data split (by file, deterministic):
   * base model:  the top-level ``*.py`` modules of the standard library, minus the held-out ones;
   * LoRA:        the ``email`` package (a distinct slice; its loss must drop with the adapter);
@@ -72,21 +78,27 @@ def train_tokenizer(texts: list[str]):
     return tok
 
 
-def make_config(tok):
+BUILTIN_LAYERS = ("conv", "conv", "full_attention", "conv", "full_attention", "conv")
+
+
+def make_config(tok, hidden: int = 256, intermediate: int = 768, heads: int = 4, kv_heads: int = 2,
+                layer_types: tuple[str, ...] = BUILTIN_LAYERS):
+    """The built-in's shape by default; the other arguments train a model of another shape (bench/RESULTS.md
+    measures quantisation schemes on one)."""
     from transformers import Lfm2Config
 
     return Lfm2Config(
         vocab_size=VOCAB_SIZE,
-        hidden_size=256,
+        hidden_size=hidden,
         # LFM2 auto-adjusts the feed-forward size: int(2 * 768 / 3) = 512, already a multiple of 256.
-        intermediate_size=768,
+        intermediate_size=intermediate,
         block_auto_adjust_ff_dim=True,
         block_multiple_of=256,
         block_ffn_dim_multiplier=1.0,
-        num_hidden_layers=6,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        layer_types=["conv", "conv", "full_attention", "conv", "full_attention", "conv"],
+        num_hidden_layers=len(layer_types),
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        layer_types=list(layer_types),
         max_position_embeddings=4096,
         conv_L_cache=3,
         tie_word_embeddings=True,
@@ -159,7 +171,7 @@ def train_loop(model, params, stream, steps: int, lr: float, batch: int, seed: i
 
 def main(argv: list[str] | None = None) -> None:
     import torch
-    from transformers import Lfm2ForCausalLM, PreTrainedTokenizerFast
+    from transformers import Lfm2ForCausalLM
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent)
@@ -168,6 +180,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lora-steps", type=int, default=200)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--hidden-size", type=int, default=256, help="another shape: hidden width")
+    ap.add_argument("--intermediate-size", type=int, default=768, help="another shape: FFN width before LFM2's auto-adjust")
+    ap.add_argument("--heads", type=int, default=4, help="another shape: attention heads")
+    ap.add_argument("--kv-heads", type=int, default=2, help="another shape: KV heads")
+    ap.add_argument("--layer-types", default=",".join(BUILTIN_LAYERS), help="another shape: conv / full_attention, comma-separated")
     args = ap.parse_args(argv)
 
     random.seed(args.seed)
@@ -177,7 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     base_texts, email_texts = read_files(top), read_files(email)
 
     tok = train_tokenizer(base_texts + email_texts)
-    config = make_config(tok)
+    config = make_config(tok, args.hidden_size, args.intermediate_size, args.heads, args.kv_heads,
+                         tuple(args.layer_types.split(",")))
     model = Lfm2ForCausalLM(config)
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M", flush=True)
 
@@ -204,17 +222,16 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(report), flush=True)
 
     base_dir = args.out / "lfm2-tiny"
+    if args.lora_steps == 0:  # a base model only (another shape for a benchmark): no adapter, no data files
+        report["base"]["shape"] = {"hidden": args.hidden_size, "intermediate": args.intermediate_size,
+                                   "heads": args.heads, "kv_heads": args.kv_heads, "layer_types": args.layer_types}
+        model.to(torch.bfloat16).save_pretrained(base_dir, safe_serialization=True)
+        _save_tokenizer(tok, base_dir)
+        (args.out / "TRAINING.json").write_text(json.dumps(report, indent=2) + "\n")
+        return
     model.to(torch.bfloat16).save_pretrained(base_dir, safe_serialization=True)
     model = model.to(torch.float32)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|startoftext|>",
-        eos_token="<|endoftext|>",
-        pad_token="<|pad|>",
-        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(base_dir)
+    _save_tokenizer(tok, base_dir)
 
     from peft import LoraConfig, get_peft_model
 
@@ -247,6 +264,20 @@ def main(argv: list[str] | None = None) -> None:
     (args.data_out / "heldout.txt").write_text(heldout_text, encoding="utf-8")
     (args.out / "TRAINING.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
+
+
+def _save_tokenizer(tok, base_dir: Path) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|pad|>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(base_dir)
 
 
 if __name__ == "__main__":
