@@ -141,5 +141,11 @@ def test_onnx_weight_algorithm_applies_to_int4_only():
     assert make_plan("builtin:lfm2-tiny", "onnx", "int4", options={"weight_algorithm": "hqq"}).plan.options.weight_algorithm == "hqq"
     with pytest.raises(UnsupportedError, match="applies to --quant int4 only"):
         make_plan("builtin:lfm2-tiny", "onnx", "int8", options={"weight_algorithm": "hqq"})
-    with pytest.raises(UnsupportedError, match="no option --calibration"):  # no calibrated ONNX quantiser (README)
-        make_plan("builtin:lfm2-tiny", "onnx", "int4", options={"calibration": "x.txt"})
+    # ONNX int4's calibration text feeds only its (opt-in) mixed-precision scan: alone it would do nothing
+    text = str(Path(__file__).resolve().parents[1] / "edgekit" / "data" / "calibration.txt")
+    with pytest.raises(UnsupportedError, match="read by the mixed-precision scan only"):
+        make_plan("builtin:lfm2-tiny", "onnx", "int4", options={"calibration": text})
+    assert make_plan("builtin:lfm2-tiny", "onnx", "int4",
+                     options={"calibration": text, "mixed_precision": True}).plan.options.mixes
+    with pytest.raises(UnsupportedError, match="--calibration"):
+        make_plan("builtin:lfm2-tiny", "onnx", "int8", options={"calibration": text})
