@@ -7,7 +7,9 @@ kernels), ``n`` is dynamic (prefill is one call of up to ``get_max_seq_len`` tok
 ``get_n_layers``, ``use_kv_cache``, ``use_sdpa_with_kv_cache``, ``enable_dynamic_shape`` are present.  The
 tokenizer ships as ``tokenizer.json`` (read by ExecuTorch's HF tokenizer), and ``params.json`` (export_llm's
 schema) travels along.  The tied embedding / LM head table is stored once, in ``model.ptd`` (the program's data
-file), where the head is float32 or int8 (``LanguageOptions.shares_embedding``).
+file), where the head is float32 or int8 (``LanguageOptions.shares_embedding``).  8da4w gives each linear its own
+int4 group size or int8 per channel from a sensitivity scan on the calibration text, within the byte budget
+(``mixed``; the default, recorded in the manifest's ``mixed_precision`` and read back by ``file_weights``).
 
 The graph is written so that XNNPACK can take as much of it as possible:
 
@@ -392,7 +394,7 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
         from . import mixed
 
         per_linear, mixed_summary, calibration = mixed.plan(job, linear_weights(job.weights), lq)
-    seconds["mixed_precision"] = time.perf_counter() - t
+        seconds["mixed_precision"] = time.perf_counter() - t
 
     t = time.perf_counter()
     eager = eager.eval()
