@@ -84,7 +84,8 @@ class LanguageOptions(CalibrationOptions, MixedOptions, LinearOptions):
     MIXED: ClassVar[tuple[str, ...]] = ("8da4w",)
     # the default for 8da4w (--mixed-precision false or --no-calibration: every linear at --group-size): at the
     # default's 0.5625 bytes per weight it measured 0.8755 / 2.06e-2 -> 0.8887 / 1.74e-2 (top-1 / mean KL vs float,
-    # built-in + LoRA, bench/calibration_quality.py); the estimated scan adds ~35 s to the built-in's export
+    # built-in + LoRA, bench/calibration_quality.py); the estimated scan adds ~35 s to the built-in's export.
+    # With --weight-algorithm hqq 0.9009 / 1.54e-2; --byte-budget 0.65: 0.9146 / 9.75e-3, 0.7: 0.9224 / 7.09e-3
     MIXED_DEFAULT: ClassVar[tuple[str, ...]] = ("8da4w",)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
