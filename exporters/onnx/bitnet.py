@@ -357,7 +357,7 @@ def file_weights(root: Path, manifest: Any, weights: Any) -> tuple[list[Any], di
     gate|up split back by rows, ternary projections (``MatMulNBits`` int2/int4 blocks or the fp32 ``MatMul``
     codes x scale) typed ``ternary/<type>`` (must be exact), the tied head (``LM_HEAD``, int8 blocks at
     int2/int4) as the embedding it also serves; MatMulNBits' int8 block quantisation of its input (accuracy level
-    4) is each tensor's ``act``."""
+    4) is each tensor's ``act``.  The RoPE tables are not weights: ``file_constants`` checks them."""
     from edgekit.families.bitnet.fidelity import TERNARY_PREFIX, is_ternary
     from edgekit.tensorcheck import ReadTensor
 
@@ -399,3 +399,15 @@ def file_weights(root: Path, manifest: Any, weights: Any) -> tuple[list[Any], di
                if t.name == LM_HEAD else t for t in out]
         return out, {}
     return out, {"lm_head.weight": "model.embed_tokens.weight"}
+
+
+def file_constants(root: Path, manifest: Any, checkpoint: Any) -> list[str]:
+    """The non-weight values of the file checked against ``checkpoint`` (``edgekit.tensorcheck``): every row of
+    the RoPE tables ``cos_cache`` / ``sin_cache`` against tables computed from the checkpoint's own config
+    (rope_theta, head_dim) for the bundle's context; one failure line per wrong table."""
+    from . import readback
+
+    cfg = checkpoint.model_config
+    positions = int(manifest["model"]["config"]["max_position_embeddings"])
+    return readback.check_rope(root / manifest["artifact"]["file"], float(cfg.rope_theta), int(cfg.head_dim),
+                               positions)

@@ -349,7 +349,7 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
 def file_weights(root: Path, manifest: Any, sources: Any) -> tuple[list[Any], dict[str, str]]:
     """The bundle's weights dequantised under the checkpoint's names (``edgekit.tensorcheck``): the fused
     q|k|v matrix split back by rows, the tied head (``LM_HEAD``) as the embedding; other float initializers
-    (RoPE tables) are not weights and are skipped."""
+    (the RoPE tables) are not weights: ``file_constants`` checks them."""
     from ...tensorcheck import ReadTensor
     from . import readback
 
@@ -374,3 +374,15 @@ def file_weights(root: Path, manifest: Any, sources: Any) -> tuple[list[Any], di
         elif w.name in known:
             out.append(entry(w.name, w.values))
     return out, {"lm_head.weight": "model.embed_tokens.weight"}
+
+
+def file_constants(root: Path, manifest: Any, checkpoint: Any) -> list[str]:
+    """The non-weight values of the file checked against ``checkpoint`` (``edgekit.tensorcheck``): every row of
+    the RoPE tables ``cos_cache`` / ``sin_cache`` against tables computed from the checkpoint's own config
+    (rope_theta, head_dim = hidden / heads) for the bundle's context; one failure line per wrong table."""
+    from . import readback
+
+    cfg = checkpoint.model_config
+    positions = int(manifest["model"]["config"]["max_position_embeddings"])
+    return readback.check_rope(root / manifest["artifact"]["file"], float(cfg.rope_theta),
+                               int(cfg.hidden_size) // int(cfg.num_attention_heads), positions)

@@ -106,3 +106,78 @@ def read(path: Path) -> list[OnnxWeight]:
         qtype = "F16" if t.data_type == onnx.TensorProto.FLOAT16 else "F32"
         out.append(OnnxWeight(t.name, np.asarray(numpy_helper.to_array(t), dtype=np.float32), qtype))
     return out
+
+
+# The RoPE tables (``cos_cache`` / ``sin_cache``: [positions, head_dim / 2], GroupQueryAttention's rotate-half
+# layout) are not weights but decide every attention layer's output at every position, so the tensor check reads
+# every row back and compares it with ``rope_expected``.  Bound on |file - expected| at position p, per stored
+# type: ABS + SLOPE * 2**-23 * p.  The p term is the float32 rounding of the expected angle p x inv_freq (the
+# exporter computes in float64): measured on correct builtin:lfm2-tiny exports (4096 x 32, theta 1e6) at most
+# 0.50 * 2**-23 * p for fp32, int8 and int4 (3.2e-7 over rows 0..16, 1.4e-4 at row 4047); fp16 stores the
+# tables as float16: measured 2.5e-4 above that term (half a float16 step below 1).  A base off by 1% moves row 1
+# by ~2e-4 and row 600 by ~0.1; base x0.9 moves row 600 by ~1.
+ROPE_BOUND: dict[str, tuple[float, float]] = {"F32": (1e-6, 2.0), "F16": (1e-3, 2.0)}
+ROPE_TABLES = ("cos_cache", "sin_cache")
+
+
+def rope_expected(theta: float, head_dim: int, positions: int) -> tuple[np.ndarray, np.ndarray]:
+    """(cos, sin) float32 [positions, head_dim / 2] with Hugging Face transformers' default RoPE arithmetic:
+    inv_freq = 1 / theta ** (arange(0, d, 2) / d), angles = positions x inv_freq, all in float32."""
+    import torch
+
+    inv = 1.0 / (float(theta) ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    angles = torch.arange(positions, dtype=torch.float32)[:, None] * inv[None, :]
+    return angles.cos().numpy(), angles.sin().numpy()
+
+
+def check_rope(path: Path, theta: float, head_dim: int, positions: int) -> list[str]:
+    """The RoPE tables of the ONNX file at ``path`` (every row; external data read for these two tensors only)
+    against ``rope_expected(theta, head_dim, positions)``; one failure line per table that is missing, of another
+    shape or type, or off by more than ``ROPE_BOUND`` at any row.  A full-width table ([positions, head_dim], the
+    halves repeated) is compared with the repeated expected table."""
+    import onnx
+    from onnx import numpy_helper
+    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError, OSError, ValueError
+        raise BundleError(f"{path}: not a readable ONNX model ({exc}); re-export the bundle") from None
+    inits = {t.name: t for t in model.graph.initializer}
+    want = dict(zip(ROPE_TABLES, rope_expected(theta, head_dim, positions)))
+    fails: list[str] = []
+    what = f"rope_theta {theta:g}, head_dim {head_dim}, {positions} positions"
+    for name, ref in want.items():
+        t = inits.get(name)
+        if t is None:
+            fails.append(f"tensor check: {path.name} has no RoPE table {name} (expected from {what})")
+            continue
+        qtype = {onnx.TensorProto.FLOAT: "F32", onnx.TensorProto.FLOAT16: "F16"}.get(t.data_type)
+        if qtype is None:
+            fails.append(f"tensor check: RoPE table {name} has data type "
+                         f"{onnx.TensorProto.DataType.Name(t.data_type)}, expected float32 or float16")
+            continue
+        try:
+            if uses_external_data(t):
+                load_external_data_for_tensor(t, str(path.parent))
+            got = np.asarray(numpy_helper.to_array(t), dtype=np.float64)
+        except Exception as exc:  # a truncated or missing data file
+            raise BundleError(f"{path}: cannot read {name} ({exc}); re-export the bundle") from None
+        if got.ndim == 2 and got.shape[1] == 2 * ref.shape[1]:
+            ref = np.concatenate([ref, ref], axis=1)
+        if got.shape != ref.shape:
+            fails.append(f"tensor check: RoPE table {name} has shape {list(got.shape)}, expected {list(ref.shape)} "
+                         f"({what})")
+            continue
+        rows = np.arange(positions, dtype=np.float64)
+        abs_bound, slope = ROPE_BOUND[qtype]
+        bound = abs_bound + slope * 2.0**-23 * rows
+        err = np.abs(got - ref.astype(np.float64)).max(axis=1) if ref.size else np.zeros(positions)
+        err = np.where(np.isfinite(err), err, np.inf)
+        bad = np.flatnonzero(~(err <= bound))
+        if bad.size:
+            worst = int(bad[np.argmax(err[bad] / bound[bad])])
+            fails.append(f"tensor check: RoPE table {name} ({qtype}) is off by {err[worst]:.2e} at row {worst} "
+                         f"(bound {bound[worst]:.1e}; {bad.size} of {positions} rows, first {int(bad[0])}) against "
+                         f"the table of {what}")
+    return fails
