@@ -40,12 +40,12 @@ SCHEMES = [
     ("gguf", "q4_0", "imatrix + mixed (default)", {"mixed_precision": True}),
     ("gguf", "q5_k_m", "round-to-nearest", {"no_calibration": True}),
     ("gguf", "q5_k_m", "imatrix (calibrated)", {}),
-    ("onnx", "int4", "round-to-nearest (affine)", {}),
+    ("onnx", "int4", "round-to-nearest (affine)", {"no_calibration": True}),
     ("onnx", "int4", "HQQ (data-free)", {"weight_algorithm": "hqq"}),
     ("onnx", "int4", "mixed (calibration text)", {"mixed_precision": True}),
-    ("executorch", "8da4w", "round-to-nearest (affine)", {}),
-    ("executorch", "8da4w", "HQQ scale-only (data-free)", {"weight_algorithm": "hqq"}),
-    ("executorch", "8da4w", "mixed (calibration text)", {"mixed_precision": True}),
+    ("executorch", "8da4w", "round-to-nearest (affine)", {"no_calibration": True}),
+    ("executorch", "8da4w", "HQQ scale-only (data-free)", {"weight_algorithm": "hqq", "no_calibration": True}),
+    ("executorch", "8da4w", "mixed (default)", {"mixed_precision": True}),
 ]
 SOURCE, ADAPTER = "builtin:lfm2-tiny", "builtin:lfm2-tiny-lora"
 

@@ -6,6 +6,7 @@ the reference can never disagree about what was merged.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Sequence
 
 import numpy as np
@@ -28,7 +29,21 @@ def load_reference(checkpoint: Checkpoint, adapter: Adapter | None, options: Any
     from .crosscheck import cross_check
 
     cross_check(checkpoint, adapter, model)  # the same weights, loaded another way from the original files
+    _CHECKPOINTS[model] = checkpoint
     return model
+
+
+# reference -> the checkpoint it was built from (the metadata check compares a file's constants with it); weak,
+# and outside the module, so that copies of a reference do not copy the checkpoint
+_CHECKPOINTS: "weakref.WeakKeyDictionary[Any, Checkpoint]" = weakref.WeakKeyDictionary()
+
+
+def checkpoint_of(model: Any) -> Checkpoint | None:
+    """The checkpoint ``load_reference`` built ``model`` from (None for any other model)."""
+    try:
+        return _CHECKPOINTS.get(model)
+    except TypeError:  # not weakly referenceable
+        return None
 
 
 def state_dict(model: Any) -> dict[str, np.ndarray]:

@@ -355,13 +355,42 @@ def engine_reference(manifest: Mapping[str, Any], model: Any, read: Sequence[Rea
     return fn(model, read) if fn is not None else fidelity_reference(model, read)
 
 
+def constants_failures(root: Any, manifest: Mapping[str, Any], model: Any) -> tuple[str, ...]:
+    """The metadata check: the pair's ``file_constants(root, manifest, checkpoint)`` where it has one — every
+    non-weight value its exporter writes for the checkpoint the reference was built from (RoPE base, norm
+    epsilon, head counts, vocabulary, bos/eos), read back from the file; one failure line per value that differs.
+    A wrong value there changes what the engine computes without touching a weight, and a sensitive model's
+    widened fidelity bar can hide it (a new-user trial: a q8_0 GGUF with its RoPE base x0.9 passed fidelity)."""
+    from pathlib import Path
+
+    from .recipes import RECIPES
+    from .families import Family
+    from .plan import Format
+
+    fn = getattr(RECIPES.get(Family(manifest["family"]), Format.parse(manifest["format"])).exporter(),
+                 "file_constants", None)
+    from .reference import checkpoint_of
+
+    checkpoint = checkpoint_of(model)
+    if fn is None or checkpoint is None:
+        return ()
+    return tuple(fn(Path(root), manifest, checkpoint))
+
+
+def _checked(root: Any, manifest: Mapping[str, Any], model: Any, read: Sequence[ReadTensor],
+             aliases: Mapping[str, str]) -> TensorCheck:
+    tc = check(read, reference_weights(manifest, model), aliases)
+    extra = constants_failures(root, manifest, model)
+    return TensorCheck(tc.rows, tc.failures + extra) if extra else tc
+
+
 def run_check(root: Any, manifest: Mapping[str, Any], model: Any) -> TensorCheck | None:
     """Read the bundle at ``root`` back and check it against the float reference ``model`` (None: no read-back)."""
     got = read_back(root, manifest, model)
     if got is None:
         return None
     read, aliases = got
-    return check(read, reference_weights(manifest, model), aliases)
+    return _checked(root, manifest, model, read, aliases)
 
 
 def file_reference(root: Any, manifest: Mapping[str, Any], reference: Any) -> tuple[TensorCheck | None, Any]:
@@ -371,7 +400,7 @@ def file_reference(root: Any, manifest: Mapping[str, Any], reference: Any) -> tu
     if got is None:
         return None, reference
     read, aliases = got
-    return check(read, reference_weights(manifest, reference), aliases), engine_reference(manifest, reference, read)
+    return _checked(root, manifest, reference, read, aliases), engine_reference(manifest, reference, read)
 
 
 if __name__ == "__main__":

@@ -292,6 +292,19 @@ def export(job: Any, out_dir: Path) -> dict[str, Any]:
     return {**summary, "file": ARTIFACT, "plan": {"ternary": plan.ternary, "embedding": plan.embedding}}
 
 
+def file_constants(root: Path, manifest: Any, checkpoint: Any) -> list[str]:
+    """The metadata check (``edgekit.tensorcheck``): every key ``add_metadata`` writes for ``checkpoint``, read
+    back from the bundle's file."""
+    from types import SimpleNamespace
+
+    from . import readback
+
+    pretokenizer = (manifest["plan"].get("options") or {}).get("pretokenizer")
+    shim = SimpleNamespace(config=checkpoint.model_config)  # add_metadata reads only the config of the weights
+    return readback.check_metadata(root / manifest["artifact"]["file"], ARCH,
+                                   lambda w: add_metadata(w, shim, checkpoint.path, checkpoint.path.name, pretokenizer))
+
+
 def file_weights(root: Path, manifest: Any, weights: Any) -> tuple[list[Any], dict[str, str]]:
     """The bundle's GGUF tensors under the checkpoint's names (``edgekit.tensorcheck``): each ternary projection
     read back as its stored codes (TQ1_0 / TQ2_0 / F16 / F32, dequantised by gguf-py) times its ``.scale``

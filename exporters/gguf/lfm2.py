@@ -38,6 +38,35 @@ def tensors(job: ExportJob) -> dict[str, Any]:
     return out
 
 
+def write_metadata(w: Any, cfg: Any, checkpoint_dir: Path, voc: Any) -> None:
+    """llama.cpp's LFM2 hyperparameter keys and the vocabulary, from the checkpoint's config ``cfg``."""
+    w.add_name(checkpoint_dir.name)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    # per layer: 0 marks a short-conv layer, which llama.cpp treats as recurrent
+    w.add_head_count_kv([cfg.num_key_value_heads if t != "conv" else 0 for t in cfg.layer_types])
+    w.add_rope_freq_base(cfg.rope_theta)
+    w.add_layer_norm_rms_eps(cfg.norm_eps)
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_shortconv_l_cache(cfg.conv_L_cache)
+    vocab.add_to_writer(w, checkpoint_dir, voc, cfg.bos_token_id, cfg.eos_token_ids, cfg.pad_token_id)
+
+
+def file_constants(root: Path, manifest: Any, checkpoint: Any) -> list[str]:
+    """The metadata check (``edgekit.tensorcheck``): every key this exporter writes for ``checkpoint`` (RoPE base,
+    norm epsilon, head counts, context length, the vocabulary, bos/eos/add-bos), read back from the bundle's file."""
+    from . import readback
+
+    cfg = checkpoint.model_config
+    voc = vocab.build_vocab(checkpoint.path / "tokenizer.json", cfg.vocab_size, PRETOKENIZER_ALIASES,
+                            (manifest["plan"].get("options") or {}).get("pretokenizer"))
+    return readback.check_metadata(root / manifest["artifact"]["file"], ARCH,
+                                   lambda w: write_metadata(w, cfg, checkpoint.path, voc))
+
+
 def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
     cfg = job.config
     voc = vocab.build_vocab(
@@ -45,19 +74,7 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
     )
 
     def metadata(w: Any) -> None:
-        w.add_name(job.checkpoint.path.name)
-        w.add_context_length(cfg.max_position_embeddings)
-        w.add_embedding_length(cfg.hidden_size)
-        w.add_block_count(cfg.num_hidden_layers)
-        w.add_feed_forward_length(cfg.intermediate_size)
-        w.add_head_count(cfg.num_attention_heads)
-        # per layer: 0 marks a short-conv layer, which llama.cpp treats as recurrent
-        w.add_head_count_kv([cfg.num_key_value_heads if t != "conv" else 0 for t in cfg.layer_types])
-        w.add_rope_freq_base(cfg.rope_theta)
-        w.add_layer_norm_rms_eps(cfg.norm_eps)
-        w.add_vocab_size(cfg.vocab_size)
-        w.add_shortconv_l_cache(cfg.conv_L_cache)
-        vocab.add_to_writer(w, job.checkpoint.path, voc, cfg.bos_token_id, cfg.eos_token_ids, cfg.pad_token_id)
+        write_metadata(w, cfg, job.checkpoint.path, voc)
 
     imatrix, calibration = None, None
     if job.plan.options.calibrates(job.plan.quant):

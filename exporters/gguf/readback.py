@@ -73,3 +73,48 @@ def read(
         out.append(ReadTensor(t.name, source, back(values), qtype, block, levels, None,
                               modules_of(t.name, source), act))
     return out
+
+
+def check_metadata(path: Path, arch: str, write: Callable[[Any], None]) -> list[str]:
+    """The metadata check: ``write`` (a family's metadata writer) is run into an unopened ``gguf.GGUFWriter`` and
+    every key it sets must be in the file at ``path`` with the same value (float32 keys compared as float32, so a
+    value the writer rounded passes).  One failure line per key that differs or is missing."""
+    import tempfile
+
+    import gguf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        w = gguf.GGUFWriter(str(Path(tmp) / "unused.gguf"), arch)
+        write(w)
+        expected = {k: v for shard in w.kv_data for k, v in shard.items()}
+    fields = gguf.GGUFReader(str(path)).fields
+    fails: list[str] = []
+    for key, want in expected.items():
+        if key == "general.name":  # the checkpoint directory's name: a bundle may be verified against a copy
+            continue
+        field = fields.get(key)
+        if field is None:
+            fails.append(f"metadata check: {path.name} has no {key} (the checkpoint gives {_short(want.value)})")
+            continue
+        got = field.contents()
+        if not _same(got, want.value, want.type, want.sub_type):
+            fails.append(f"metadata check: {path.name} holds {key} = {_short(got)}, the checkpoint gives {_short(want.value)}")
+    return fails
+
+
+def _same(got: Any, want: Any, vtype: Any, sub_type: Any) -> bool:
+    import gguf
+
+    floats = (gguf.GGUFValueType.FLOAT32, gguf.GGUFValueType.FLOAT64)
+    if vtype in floats or (vtype == gguf.GGUFValueType.ARRAY and sub_type in floats):
+        a, b = np.asarray(got, dtype=np.float32), np.asarray(want, dtype=np.float32)
+        return a.shape == b.shape and bool(np.array_equal(a, b))
+    if isinstance(want, (list, tuple, np.ndarray)):
+        return list(got) == [x.decode() if isinstance(x, bytes) else x for x in list(want)]
+    return got == (want.decode() if isinstance(want, bytes) else want)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, (list, tuple, np.ndarray)) and len(value) > 6:
+        return f"[{', '.join(map(repr, list(value)[:3]))}, ... {len(value)} values]"
+    return repr(value.tolist() if isinstance(value, np.ndarray) else value)
