@@ -89,6 +89,13 @@ def check_metadata(path: Path, arch: str, write: Callable[[Any], None]) -> list[
         expected = {k: v for shard in w.kv_data for k, v in shard.items()}
     fields = gguf.GGUFReader(str(path)).fields
     fails: list[str] = []
+    # keys the exporter does not write but llama.cpp reads (add_eos_token, eot/eog ids, a chat template, ...):
+    # they change how a llama.cpp user's prompt is tokenised or where generation stops, so one the checkpoint does
+    # not give is refused (a new-user trial: add_eos_token=true and eot_token_id=18 passed)
+    for key in sorted(fields):
+        if key.startswith(("tokenizer.", f"{arch}.")) and key not in expected:
+            fails.append(f"metadata check: {path.name} holds {key} = {_short(fields[key].contents())}, which the "
+                         "checkpoint does not give")
     for key, want in expected.items():
         if key == "general.name":  # the checkpoint directory's name: a bundle may be verified against a copy
             continue
@@ -98,7 +105,8 @@ def check_metadata(path: Path, arch: str, write: Callable[[Any], None]) -> list[
             continue
         got = field.contents()
         if not _same(got, want.value, want.type, want.sub_type):
-            fails.append(f"metadata check: {path.name} holds {key} = {_short(got)}, the checkpoint gives {_short(want.value)}")
+            fails.append(f"metadata check: {path.name} holds {key} = {_short(got)}, the checkpoint gives "
+                         f"{_short(want.value)}{_first_difference(got, want.value)}")
     return fails
 
 
@@ -112,6 +120,22 @@ def _same(got: Any, want: Any, vtype: Any, sub_type: Any) -> bool:
     if isinstance(want, (list, tuple, np.ndarray)):
         return list(got) == [x.decode() if isinstance(x, bytes) else x for x in list(want)]
     return got == (want.decode() if isinstance(want, bytes) else want)
+
+
+def _first_difference(got: Any, want: Any) -> str:
+    """`` (first difference at [i]: a vs b)`` for two lists, else empty."""
+    if not isinstance(got, (list, tuple, np.ndarray)) or not isinstance(want, (list, tuple, np.ndarray)):
+        return ""
+    got, want = list(got), [x.decode() if isinstance(x, bytes) else x for x in list(want)]
+    if len(got) != len(want):
+        return f" ({len(got)} values, the checkpoint {len(want)})"
+    def differs(a: Any, b: Any) -> bool:
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            return bool(np.float32(a) != np.float32(b))
+        return a != b
+
+    i = next((k for k, (a, b) in enumerate(zip(got, want)) if differs(a, b)), None)
+    return "" if i is None else f" (first difference at [{i}]: {got[i]!r} vs {want[i]!r})"
 
 
 def _short(value: Any) -> str:
