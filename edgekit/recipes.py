@@ -228,6 +228,7 @@ def _builtin() -> RecipeTable:
         },
         options=gguf.GgufOptions,
         module="edgekit.exporters.gguf.lfm2",
+        plan_check="edgekit.exporters.gguf.limits:check_lfm2",  # shapes llama.cpp cannot load, at plan time
     ))
     # LFM2 -> ONNX.  Measured: fp32 1.0000 / 2e-12 / 2.0e-5; fp16 1.0000 / 6.4e-7 / 1.3e-2; int8 0.982 / 3.4e-4;
     # int4 0.860 / 2.8e-2 (head_bits=8: 0.893 / 1.6e-2; block_size=128: 0.842, below the bar).
