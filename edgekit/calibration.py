@@ -180,16 +180,22 @@ def importance(model: Any, windows: Sequence[Sequence[int]], text: CalibrationTe
     return Importance(values, int(sum(len(w) for w in windows)), text)
 
 
+def job_windows(job: Any) -> tuple[CalibrationText, list[list[int]]]:
+    """An export job's calibration text (``job.plan.options.calibration``, checked by ``load_text``) and its token
+    windows (``token_windows`` with the job's tokenizer and BOS)."""
+    text = load_text(job.plan.options.calibration)
+    windows = token_windows(text.text, job.checkpoint.path / "tokenizer.json", getattr(job.config, "bos_token_id", None))
+    return text, windows
+
+
 def for_job(job: Any) -> Importance:
     """The importance statistics of an export job's reference over its calibration text (``job.plan.options
     .calibration``), computed once per job and kept on the reference model."""
     cached = getattr(job.reference, "edgekit_importance", None)
     if cached is not None:
         return cached
-    text = load_text(job.plan.options.calibration)
-    cfg = job.config
+    text, windows = job_windows(job)
     job.progress(f"calibration: importance statistics over {text.source}")
-    windows = token_windows(text.text, job.checkpoint.path / "tokenizer.json", getattr(cfg, "bos_token_id", None))
     result = importance(job.reference, windows, text)
     job.reference.edgekit_importance = result
     return result

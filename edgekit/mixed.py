@@ -279,6 +279,44 @@ def plan(
 
 
 @dataclass(frozen=True)
+class JobPlan:
+    """A mixed-precision plan for one export job, in the file's own tensor names.
+
+    ``types``: file tensor name -> chosen type; ``summary``: the manifest's ``artifact.mixed_precision`` entry
+    (``Plan.summary`` + ``calibration_sha256``); ``calibration``: the manifest's ``calibration`` entry."""
+
+    types: dict[str, str]
+    summary: dict[str, Any]
+    calibration: dict[str, Any]
+
+
+def plan_job(
+    job: Any,
+    candidates: Sequence[Candidate],
+    defaults: Mapping[str, str],
+    fake: Callable[[str, Any, str], Any],
+    method: str,
+    file_names: Mapping[str, str] | None = None,
+) -> JobPlan:
+    """``plan`` on an export job: its reference, its calibration text (``calibration.job_windows``), its options'
+    byte budget and progress.  ``file_names`` maps a candidate's (reference) name to the tensor's name in the file
+    where they differ; ``method`` names the format's quantise/dequantise and how the types are applied.  Raises
+    ``CalibrationError`` for a bad calibration file and ``UnsupportedError`` for a budget below the minimum."""
+    from . import calibration
+
+    options = job.plan.options
+    text, windows = calibration.job_windows(job)
+    result = plan(job.reference, windows, candidates, defaults, fake, options.budget(), job.progress)
+    rename = dict(file_names or {})
+    types = {rename.get(n, n): t for n, t in result.types.items()}
+    summary = result.summary(options.byte_budget or "default", method)
+    summary["tensor_types"] = types
+    summary["scan_kl"] = {rename.get(n, n): v for n, v in summary["scan_kl"].items()}
+    summary["calibration_sha256"] = text.sha256
+    return JobPlan(types, summary, {**text.summary(), "method": "mixed-precision sensitivity scan (edgekit.mixed)"})
+
+
+@dataclass(frozen=True)
 class MixedOptions(Options):
     """Mixin of a format's options: ``--mixed-precision`` and ``--byte-budget``.  ``MIXED`` names the quants
     that have a mixed-precision assignment; ``MIXED_DEFAULT`` those that use it unless ``--mixed-precision

@@ -101,24 +101,16 @@ def plan(job: Any, linears: Sequence[str], default: Any) -> tuple[dict[str, Any]
     under the options' byte budget (default: every linear at ``default``, the plain export's ``LinearQuant``).
     Returns (checkpoint name -> ``LinearQuant`` where it differs from ``default``, the manifest's
     ``mixed_precision`` entry, its ``calibration`` entry)."""
-    from edgekit import calibration as calibration_mod
     from edgekit import mixed as mixed_mod
 
-    options = job.plan.options
     base = type_name(default.weight_bits, default.group_size)
     cands, defaults = candidates({n: tuple(job.weights[n].shape) for n in linears}, base)
-    text = calibration_mod.load_text(options.calibration)
-    windows = calibration_mod.token_windows(text.text, job.checkpoint.path / "tokenizer.json",
-                                            getattr(job.config, "bos_token_id", None))
 
     def fake(_name: str, w: Any, t: str) -> Any:
         return fake_quant(w, t, default.algorithm)
 
-    result = mixed_mod.plan(job.reference, windows, cands, defaults, fake, options.budget(), job.progress)
-    summary = result.summary(options.byte_budget or "default",
-                             f"torchao quantise/dequantise per linear ({default.algorithm}); quantize_linears overrides")
-    summary["scale_dtypes"] = {"group": "bf16", "channel": "float32"}
-    summary["calibration_sha256"] = text.sha256
+    result = mixed_mod.plan_job(job, cands, defaults, fake, f"torchao quantise/dequantise per linear "
+                                f"({default.algorithm}); quantize_linears overrides")
+    summary = {**result.summary, "scale_dtypes": {"group": "bf16", "channel": "float32"}}
     overrides = {n: linear_quant(t, default.algorithm) for n, t in result.types.items() if t != base}
-    calibration = {**text.summary(), "method": "mixed-precision sensitivity scan (edgekit.mixed)"}
-    return overrides, summary, calibration
+    return overrides, summary, result.calibration

@@ -123,20 +123,14 @@ def mixed_types(job: ExportJob, defaults: dict[str, str], imatrix: dict[str, Any
         sizes = dict(sorted(((k, mixed.nbytes(shape, k)) for k in kinds), key=lambda kv: kv[1]))
         candidates.append(mixed_mod.Candidate(source[name], int(np.prod(shape)), sizes))
     to_gguf = {hf: name for name, hf in source.items()}
-    text = calibration_mod.load_text(job.plan.options.calibration)
-    windows = calibration_mod.token_windows(text.text, job.checkpoint.path / "tokenizer.json", getattr(job.config, "bos_token_id", None))
 
     def fake(hf: str, w: Any, t: str) -> Any:
         return mixed.fake_quant(w, t, (imatrix or {}).get(to_gguf[hf]))
 
-    result = mixed_mod.plan(job.reference, windows, candidates, {source[n]: defaults[n] for n in defaults if n in source and defaults[n] not in ("F32", "F16", "BF16")},
-                            fake, job.plan.options.budget(), job.progress)
-    chosen = {to_gguf[hf]: t for hf, t in result.types.items()}
-    summary = result.summary(job.plan.options.byte_budget or "default", "ggml quantise/dequantise per tensor; "
-                             "llama_model_quantize_params.tt_overrides")
-    summary["tensor_types"] = chosen
-    summary["scan_kl"] = {to_gguf[hf]: v for hf, v in summary["scan_kl"].items()}
-    summary["calibration_sha256"] = text.sha256
+    quantised = {source[n]: t for n, t in defaults.items() if n in source and t not in ("F32", "F16", "BF16")}
+    result = mixed_mod.plan_job(job, candidates, quantised, fake, "ggml quantise/dequantise per tensor; "
+                                "llama_model_quantize_params.tt_overrides", to_gguf)
+    chosen, summary = result.types, result.summary
     return chosen, summary
 
 

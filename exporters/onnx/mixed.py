@@ -96,10 +96,8 @@ def plan(job: Any, weights: Mapping[str, tuple[str, ...]],
     ``mixed_precision`` entry, its ``calibration`` entry)."""
     import numpy as np
 
-    from edgekit import calibration as calibration_mod
     from edgekit import mixed as mixed_mod
 
-    options = job.plan.options
     cands = []
     for name, sources in weights.items():
         shapes = [tuple(job.weights[s].shape) for s in sources]
@@ -110,21 +108,13 @@ def plan(job: Any, weights: Mapping[str, tuple[str, ...]],
         sizes = dict(sorted(((k, nbytes(shape, k)) for k in kinds), key=lambda kv: kv[1]))
         cands.append(mixed_mod.Candidate(sources[0], int(np.prod(shape)), sizes, tuple(sources[1:])))
     to_onnx = {sources[0]: name for name, sources in weights.items()}
-    text = calibration_mod.load_text(options.calibration)
-    windows = calibration_mod.token_windows(text.text, job.checkpoint.path / "tokenizer.json",
-                                            getattr(job.config, "bos_token_id", None))
 
     def fake(_name: str, w: Any, t: str) -> Any:
         return fake_quant(w, t)
 
-    result = mixed_mod.plan(job.reference, windows, cands, {weights[n][0]: t for n, t in defaults.items()}, fake,
-                            options.budget(), job.progress)
-    types = {to_onnx[src]: t for src, t in result.types.items()}
-    summary = result.summary(options.byte_budget or "default", "onnxruntime block quantise/dequantise per MatMul "
-                             "weight; MatMulNBitsQuantizer runs per (bits, block_size)")
-    summary["tensor_types"] = types
-    summary["scan_kl"] = {to_onnx[src]: v for src, v in summary["scan_kl"].items()}
-    summary["scale_dtype"] = "float32"
-    summary["calibration_sha256"] = text.sha256
-    calibration = {**text.summary(), "method": "mixed-precision sensitivity scan (edgekit.mixed)"}
+    result = mixed_mod.plan_job(job, cands, {weights[n][0]: t for n, t in defaults.items()}, fake,
+                                "onnxruntime block quantise/dequantise per MatMul weight; MatMulNBitsQuantizer "
+                                "runs per (bits, block_size)", to_onnx)
+    types, calibration = result.types, result.calibration
+    summary = {**result.summary, "scale_dtype": "float32"}
     return types, summary, calibration
