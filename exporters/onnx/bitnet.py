@@ -51,7 +51,7 @@ from edgekit.families.bitnet.reference import activation_modes
 from edgekit.families.bitnet.weights import BitNetWeights
 
 from .. import ExportJob
-from . import ARTIFACT, DATA, builder, check, limits, quantize
+from . import ARTIFACT, DATA, attributes, builder, check, limits, quantize
 from .builder import MS_DOMAIN, GraphBuilder
 from .lfm2 import GENAI_CONFIG, LOGITS_TO_KEEP, SEARCH, TIED_HEAD, present_name
 
@@ -149,6 +149,14 @@ def state_inputs(c: BitNetConfig) -> dict[str, list[Any]]:
     }
 
 
+def node_rules(c: BitNetConfig) -> dict[str, attributes.NodeRule]:
+    """The fused kernels' attributes for ``c`` (op_type -> rule): what ``build`` writes and the tensor check reads
+    back (``file_constants``)."""
+    norm, skip_norm = attributes.rms_norms(c.rms_norm_eps)
+    gqa = attributes.gqa(c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.num_hidden_layers)
+    return {r.op_type: r for r in (gqa, norm, skip_norm)}
+
+
 def build(w: BitNetWeights, reference: Any, bits: int | None, block: int, accuracy_level: int) -> Any:
     """The ModelProto: ternary projections already final (MatMul float32, or exact MatMulNBits), LM head float."""
     from onnx import TensorProto, helper
@@ -165,7 +173,9 @@ def build(w: BitNetWeights, reference: Any, bits: int | None, block: int, accura
         mode, topk = modes.get(names[0], ("float", None))
         features = (w.ternary[names[0]].shape[1] if names[0] in w.ternary else f[names[0]].shape[1])
         return matmul(fake_quant(b, x, mode, topk, features, f"{name}/act"), names, name)
-    eps = float(c.rms_norm_eps)
+    rules = node_rules(c)
+    norm = rules["SimplifiedLayerNormalization"].attrs
+    skip_norm = rules["SkipSimplifiedLayerNormalization"].attrs
 
     seqlens = b.op("ReduceSum", ["attention_mask", b.i64([1])], "mask/ReduceSum", keepdims=0)[0]
     seqlens = b.op("Sub", [seqlens, b.i64([1])], "mask/Sub")[0]
@@ -191,11 +201,10 @@ def build(w: BitNetWeights, reference: Any, bits: int | None, block: int, accura
         p = f"model.layers.{i}"
         gamma = b.init(f"{p}.input_layernorm.weight", f[f"{p}.input_layernorm.weight"])
         if pending is None:
-            x = b.op("SimplifiedLayerNormalization", [residual, gamma], f"l{i}/input_layernorm", axis=-1, epsilon=eps,
-                     stash_type=1)[0]
+            x = b.op("SimplifiedLayerNormalization", [residual, gamma], f"l{i}/input_layernorm", **norm)[0]
         else:
             x, _, _, residual = b.op("SkipSimplifiedLayerNormalization", [residual, pending, gamma],
-                                     f"l{i}/input_layernorm", n_out=4, domain=MS_DOMAIN, epsilon=eps)
+                                     f"l{i}/input_layernorm", n_out=4, domain=MS_DOMAIN, **skip_norm)
         a = f"{p}.self_attn"
         qkv = proj(x, [f"{a}.q_proj.weight", f"{a}.k_proj.weight", f"{a}.v_proj.weight"], f"{a}.qkv_proj")
         q, k, v = b.op("Split", [qkv, b.i64([nh * hd, nkv * hd, nkv * hd])], f"l{i}/attn/Split", n_out=3, axis=-1)
@@ -205,16 +214,14 @@ def build(w: BitNetWeights, reference: Any, bits: int | None, block: int, accura
              sin_name],
             f"l{i}/attn/GroupQueryAttention",
             outputs=[f"l{i}/attn/out", f"present.{i}.key", f"present.{i}.value"],
-            domain=MS_DOMAIN, num_heads=nh, kv_num_heads=nkv, scale=float(1.0 / np.sqrt(hd)), do_rotary=1,
-            rotary_interleaved=0, local_window_size=-1,
+            domain=MS_DOMAIN, **rules["GroupQueryAttention"].attrs,
         )[0]
         gamma = b.init(f"{a}.attn_sub_norm.weight", f[f"{a}.attn_sub_norm.weight"])
-        attn = b.op("SimplifiedLayerNormalization", [attn, gamma], f"l{i}/attn_sub_norm", axis=-1, epsilon=eps,
-                    stash_type=1)[0]
+        attn = b.op("SimplifiedLayerNormalization", [attn, gamma], f"l{i}/attn_sub_norm", **norm)[0]
         mixed = proj(attn, [f"{a}.o_proj.weight"], f"{a}.o_proj")
         gamma = b.init(f"{p}.post_attention_layernorm.weight", f[f"{p}.post_attention_layernorm.weight"])
         x, _, _, residual = b.op("SkipSimplifiedLayerNormalization", [residual, mixed, gamma],
-                                 f"l{i}/post_attention_layernorm", n_out=4, domain=MS_DOMAIN, epsilon=eps)
+                                 f"l{i}/post_attention_layernorm", n_out=4, domain=MS_DOMAIN, **skip_norm)
         m = f"{p}.mlp"
         gate_up = proj(x, [f"{m}.gate_proj.weight", f"{m}.up_proj.weight"], f"{m}.gate_up_proj")
         ff = c.intermediate_size
@@ -227,13 +234,12 @@ def build(w: BitNetWeights, reference: Any, bits: int | None, block: int, accura
             act = b.op("Mul", [gate, sig], f"l{i}/mlp/SiLU")[0]
         hidden = b.op("Mul", [act, up], f"l{i}/mlp/Mul")[0]
         gamma = b.init(f"{m}.ffn_sub_norm.weight", f[f"{m}.ffn_sub_norm.weight"])
-        hidden = b.op("SimplifiedLayerNormalization", [hidden, gamma], f"l{i}/ffn_sub_norm", axis=-1, epsilon=eps,
-                      stash_type=1)[0]
+        hidden = b.op("SimplifiedLayerNormalization", [hidden, gamma], f"l{i}/ffn_sub_norm", **norm)[0]
         pending = proj(hidden, [f"{m}.down_proj.weight"], f"{m}.down_proj")
 
     gamma = b.init("model.norm.weight", f["model.norm.weight"])
     final = b.op("SkipSimplifiedLayerNormalization", [residual, pending, gamma], "final_norm", domain=MS_DOMAIN,
-                 epsilon=eps)[0]
+                 **skip_norm)[0]
     start = b.op("Neg", [LOGITS_TO_KEEP], "lm_head/Neg")[0]
     kept = b.op("Slice", [final, start, b.i64([2**62]), b.i64([1])], "lm_head/Slice")[0]
     b.op("MatMul", [kept, LM_HEAD], "lm_head/MatMul", outputs=["logits"])
@@ -404,10 +410,14 @@ def file_weights(root: Path, manifest: Any, weights: Any) -> tuple[list[Any], di
 def file_constants(root: Path, manifest: Any, checkpoint: Any) -> list[str]:
     """The non-weight values of the file checked against ``checkpoint`` (``edgekit.tensorcheck``): every row of
     the RoPE tables ``cos_cache`` / ``sin_cache`` against tables computed from the checkpoint's own config
-    (rope_theta, head_dim) for the bundle's context; one failure line per wrong table."""
+    (rope_theta, head_dim) for the bundle's context; every attribute of the fused kernels (``node_rules``); and
+    ``genai_config.json``.  One failure line per wrong value."""
     from . import readback
 
     cfg = checkpoint.model_config
+    path = root / manifest["artifact"]["file"]
     positions = int(manifest["model"]["config"]["max_position_embeddings"])
-    return readback.check_rope(root / manifest["artifact"]["file"], float(cfg.rope_theta), int(cfg.head_dim),
-                               positions)
+    what = f"the checkpoint {checkpoint.path.name}'s config"
+    return [*readback.check_rope(path, float(cfg.rope_theta), int(cfg.head_dim), positions),
+            *attributes.check(path, node_rules(cfg), what),
+            *attributes.check_json(root / GENAI_CONFIG, genai_config(cfg), what)]

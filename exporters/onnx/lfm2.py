@@ -28,7 +28,7 @@ import numpy as np
 from ...errors import InternalError
 from ...families.lfm2 import Lfm2Config
 from .. import ExportJob
-from . import ARTIFACT, DATA, builder, check, mixed, quantize
+from . import ARTIFACT, DATA, attributes, builder, check, mixed, quantize
 from .builder import MS_DOMAIN, GraphBuilder
 from .quantize import TiedHead
 
@@ -58,6 +58,16 @@ def present_name(past: str) -> str:
     return past.replace("past_key_values.", "present.").replace("past.", "present.")
 
 
+def node_rules(s: Lfm2Config) -> dict[str, attributes.NodeRule]:
+    """The fused kernels' attributes for ``s`` (op_type -> rule): what ``build`` writes and the tensor check reads
+    back (``file_constants``)."""
+    attn = sum(kind == "full_attention" for kind in s.layer_types)
+    norm, skip_norm = attributes.rms_norms(s.norm_eps)
+    conv = attributes.NodeRule("CausalConvWithState", {"ndim": 1, "activation": "none"}, len(s.layer_types) - attn)
+    rules = (attributes.gqa(s.num_attention_heads, s.num_key_value_heads, s.head_dim, attn), norm, skip_norm, conv)
+    return {r.op_type: r for r in rules}
+
+
 def build(weights: Mapping[str, np.ndarray], shape: Lfm2Config) -> Any:
     """The float32 ModelProto (weights inside; the caller saves them as external data)."""
     from onnx import TensorProto, helper
@@ -65,7 +75,9 @@ def build(weights: Mapping[str, np.ndarray], shape: Lfm2Config) -> Any:
     b = GraphBuilder()
     w = weights
     s = shape
-    eps = float(s.norm_eps)
+    rules = node_rules(s)
+    norm = rules["SimplifiedLayerNormalization"].attrs
+    skip_norm = rules["SkipSimplifiedLayerNormalization"].attrs
 
     def matmul(x: str, hf_name: str, name: str) -> str:
         # HF stores Linear weights [out, in]; MatMul wants [in, out]
@@ -91,18 +103,17 @@ def build(weights: Mapping[str, np.ndarray], shape: Lfm2Config) -> Any:
         p = f"model.layers.{i}"
         gamma = b.init(f"{p}.operator_norm.weight", w[f"{p}.operator_norm.weight"])
         if pending is None:
-            x = b.op("SimplifiedLayerNormalization", [residual, gamma], f"l{i}/operator_norm", axis=-1, epsilon=eps,
-                     stash_type=1)[0]
+            x = b.op("SimplifiedLayerNormalization", [residual, gamma], f"l{i}/operator_norm", **norm)[0]
         else:
             x, _, _, residual = b.op("SkipSimplifiedLayerNormalization", [residual, pending, gamma],
-                                     f"l{i}/operator_norm", n_out=4, domain=MS_DOMAIN, epsilon=eps)
+                                     f"l{i}/operator_norm", n_out=4, domain=MS_DOMAIN, **skip_norm)
         if kind == "full_attention":
-            mixed = _attention(b, w, s, i, x, seqlens_k, total_len, cos_name, sin_name, matmul)
+            mixed = _attention(b, w, s, i, x, seqlens_k, total_len, cos_name, sin_name, matmul, rules)
         else:
-            mixed = _short_conv(b, w, s, i, x, matmul)
+            mixed = _short_conv(b, w, s, i, x, matmul, rules)
         gamma = b.init(f"{p}.ffn_norm.weight", w[f"{p}.ffn_norm.weight"])
         x, _, _, residual = b.op("SkipSimplifiedLayerNormalization", [residual, mixed, gamma], f"l{i}/ffn_norm",
-                                 n_out=4, domain=MS_DOMAIN, epsilon=eps)
+                                 n_out=4, domain=MS_DOMAIN, **skip_norm)
         gate = matmul(x, f"{p}.feed_forward.w1.weight", f"{p}.feed_forward.w1")
         up = matmul(x, f"{p}.feed_forward.w3.weight", f"{p}.feed_forward.w3")
         sig = b.op("Sigmoid", [gate], f"l{i}/ffn/Sigmoid")[0]
@@ -112,7 +123,7 @@ def build(weights: Mapping[str, np.ndarray], shape: Lfm2Config) -> Any:
 
     gamma = b.init("model.embedding_norm.weight", w["model.embedding_norm.weight"])
     final = b.op("SkipSimplifiedLayerNormalization", [residual, pending, gamma], "final_norm", domain=MS_DOMAIN,
-                 epsilon=eps)[0]
+                 **skip_norm)[0]
     # keep the last `logits_to_keep` rows (0 = all) before the LM head
     start = b.op("Neg", [LOGITS_TO_KEEP], "lm_head/Neg")[0]
     kept = b.op("Slice", [final, start, b.i64([2**62]), b.i64([1])], "lm_head/Slice")[0]
@@ -137,7 +148,7 @@ def build(weights: Mapping[str, np.ndarray], shape: Lfm2Config) -> Any:
 
 
 def _attention(b: GraphBuilder, w: Mapping[str, np.ndarray], s: Lfm2Config, i: int, x: str, seqlens_k: str,
-               total_len: str, cos: str, sin: str, matmul: Any) -> str:
+               total_len: str, cos: str, sin: str, matmul: Any, rules: Mapping[str, attributes.NodeRule]) -> str:
     p = f"model.layers.{i}.self_attn"
     hd, nq, nkv = s.head_dim, s.num_attention_heads * s.head_dim, s.num_key_value_heads * s.head_dim
     # one [hidden, q+k+v] matmul instead of three: one weight stream and one kernel call per token
@@ -149,8 +160,8 @@ def _attention(b: GraphBuilder, w: Mapping[str, np.ndarray], s: Lfm2Config, i: i
         # LFM2 normalises every head separately: [B, S, n*hd] -> [B, S*n, hd] -> RMSNorm -> back
         gamma = b.init(f"{p}.{which}.weight", w[f"{p}.{which}.weight"])
         r = b.op("Reshape", [t, b.i64([0, -1, hd])], f"l{i}/attn/{which}/Reshape1")[0]
-        n = b.op("SimplifiedLayerNormalization", [r, gamma], f"l{i}/attn/{which}", axis=-1, epsilon=float(s.norm_eps),
-                 stash_type=1)[0]
+        n = b.op("SimplifiedLayerNormalization", [r, gamma], f"l{i}/attn/{which}",
+                 **rules["SimplifiedLayerNormalization"].attrs)[0]
         return b.op("Reshape", [n, b.i64([0, -1, width])], f"l{i}/attn/{which}/Reshape2")[0]
 
     q = head_norm(q, "q_layernorm", nq)
@@ -161,17 +172,13 @@ def _attention(b: GraphBuilder, w: Mapping[str, np.ndarray], s: Lfm2Config, i: i
         f"l{i}/attn/GroupQueryAttention",
         outputs=[f"l{i}/attn/out", f"present.{i}.key", f"present.{i}.value"],
         domain=MS_DOMAIN,
-        num_heads=s.num_attention_heads,
-        kv_num_heads=s.num_key_value_heads,
-        scale=float(1.0 / np.sqrt(hd)),
-        do_rotary=1,
-        rotary_interleaved=0,
-        local_window_size=-1,
+        **rules["GroupQueryAttention"].attrs,
     )[0]
     return matmul(attn, f"{p}.out_proj.weight", f"{p}.out_proj")
 
 
-def _short_conv(b: GraphBuilder, w: Mapping[str, np.ndarray], s: Lfm2Config, i: int, x: str, matmul: Any) -> str:
+def _short_conv(b: GraphBuilder, w: Mapping[str, np.ndarray], s: Lfm2Config, i: int, x: str, matmul: Any,
+                rules: Mapping[str, attributes.NodeRule]) -> str:
     p = f"model.layers.{i}.conv"
     h = s.hidden_size
     proj = matmul(x, f"{p}.in_proj.weight", f"{p}.in_proj")
@@ -186,8 +193,7 @@ def _short_conv(b: GraphBuilder, w: Mapping[str, np.ndarray], s: Lfm2Config, i: 
         f"l{i}/conv/CausalConvWithState",
         outputs=[f"l{i}/conv/out", f"present.{i}.conv"],
         domain=MS_DOMAIN,
-        ndim=1,
-        activation="none",
+        **rules["CausalConvWithState"].attrs,
     )[0]
     y = b.op("Mul", [gate_c, conv], f"l{i}/conv/Mul2")[0]
     y = b.op("Transpose", [y], f"l{i}/conv/Transpose2", perm=[0, 2, 1])[0]
@@ -379,10 +385,16 @@ def file_weights(root: Path, manifest: Any, sources: Any) -> tuple[list[Any], di
 def file_constants(root: Path, manifest: Any, checkpoint: Any) -> list[str]:
     """The non-weight values of the file checked against ``checkpoint`` (``edgekit.tensorcheck``): every row of
     the RoPE tables ``cos_cache`` / ``sin_cache`` against tables computed from the checkpoint's own config
-    (rope_theta, head_dim = hidden / heads) for the bundle's context; one failure line per wrong table."""
+    (rope_theta, head_dim = hidden / heads) for the bundle's context; every attribute of the fused kernels
+    (``node_rules``: attention scale, head counts, window, rotary layout, norm epsilons, conv); and
+    ``genai_config.json`` (eos/bos/pad ids, context, sampling defaults).  One failure line per wrong value."""
     from . import readback
 
     cfg = checkpoint.model_config
+    path = root / manifest["artifact"]["file"]
     positions = int(manifest["model"]["config"]["max_position_embeddings"])
-    return readback.check_rope(root / manifest["artifact"]["file"], float(cfg.rope_theta),
-                               int(cfg.hidden_size) // int(cfg.num_attention_heads), positions)
+    what = f"the checkpoint {checkpoint.path.name}'s config"
+    return [*readback.check_rope(path, float(cfg.rope_theta), int(cfg.hidden_size) // int(cfg.num_attention_heads),
+                                 positions),
+            *attributes.check(path, node_rules(cfg), what),
+            *attributes.check_json(root / GENAI_CONFIG, genai_config(cfg), what)]
