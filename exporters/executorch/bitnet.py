@@ -51,7 +51,7 @@ from .. import ExportJob
 from . import ARTIFACT, LanguageOptions, adapters, lower, quant
 from .lfm2 import (
     EMBEDDING_BITS, Lora, RMSNorm, _versions, context_length, example_inputs, lora_ranks, rotate_half_matrix,
-    runner_metadata,
+    runner_failures, runner_metadata,
 )
 
 # registers llama::update_cache / llama::custom_sdpa for tracing
@@ -287,7 +287,7 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
     shared = options.shares_embedding(spec)
     w = ternary_weights(job)
     cfg: BitNetConfig = w.config
-    max_context = context_length(cfg, options)
+    max_context = context_length(cfg, options.max_context)
 
     t0 = time.perf_counter()
     ranks, per_name = _lora(job) if separate else ({}, {})
@@ -356,6 +356,12 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
         "stage_seconds": {k: round(v, 2) for k, v in {**seconds, **result.seconds}.items()},
         "export_seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def file_constants(root: Path, manifest: Any, checkpoint: Any) -> list[str]:
+    """The metadata check (``edgekit.tensorcheck``): the program's runner methods (context, vocabulary, layers,
+    bos/eos ids) against what this exporter writes for ``checkpoint`` (``lfm2.runner_failures``)."""
+    return runner_failures(root, manifest, checkpoint.model_config, f"the checkpoint {checkpoint.path.name}'s config")
 
 
 def file_weights(root: Path, manifest: Any, weights: Any) -> tuple[list[Any], dict[str, str]]:

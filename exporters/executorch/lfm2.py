@@ -42,7 +42,7 @@ from torch import nn
 from ...errors import AdapterError, CheckpointError, UnsupportedError
 from ...families.lfm2 import Lfm2Config
 from .. import ExportJob
-from . import ARTIFACT, LanguageOptions, lower, quant
+from . import ARTIFACT, LanguageOptions, lower, metadata, quant
 
 # registers llama::update_cache / llama::custom_sdpa for tracing
 from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
@@ -301,16 +301,17 @@ def params_json(c: Lfm2Config) -> dict[str, Any]:
     }
 
 
-def context_length(c: Lfm2Config, options: LanguageOptions) -> int:
+def context_length(c: Any, requested: int | None) -> int:
+    """The program's context in tokens: ``--max-context`` (``requested``), default ``DEFAULT_CONTEXT`` capped by
+    the model's ``max_position_embeddings``.  Raises ``UnsupportedError`` above the model's context."""
     limit = c.max_position_embeddings
-    if options.max_context is None:
+    if requested is None:
         return min(DEFAULT_CONTEXT, limit)
-    if options.max_context > limit:
+    if requested > limit:
         raise UnsupportedError(
-            f"executorch --max-context {options.max_context} exceeds the model's context length {limit}; "
-            f"pass at most {limit}"
+            f"executorch --max-context {requested} exceeds the model's context length {limit}; pass at most {limit}"
         )
-    return options.max_context
+    return requested
 
 
 def runner_metadata(c: Lfm2Config, max_context: int) -> dict[str, Any]:
@@ -376,7 +377,7 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
     head_bits = options.lm_head_bits(spec)
     shared = options.shares_embedding(spec)
     separate = options.lora_mode == "separate"
-    max_context = context_length(job.config, options)
+    max_context = context_length(job.config, options.max_context)
     cfg = job.config.with_context(max_context)
 
     t0 = time.perf_counter()
@@ -466,6 +467,27 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
 
 
 SPECIAL = ("model.embed_tokens.weight", "lm_head.weight")
+
+
+def runner_failures(root: Path, manifest: Mapping[str, Any], cfg: Any, what: str) -> list[str]:
+    """``metadata.check_methods`` of the bundle's program against ``runner_metadata`` for ``cfg`` and the plan's
+    ``--max-context``."""
+    max_context = context_length(cfg, (manifest["plan"].get("options") or {}).get("max_context"))
+    return metadata.check_methods(root / manifest["artifact"]["file"], runner_metadata(cfg, max_context), what)
+
+
+def file_constants(root: Path, manifest: Mapping[str, Any], checkpoint: Any) -> list[str]:
+    """The metadata check (``edgekit.tensorcheck``): the program's runner methods (``runner_metadata``: context,
+    vocabulary, layers, bos/eos ids) read back from the ``.pte`` and, where the bundle has one, ``params.json``,
+    against what this exporter writes for ``checkpoint`` and the plan's ``--max-context``."""
+    from .. import sidecars
+
+    cfg = checkpoint.model_config
+    what = f"the checkpoint {checkpoint.path.name}'s config"
+    fails = runner_failures(root, manifest, cfg, what)
+    if cfg.conv_L_cache == EXPORT_LLM_CONV_KERNEL:
+        fails += sidecars.check_json(root / PARAMS_FILE, params_json(cfg), what)
+    return fails
 
 
 def linear_weights(weights: Mapping[str, np.ndarray]) -> list[str]:

@@ -412,6 +412,7 @@ def file_constants(root: Path, manifest: Any, checkpoint: Any) -> list[str]:
     the RoPE tables ``cos_cache`` / ``sin_cache`` against tables computed from the checkpoint's own config
     (rope_theta, head_dim) for the bundle's context; every attribute of the fused kernels (``node_rules``); and
     ``genai_config.json``.  One failure line per wrong value."""
+    from .. import sidecars
     from . import readback
 
     cfg = checkpoint.model_config
@@ -420,4 +421,4 @@ def file_constants(root: Path, manifest: Any, checkpoint: Any) -> list[str]:
     what = f"the checkpoint {checkpoint.path.name}'s config"
     return [*readback.check_rope(path, float(cfg.rope_theta), int(cfg.head_dim), positions),
             *attributes.check(path, node_rules(cfg), what),
-            *attributes.check_json(root / GENAI_CONFIG, genai_config(cfg), what)]
+            *sidecars.check_json(root / GENAI_CONFIG, genai_config(cfg), what)]

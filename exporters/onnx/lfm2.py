@@ -388,6 +388,7 @@ def file_constants(root: Path, manifest: Any, checkpoint: Any) -> list[str]:
     (rope_theta, head_dim = hidden / heads) for the bundle's context; every attribute of the fused kernels
     (``node_rules``: attention scale, head counts, window, rotary layout, norm epsilons, conv); and
     ``genai_config.json`` (eos/bos/pad ids, context, sampling defaults).  One failure line per wrong value."""
+    from .. import sidecars
     from . import readback
 
     cfg = checkpoint.model_config
@@ -397,4 +398,4 @@ def file_constants(root: Path, manifest: Any, checkpoint: Any) -> list[str]:
     return [*readback.check_rope(path, float(cfg.rope_theta), int(cfg.hidden_size) // int(cfg.num_attention_heads),
                                  positions),
             *attributes.check(path, node_rules(cfg), what),
-            *attributes.check_json(root / GENAI_CONFIG, genai_config(cfg), what)]
+            *sidecars.check_json(root / GENAI_CONFIG, genai_config(cfg), what)]

@@ -454,3 +454,60 @@ def test_missing_kernel_library_message():
     torch, runtime = et._kernels()
     ops = runtime.Runtime.get().operator_registry.operator_names
     assert any("custom_sdpa" in o for o in ops) and any("embedding_4bit" in o for o in ops)
+
+
+# -- metadata check: the runner methods and params.json read back (a new-user trial found GGUF's eos keys and
+# ONNX's genai_config unchecked; ExecuTorch's runners take the same values from these methods) ------------------
+def _edit_methods(src: Path, dest: Path, edits: dict) -> Path:
+    """A copy of ``src`` whose constant methods are rewritten: name -> new int (an existing method) or
+    (existing name, new name) to add a copy of one under another name; re-hashed."""
+    import copy
+
+    from executorch.exir._serialize._program import deserialize_pte_binary, serialize_pte_binary
+
+    pte = deserialize_pte_binary((src / "model.pte").read_bytes())
+    plans = pte.program.execution_plan
+    for name, value in edits.items():
+        if isinstance(value, tuple):
+            extra = copy.deepcopy(next(p for p in plans if p.name == value[0]))
+            extra.name = value[1]
+            plans.append(extra)
+        else:
+            next(p for p in plans if p.name == name).values[0].val.int_val = value
+    return _copy_with(src, dest, bytes(serialize_pte_binary(pte, extract_delegate_segments=True)))
+
+
+def test_runner_methods_and_params_read_back(rand_fp32, rand_lfm2):
+    from edgekit.checkpoint import open_checkpoint
+    from edgekit.exporters.executorch import lfm2 as et_lfm2
+
+    assert (rand_fp32 / "params.json").is_file()
+    assert et_lfm2.file_constants(rand_fp32, read_manifest(rand_fp32), open_checkpoint(str(rand_lfm2))) == []
+
+
+@pytest.mark.parametrize("edits,says", [
+    ({"get_eos_ids": 18}, "method get_eos_ids returns [18], expected ["),
+    ({"get_max_seq_len": 4095}, f"method get_max_seq_len returns 4095, expected {CTX - 1}"),
+    ({"x": ("get_bos_id", "get_pad_id")}, "has a method get_pad_id ="),
+])
+def test_changed_runner_method_is_refused(rand_fp32, rand_lfm2, tmp_path, edits, says):
+    from edgekit.checkpoint import open_checkpoint
+    from edgekit.exporters.executorch import lfm2 as et_lfm2
+
+    bundle = _edit_methods(rand_fp32, tmp_path / "b", edits)
+    fails = et_lfm2.file_constants(bundle, read_manifest(bundle), open_checkpoint(str(rand_lfm2)))
+    assert len(fails) == 1 and fails[0].startswith("tensor check: model.pte ") and says in fails[0], fails
+
+
+def test_changed_params_json_is_refused_by_verify(rand_fp32, tmp_path):
+    from edgekit.export import verify_bundle
+
+    bundle = tmp_path / "b"
+    shutil.copytree(rand_fp32, bundle)
+    params = json.loads((bundle / "params.json").read_text())
+    params["rope_theta"] = params["rope_theta"] * 0.9
+    (bundle / "params.json").write_text(json.dumps(params))
+    write_manifest(bundle, read_manifest(bundle))
+    report = verify_bundle(bundle, progress=lambda _m: None)
+    assert not report.passed
+    assert any(f.startswith("tensor check: params.json: .rope_theta is") for f in report.failures), report.failures

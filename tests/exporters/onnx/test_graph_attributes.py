@@ -15,7 +15,7 @@ from conftest import exported
 
 from edgekit.bundle import read_manifest, write_manifest
 from edgekit.checkpoint import open_checkpoint
-from edgekit.exporters.onnx import attributes
+from edgekit.exporters import sidecars
 from edgekit.exporters.onnx import bitnet as onnx_bitnet
 from edgekit.exporters.onnx import lfm2 as onnx_lfm2
 
@@ -132,8 +132,8 @@ def test_changed_genai_config_is_refused(export_cache, tmp_path, edit, says):
 
 def test_genai_config_missing_or_not_json(tmp_path):
     what = "the test"
-    assert "has no genai_config.json" in attributes.check_json(tmp_path / "genai_config.json", {}, what)[0]
+    assert "has no genai_config.json" in sidecars.check_json(tmp_path / "genai_config.json", {}, what)[0]
     (tmp_path / "genai_config.json").write_text("{not json")
-    assert "is not valid JSON" in attributes.check_json(tmp_path / "genai_config.json", {}, what)[0]
+    assert "is not valid JSON" in sidecars.check_json(tmp_path / "genai_config.json", {}, what)[0]
     (tmp_path / "genai_config.json").write_text('{"a": [1, 2, 3]}')
-    assert ".a[2] is 3, expected 4" in attributes.check_json(tmp_path / "genai_config.json", {"a": [1, 2, 4]}, what)[0]
+    assert ".a[2] is 3, expected 4" in sidecars.check_json(tmp_path / "genai_config.json", {"a": [1, 2, 4]}, what)[0]

@@ -1,0 +1,43 @@
+"""A bundle's JSON side files (ONNX ``genai_config.json``, ExecuTorch ``params.json``) checked against what the
+exporter writes for the checkpoint (``edgekit.tensorcheck``'s metadata check): an engine or runner reads eos ids,
+context length and sampling defaults from them, so an edited value changes generation without touching a weight."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+
+def _first_difference(got: Any, want: Any, where: str = "") -> str | None:
+    """The path of the first value that differs between two JSON values, with both values."""
+    if isinstance(got, dict) and isinstance(want, dict):
+        for k in sorted(set(got) | set(want), key=str):
+            if k not in got:
+                return f"{where}.{k} is missing (expected {want[k]!r})"
+            if k not in want:
+                return f"{where}.{k}={got[k]!r} is not written by the exporter"
+            diff = _first_difference(got[k], want[k], f"{where}.{k}")
+            if diff:
+                return diff
+        return None
+    if isinstance(got, list) and isinstance(want, list) and len(got) == len(want):
+        for i, (g, w) in enumerate(zip(got, want)):
+            diff = _first_difference(g, w, f"{where}[{i}]")
+            if diff:
+                return diff
+        return None
+    return None if got == want and type(got) is type(want) else f"{where or '.'} is {got!r}, expected {want!r}"
+
+
+def check_json(path: Path, expected: Mapping[str, Any], what: str) -> list[str]:
+    """The JSON file at ``path`` against ``expected`` (what the exporter writes for the checkpoint): one failure
+    line naming the first differing key (e.g. ``.model.eos_token_id``), or the file missing or unreadable."""
+    if not path.is_file():
+        return [f"tensor check: the bundle has no {path.name} (expected the one the exporter writes from {what})"]
+    try:
+        got = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return [f"tensor check: {path.name} is not valid JSON ({exc})"]
+    diff = _first_difference(got, json.loads(json.dumps(expected)))
+    return [] if diff is None else [f"tensor check: {path.name}: {diff} (from {what})"]
