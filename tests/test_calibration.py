@@ -127,7 +127,18 @@ def test_gguf_q4_k_m_calibrated_and_plain_pass_verification(tmp_path):
     assert c["source"] == cal.DEFAULT_NAME and c["sha256"] == cal.load_text(None).sha256 and c["tokens"] >= 4096
     assert plain["artifact"]["calibration"] is None
     assert calibrated["files"]["model.gguf"]["sha256"] != plain["files"]["model.gguf"]["sha256"]
-    assert calibrated["files"]["model.gguf"]["size"] == plain["files"]["model.gguf"]["size"]
+    # the default is calibrated + mixed: other types per tensor, never more bytes than the plain assignment
+    assert calibrated["files"]["model.gguf"]["size"] <= plain["files"]["model.gguf"]["size"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt,quant", [("gguf", "q4_0"), ("executorch", "8da4w")])
+def test_plain_round_to_nearest_passes_verification(tmp_path, fmt, quant):
+    """``--no-calibration``: plain round-to-nearest at the quant's default types, no calibration recorded (the
+    calibrated default of each is the parity tests' default case)."""
+    m = _export(tmp_path, fmt, quant, {"no_calibration": True}, "plain")
+    assert m["verification"]["passed"], m["verification"]["failures"]
+    assert m["artifact"]["calibration"] is None and m["artifact"]["mixed_precision"] is None
 
 
 @pytest.mark.slow
