@@ -277,9 +277,10 @@ class ExecuTorchSession:
         return generate_via_stream(self, prompt, params, partial(self.stream, live=False))
 
     # -- scoring ------------------------------------------------------------------------------------------
-    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+    def logits(self, tokens: Sequence[int], decode_from: int | None = None) -> np.ndarray:
         """Teacher-forced logits from a fresh state.  The program returns the last position's logits only (what
-        a runner needs), so each position is one decode step: this checks the same path generation uses."""
+        a runner needs), so each position is one decode step: this checks the same path generation uses, whatever
+        ``decode_from`` says."""
         tokens = [int(t) for t in tokens]
         if len(tokens) > self.n_ctx:
             raise ContextLengthError(f"{len(tokens)} tokens exceed the context of {self.n_ctx}")

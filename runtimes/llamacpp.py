@@ -235,7 +235,9 @@ class LlamaCppSession:
         return (after.t_p_eval_ms + after.t_eval_ms - before.t_p_eval_ms - before.t_eval_ms) / 1e3
 
     # -- scoring ------------------------------------------------------------------------------------------
-    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+    def logits(self, tokens: Sequence[int], decode_from: int | None = None) -> np.ndarray:
+        """Teacher-forced logits [len(tokens), vocab] from a fresh scoring context (protocol.LanguageSession);
+        from ``decode_from`` on one ``llama_decode`` per token, as generation decodes."""
         tokens = [int(t) for t in tokens]
         if len(tokens) > self.n_ctx:
             raise EdgekitError(f"{len(tokens)} tokens exceed the context of {self.n_ctx}")
@@ -250,7 +252,10 @@ class LlamaCppSession:
             if self.active_adapter is not None:
                 self._apply(self._scorer, self.active_adapter, adapter_entry(self.manifest, self.active_adapter), self._scale)
         self._scorer.reset()
-        self._scorer.eval(tokens)
+        split = len(tokens) if decode_from is None else max(1, min(int(decode_from), len(tokens)))
+        self._scorer.eval(tokens[:split])
+        for t in tokens[split:]:
+            self._scorer.eval([t])
         return np.array(self._scorer.scores[: len(tokens)], dtype=np.float32)
 
     def close(self) -> None:

@@ -350,13 +350,18 @@ class OnnxSession:
         return generate_via_stream(self, prompt, params)
 
     # -- scoring ------------------------------------------------------------------------------------------
-    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+    def logits(self, tokens: Sequence[int], decode_from: int | None = None) -> np.ndarray:
+        """Teacher-forced logits [len(tokens), vocab] from a fresh state (protocol.LanguageSession); from
+        ``decode_from`` on one call per token on generation's decode path (``forward([token], state)``)."""
         tokens = [int(t) for t in tokens]
         if len(tokens) > self.n_ctx:
             raise ContextLengthError(f"{len(tokens)} tokens exceed the context of {self.n_ctx}")
         state = self._state
         state.reset()
-        return self.forward(tokens, state, all_logits=True)
+        split = len(tokens) if decode_from is None else max(1, min(int(decode_from), len(tokens)))
+        rows = [self.forward(tokens[:split], state, all_logits=True)]
+        rows += [self.forward([t], state)[-1:] for t in tokens[split:]]
+        return np.concatenate(rows, axis=0) if len(rows) > 1 else rows[0]
 
     def close(self) -> None:
         self._session = None

@@ -121,8 +121,10 @@ class LanguageSession(Protocol):
         self, prompt: Prompt, params: SamplingParams = SamplingParams(), result: StreamResult | None = None
     ) -> Iterator[str]: ...
 
-    def logits(self, tokens: Sequence[int]) -> np.ndarray:
-        """Teacher-forced logits, float32 [len(tokens), vocab], from a fresh state."""
+    def logits(self, tokens: Sequence[int], decode_from: int | None = None) -> np.ndarray:
+        """Teacher-forced logits, float32 [len(tokens), vocab], from a fresh state.  ``decode_from``: positions from
+        there on are fed one token per call on the path generation decodes with (the state carried between calls),
+        earlier ones in one prefill; None: the engine's own scoring path."""
         ...
 
     def close(self) -> None: ...

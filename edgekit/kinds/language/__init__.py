@@ -41,6 +41,10 @@ DRIFT_FLOOR = 1e-4
 # (F32: 3.16e-3 / 2.78e-3); 3 leaves room for other CPUs' kernels.  A graph error is far above it: a RoPE base off
 # by 0.1 % measured 0.14 against 8.3e-3.
 REFERENCE_NOISE_FACTOR = 3.0
+# The decode positions (``parity.DECODE_TOKENS`` per window, fed one token per call) are gated on their own: top-1
+# where decided at the run's bar, and mean KL at most DECODE_KL_FACTOR x the run's KL bar (they are 1/16 of the
+# positions, so their mean is noisier than the run's; a state lost between calls measures orders of magnitude above).
+DECODE_KL_FACTOR = 4.0
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,7 @@ class Thresholds:
                 f"fidelity mean KL {m['mean_kl']:.3e} is above this quant's own bar {self.max_mean_kl:.1e} and grows "
                 f"along the sequence ({m['kl_drift']:.2f}x from the first positions to the rest, > {MAX_KL_DRIFT}): "
                 "an error that builds up with position (RoPE, KV cache, state), not the engine's rounding")
+        fails += self._decode_failures(m, top1_bar, kl_bar)
         cost = m.get("cost")
         if self.max_cost_kl is not None and cost and not cost["mean_kl"] <= self.max_cost_kl:
             fails.append(f"quantisation cost mean KL {cost['mean_kl']:.3e} > --max-kl {self.max_cost_kl:.1e}")
@@ -148,6 +153,19 @@ class Thresholds:
             fails.append("the engine tokenizes the held-out text differently from the checkpoint's tokenizer")
         if not m.get("text_prompt_match", True):
             fails.append("greedy generation from the text prompt differs from generation from its token ids")
+        return fails
+
+    def _decode_failures(self, m: Mapping[str, Any], top1_bar: float, kl_bar: float) -> list[str]:
+        d = m.get("decode")
+        if not d or self._to_float(m):
+            return []
+        fails = []
+        if d["decided"] > 0 and not d["top1_decided"] >= top1_bar:
+            fails.append(f"decode steps (one token per call, {d['positions']} positions): top-1 where decided "
+                         f"{d['top1_decided']:.4f} < {top1_bar:.4g}: the state carried between calls is wrong")
+        if not d["mean_kl"] <= DECODE_KL_FACTOR * kl_bar:
+            fails.append(f"decode steps (one token per call, {d['positions']} positions): mean KL {d['mean_kl']:.3e} > "
+                         f"{DECODE_KL_FACTOR:g} x {kl_bar:.2e}: the state carried between calls is wrong")
         return fails
 
     def rows(self, m: Mapping[str, Any]) -> list[tuple[str, str, str]]:
@@ -174,6 +192,10 @@ class Thresholds:
             ("fidelity: KL later/first positions", f"{m['kl_drift']:.2f}", "-" if self._to_float(m) else (
                 f"<= {MAX_KL_DRIFT}" if m["mean_kl"] > max(self.max_mean_kl, DRIFT_FLOOR)
                 else f"reported (gated above KL {max(self.max_mean_kl, DRIFT_FLOOR):.0e})")),
+        ]) + ([] if not m.get("decode") else [
+            (f"decode steps: top-1 decided / KL ({m['decode']['positions']})",
+             f"{m['decode']['top1_decided']:.4f} / {m['decode']['mean_kl']:.1e}",
+             "reported" if self._to_float(m) else f">= {top1_bar:.4g} / <= {DECODE_KL_FACTOR * kl_bar:.2g}"),
         ]) + [
             ("max |Δlogit|", f"{m['max_abs_logit']:.2e}", "-" if self.max_abs_logit is None else (
                 f"<= {self.abs_bar(m):.3g}" + ("" if m.get("reference_noise") is None

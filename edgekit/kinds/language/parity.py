@@ -18,7 +18,8 @@
 
 Metrics over a held-out text of at least ``MIN_TOKENS`` tokens, in windows of ``WINDOW`` tokens each starting
 from a fresh state; plus ``GREEDY_TOKENS`` greedy tokens from a prompt, compared token by token; plus whether the
-engine tokenizes the text exactly as the checkpoint's own tokenizer does.  A pair without a read-back yet
+engine tokenizes the text exactly as the checkpoint's own tokenizer does.  The last ``DECODE_TOKENS`` positions of
+each window are fed one token per call (the decode path) and are also gated on their own (``decode``).  A pair without a read-back yet
 (``file_weights`` in its pair file) skips part 1, and its fidelity reference is the float one.
 """
 
@@ -39,6 +40,10 @@ WINDOW = 512
 MIN_TOKENS = 2048
 GREEDY_TOKENS = 32
 GREEDY_PROMPT = 48
+# the last positions of every window are fed one token per call (``LanguageSession.logits(decode_from=)``): the
+# path generation decodes on, state carried between calls; a new-user trial zeroed an ONNX conv state after every
+# call and only the (ungated) greedy run noticed
+DECODE_TOKENS = 32
 
 
 def heldout_text() -> str:
@@ -116,6 +121,28 @@ def decided_top1(stats: Sequence[Mapping[str, np.ndarray]], mean_kl: float) -> d
     decided = margin > cut
     return {"top1_decided": float(1.0 - flip[decided].mean()) if decided.any() else 1.0,
             "decided": float(decided.mean()), "noise": sigma, "margin": cut}
+
+
+def decode_split(session: Any, window: Sequence[int]) -> int | None:
+    """Where the window's decode positions start (None: the session has no ``decode_from``)."""
+    import inspect
+
+    if "decode_from" not in inspect.signature(session.logits).parameters:
+        return None
+    return len(window) - min(DECODE_TOKENS, len(window) // 4)
+
+
+def decode_metrics(stats: Sequence[Mapping[str, np.ndarray]], starts: Sequence[int | None],
+                   mean_kl: float) -> dict[str, float] | None:
+    """The fidelity of the decode positions alone (``stats`` per window, cut at ``starts``): positions, mean KL
+    and top-1 where decided at the whole run's margin cut (``decided_top1`` with the run's ``mean_kl``)."""
+    parts = [{k: v[s:] for k, v in st.items()} for st, s in zip(stats, starts) if s is not None]
+    if not parts or not sum(len(p["kl"]) for p in parts):
+        return None
+    d = decided_top1(parts, mean_kl)
+    kl = np.concatenate([p["kl"] for p in parts])
+    return {"positions": int(kl.size), "mean_kl": float(kl.mean()), "top1_decided": d["top1_decided"],
+            "decided": d["decided"]}
 
 
 def _pool(totals: dict[str, float], part: dict[str, float]) -> dict[str, float]:
@@ -198,10 +225,12 @@ def run(
     # the float32 reference's own rounding error, where a max |Δlogit| bar applies (module docstring, part 2)
     twin = ref_mod.float64_copy(qref) if thresholds.max_abs_logit is not None else None
     noise = 0.0 if twin is not None else None
+    starts: list[int | None] = []
     for i, w in enumerate(wins, 1):
         progress(f"verify: window {i}/{len(wins)} ({len(w)} tokens)")
         float_logits = ref_mod.logits(reference, w)
-        engine_logits = session.logits(w)
+        starts.append(decode_split(session, w))
+        engine_logits = session.logits(w) if starts[-1] is None else session.logits(w, decode_from=starts[-1])
         file_logits = float_logits if qref is reference else ref_mod.logits(qref, w)
         if twin is not None:
             noise = max(noise, float(np.abs(file_logits - ref_mod.logits64(twin, w)).max()))
@@ -230,6 +259,7 @@ def run(
         "mean_kl": totals["kl_sum"] / totals["n"],
         **decided_top1(stats, totals["kl_sum"] / totals["n"]),
         "kl_drift": kl_drift(stats),
+        "decode": decode_metrics(stats, starts, totals["kl_sum"] / totals["n"]),
         "max_abs_logit": totals["max_abs"],
         "reference_noise": noise,
         "tokens": int(totals["n"]),
