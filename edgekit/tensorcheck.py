@@ -372,9 +372,29 @@ def constants_failures(root: Any, manifest: Mapping[str, Any], model: Any) -> tu
     from .reference import checkpoint_of
 
     checkpoint = checkpoint_of(model)
-    if fn is None or checkpoint is None:
+    if checkpoint is None:
         return ()
-    return tuple(fn(Path(root), manifest, checkpoint))
+    copies = copied_file_failures(Path(root), checkpoint)
+    return copies + (tuple(fn(Path(root), manifest, checkpoint)) if fn is not None else ())
+
+
+def copied_file_failures(root: Any, checkpoint: Any) -> tuple[str, ...]:
+    """The files an export copies from the checkpoint into the bundle (``checkpoint.bundle_files``: tokenizer.json,
+    tokenizer_config.json, generation_config.json, the chat template) compared byte for byte with the checkpoint's:
+    engines and apps read them (merges, bos/eos, sampling defaults, the template), and verification tokenizes with
+    the bundle's own copy, so an edited copy would otherwise be checked against itself (a new-user trial: a
+    tokenizer.json without its first merge passed).  One failure line per missing or differing file."""
+    from .hashing import sha256_file
+
+    fails = []
+    for src in checkpoint.bundle_files:
+        copy = root / src.name
+        if not copy.is_file():
+            fails.append(f"tensor check: the bundle has no {src.name} (the export copies it from {checkpoint.path})")
+        elif (a := sha256_file(copy)) != (b := sha256_file(src)):
+            fails.append(f"tensor check: {src.name} in the bundle differs from the checkpoint's (sha256 {a[:12]}… vs "
+                         f"{b[:12]}… in {checkpoint.path}); re-export, or edit the checkpoint's file and re-export")
+    return tuple(fails)
 
 
 def _checked(root: Any, manifest: Mapping[str, Any], model: Any, read: Sequence[ReadTensor],

@@ -1,0 +1,62 @@
+"""The files an export copies from the checkpoint (tokenizer.json, tokenizer_config.json, generation_config.json,
+the chat template) must still equal the checkpoint's at verification: engines and apps read them, and the parity
+check tokenizes with the bundle's own copy (a new-user trial: a tokenizer.json without its first merge, and a
+generation_config.json with another eos and temperature, passed ``edgekit verify``)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from conftest import exported
+
+from edgekit.bundle import read_manifest, write_manifest
+from edgekit.checkpoint import open_checkpoint
+from edgekit.tensorcheck import copied_file_failures
+
+SOURCE = "builtin:lfm2-tiny"
+
+
+def _drop_first_merge(text: str) -> str:
+    tok = json.loads(text)
+    del tok["model"]["merges"][0]
+    return json.dumps(tok)
+
+
+def _edit_generation(text: str) -> str:
+    cfg = json.loads(text)
+    cfg.update(eos_token_id=[2, 7], temperature=1.7)
+    return json.dumps(cfg)
+
+
+def test_correct_bundle_copies_match(export_cache):
+    bundle = exported(export_cache, SOURCE, "gguf", "q8_0", verify=False)
+    checkpoint = open_checkpoint(SOURCE)
+    assert {p.name for p in checkpoint.bundle_files} >= {"tokenizer.json", "generation_config.json"}
+    assert copied_file_failures(bundle, checkpoint) == ()
+
+
+@pytest.mark.parametrize("name,edit", [
+    ("tokenizer.json", _drop_first_merge),
+    ("generation_config.json", _edit_generation),
+    ("chat_template.jinja", lambda t: t.replace("assistant", "user")),
+    ("tokenizer_config.json", None),  # deleted
+])
+def test_edited_copy_is_refused_by_verify(export_cache, tmp_path, name, edit):
+    from edgekit.export import verify_bundle
+
+    bundle = tmp_path / "b"
+    shutil.copytree(exported(export_cache, SOURCE, "gguf", "q8_0", verify=False), bundle)
+    path = bundle / name
+    if edit is None:
+        path.unlink()
+    else:
+        path.write_text(edit(path.read_text()))
+    manifest = read_manifest(bundle)
+    manifest["files"].pop(name, None) if edit is None else None
+    write_manifest(bundle, manifest)  # re-hashed: only the content checks can notice
+    report = verify_bundle(bundle, progress=lambda _m: None)
+    assert not report.passed
+    want = f"the bundle has no {name}" if edit is None else f"{name} in the bundle differs from the checkpoint's"
+    assert any(f.startswith("tensor check: ") and want in f for f in report.failures), report.failures
