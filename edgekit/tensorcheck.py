@@ -356,26 +356,30 @@ def engine_reference(manifest: Mapping[str, Any], model: Any, read: Sequence[Rea
 
 
 def constants_failures(root: Any, manifest: Mapping[str, Any], model: Any) -> tuple[str, ...]:
-    """The metadata check: the pair's ``file_constants(root, manifest, checkpoint)`` where it has one — every
-    non-weight value its exporter writes for the checkpoint the reference was built from (RoPE base, norm
-    epsilon, head counts, vocabulary, bos/eos), read back from the file; one failure line per value that differs.
-    A wrong value there changes what the engine computes without touching a weight, and a sensitive model's
+    """The checks of what is not a weight, against the checkpoint the reference ``model`` was built from: the files
+    copied from it (``copied_file_failures``); the pair's ``file_structure(root, manifest, checkpoint, weights)``
+    where it has one (the file's graph against the one its exporter builds: ONNX); and its
+    ``file_constants(root, manifest, checkpoint)`` — every non-weight value its exporter writes (RoPE base, norm
+    epsilon, head counts, vocabulary, bos/eos, kernel attributes), read back from the file.  One failure line per
+    difference.  Such a change alters what the engine computes without touching a weight, and a sensitive model's
     widened fidelity bar can hide it (a new-user trial: a q8_0 GGUF with its RoPE base x0.9 passed fidelity)."""
     from pathlib import Path
 
-    from .recipes import RECIPES
     from .families import Family
     from .plan import Format
-
-    fn = getattr(RECIPES.get(Family(manifest["family"]), Format.parse(manifest["format"])).exporter(),
-                 "file_constants", None)
+    from .recipes import RECIPES
     from .reference import checkpoint_of
 
     checkpoint = checkpoint_of(model)
     if checkpoint is None:
         return ()
-    copies = copied_file_failures(Path(root), checkpoint)
-    return copies + (tuple(fn(Path(root), manifest, checkpoint)) if fn is not None else ())
+    exporter = RECIPES.get(Family(manifest["family"]), Format.parse(manifest["format"])).exporter()
+    structure = getattr(exporter, "file_structure", None)
+    constants = getattr(exporter, "file_constants", None)
+    return (copied_file_failures(Path(root), checkpoint)
+            + (tuple(structure(Path(root), manifest, checkpoint, reference_weights(manifest, model)))
+               if structure else ())
+            + (tuple(constants(Path(root), manifest, checkpoint)) if constants else ()))
 
 
 def copied_file_failures(root: Any, checkpoint: Any) -> tuple[str, ...]:

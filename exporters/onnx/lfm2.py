@@ -68,11 +68,12 @@ def node_rules(s: Lfm2Config) -> dict[str, attributes.NodeRule]:
     return {r.op_type: r for r in rules}
 
 
-def build(weights: Mapping[str, np.ndarray], shape: Lfm2Config) -> Any:
-    """The float32 ModelProto (weights inside; the caller saves them as external data)."""
+def build(weights: Mapping[str, np.ndarray], shape: Lfm2Config, b: GraphBuilder | None = None) -> Any:
+    """The float32 ModelProto (weights inside; the caller saves them as external data); ``b``: another builder
+    (``structure.SkeletonBuilder``: the graph without its weights, for the structure check)."""
     from onnx import TensorProto, helper
 
-    b = GraphBuilder()
+    b = GraphBuilder() if b is None else b
     w = weights
     s = shape
     rules = node_rules(s)
@@ -380,6 +381,17 @@ def file_weights(root: Path, manifest: Any, sources: Any) -> tuple[list[Any], di
         elif w.name in known:
             out.append(entry(w.name, w.values))
     return out, {"lm_head.weight": "model.embed_tokens.weight"}
+
+
+def file_structure(root: Path, manifest: Any, checkpoint: Any, weights: Mapping[str, np.ndarray]) -> list[str]:
+    """The structure check (``structure.check``): the file's graph against the one ``build`` makes from
+    ``checkpoint``'s config and ``weights`` (the reference's, by checkpoint name)."""
+    from . import structure
+
+    expected = build(weights, checkpoint.model_config, structure.SkeletonBuilder())
+    separate = (manifest["plan"].get("options") or {}).get("lora_mode") == "separate"
+    return structure.check(root / manifest["artifact"]["file"], expected,
+                           f"the checkpoint {checkpoint.path.name}'s config", lora_branches=separate)
 
 
 def file_constants(root: Path, manifest: Any, checkpoint: Any) -> list[str]:

@@ -1,0 +1,98 @@
+"""The structure check of an ONNX export: the file's graph against the graph the exporter builds for the checkpoint.
+
+Fidelity measures what the graph computes on the verification windows; it cannot see a change that only acts on
+tokens or positions those windows never reach.  A new-user trial passed ``edgekit verify`` with a token remapped
+in front of the embedding (the token never occurs in the held-out text), with GroupQueryAttention reading RoPE
+tables re-sliced from position 600 on (the tables themselves intact), and with an RMSNorm swapped for a LayerNorm
+on a model whose widened bar hid it.  So the check rebuilds the float graph from the checkpoint's config and
+weights (without serialising the large initializers: ``SkeletonBuilder``) and compares, node by node: the same
+nodes (by name), the same op type, the same inputs, the small constants (shapes, split sizes, ``logits_to_keep``)
+equal, and no node the exporter does not write.
+
+What the exporter's post-processing changes is allowed, as measured on onnxruntime 1.32's tools: the
+MatMulNBits quantiser turns ``MatMul`` X into ``MatMulNBits`` ``X_Q{bits}`` (same activation input, same output),
+the tied embedding's ``Transpose`` into a ``Reshape`` and its ``Gather`` into ``GatherBlockQuantized`` (same
+indices); the float16 converter adds ``graph_output_cast*`` / ``graph_input_cast*`` Casts at the graph boundary.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .builder import GraphBuilder
+
+# initializers up to this many elements are compared by value (shape and split constants, scalars)
+SMALL = 64
+# op type in the float graph -> (what the quantiser may turn it into, the inputs it keeps: the activation, a
+# Gather's indices; the tied table's Transpose reads only the weight, which the tensor check reads back)
+QUANTISED = {"MatMul": ("MatMulNBits", slice(0, 1)), "Gather": ("GatherBlockQuantized", slice(1, 2)),
+             "Transpose": ("Reshape", slice(0, 0))}
+_QUANT_SUFFIX = re.compile(r"_Q\d+$")
+_BOUNDARY_CAST = re.compile(r"^graph_(output|input)_cast\d+$")
+
+
+class SkeletonBuilder(GraphBuilder):
+    """A ``GraphBuilder`` that keeps only small initializers (the weights are the tensor check's)."""
+
+    def init(self, name: str, array: np.ndarray) -> str:
+        return super().init(name, array) if np.size(array) <= SMALL else name
+
+
+def _float_name(node: Any) -> str:
+    """The float graph's name of a file node (the quantiser's renames undone)."""
+    if node.op_type == "MatMulNBits":
+        return _QUANT_SUFFIX.sub("", node.name)
+    if node.name == "embed/Reshape" and node.op_type == "Reshape":
+        return "embed/Transpose"
+    return node.name
+
+
+def check(path: Path, expected: Any, what: str, lora_branches: bool = False) -> list[str]:
+    """The ONNX file at ``path`` against ``expected`` (the ModelProto a ``SkeletonBuilder`` made for the checkpoint);
+    ``lora_branches``: the bundle is ``--lora-mode separate``, whose ``lora/...`` branch nodes
+    (``adapters.add_branches``) are allowed.  One failure line per missing, extra, retyped or rewired node and per
+    differing small constant (the first ``MAX_LINES``, then a count)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    want = {n.name: n for n in expected.graph.node}
+    fails: list[str] = []
+    seen: set[str] = set()
+    for node in model.graph.node:
+        name = _float_name(node)
+        ref = want.get(name)
+        if ref is None:
+            if not ((node.op_type == "Cast" and _BOUNDARY_CAST.match(node.name))
+                    or (lora_branches and node.name.startswith("lora/"))):
+                fails.append(f"structure: node {node.name!r} ({node.op_type}) is not one the exporter writes for {what}")
+            continue
+        seen.add(name)
+        quantised, kept = QUANTISED.get(ref.op_type, (None, slice(None)))
+        if node.op_type != ref.op_type and node.op_type != quantised:
+            fails.append(f"structure: node {node.name!r} is {node.op_type}, the exporter writes {ref.op_type}")
+            continue
+        # every input of a node as written; of a node the quantiser replaced, the inputs it keeps
+        keep = slice(None) if node.op_type == ref.op_type else kept
+        got, exp = list(node.input[keep]), list(ref.input[keep])
+        if got != exp:
+            fails.append(f"structure: node {node.name!r} ({node.op_type}) reads {got}, the exporter wires {exp}")
+    for name in want.keys() - seen:
+        fails.append(f"structure: the graph lacks node {name!r} ({want[name].op_type}) that the exporter writes for "
+                     f"{what}")
+    inits = {t.name: t for t in model.graph.initializer}
+    for t in expected.graph.initializer:
+        f = inits.get(t.name)
+        if f is None:
+            fails.append(f"structure: the graph lacks the constant {t.name!r}")
+        elif not np.array_equal(numpy_helper.to_array(f), numpy_helper.to_array(t)):
+            fails.append(f"structure: constant {t.name!r} is {numpy_helper.to_array(f).tolist()}, the exporter writes "
+                         f"{numpy_helper.to_array(t).tolist()}")
+    return fails[:MAX_LINES] + ([f"structure: ... and {len(fails) - MAX_LINES} more"] if len(fails) > MAX_LINES else [])
+
+
+MAX_LINES = 10

@@ -1,0 +1,103 @@
+"""The structure check compares an ONNX export's graph with the one the exporter builds for the checkpoint
+(``exporters/onnx/structure.py``).  A new-user trial passed ``edgekit verify`` with graph edits that the
+verification windows cannot see: a token remapped in front of the embedding (the token never occurs in the
+held-out text), GroupQueryAttention reading RoPE tables re-sliced from position 600 on, and an RMSNorm turned
+into a LayerNorm on a model whose widened bar hid it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import exported
+
+from edgekit.bundle import read_manifest, write_manifest
+
+SOURCE = "builtin:lfm2-tiny"
+
+
+def _bundle(export_cache, tmp_path, quant: str) -> Path:
+    bundle = tmp_path / "b"
+    shutil.copytree(exported(export_cache, SOURCE, "onnx", quant, verify=False), bundle)
+    return bundle
+
+
+def _rewrite(bundle: Path, edit) -> None:
+    import onnx
+
+    model = onnx.load(str(bundle / "model.onnx"), load_external_data=False)
+    edit(model)
+    onnx.save(model, str(bundle / "model.onnx"))
+    write_manifest(bundle, read_manifest(bundle))  # re-hashed: only the content checks can notice
+
+
+def _failures(bundle: Path) -> list[str]:
+    from edgekit.export import verify_bundle
+
+    report = verify_bundle(bundle, progress=lambda _m: None)
+    assert not report.passed
+    return [f for f in report.failures if f.startswith("structure: ")]
+
+
+def _remap_token(model) -> None:
+    """input_ids == 7 -> 9 in front of the embedding."""
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    g.initializer.extend([numpy_helper.from_array(np.array(7, np.int64), "t7"),
+                          numpy_helper.from_array(np.array(9, np.int64), "t9")])
+    gather = next(n for n in g.node if n.name == "embed/Gather")
+    gather.input[1] = "ids_remapped"
+    g.node.insert(0, helper.make_node("Equal", ["input_ids", "t7"], ["is7"], name="remap/Equal"))
+    g.node.insert(1, helper.make_node("Where", ["is7", "t9", "input_ids"], ["ids_remapped"], name="remap/Where"))
+
+
+def _reslice_rope(model) -> None:
+    """Every GroupQueryAttention reads cos/sin through an Identity (the tables themselves untouched)."""
+    from onnx import helper
+
+    g = model.graph
+    for table in ("cos_cache", "sin_cache"):
+        g.node.insert(0, helper.make_node("Identity", [table], [table + "/moved"], name=f"rope/{table}"))
+    for n in g.node:
+        if n.op_type == "GroupQueryAttention":
+            n.input[7], n.input[8] = "cos_cache/moved", "sin_cache/moved"
+
+
+def _layer_norm(model) -> None:
+    next(n for n in model.graph.node if n.name == "final_norm").op_type = "SkipLayerNormalization"
+
+
+def _keep_all_logits(model) -> None:
+    """``logits_to_keep`` defaulting to 0 (every position): onnxruntime-genai sizes its buffer for one."""
+    from onnx import numpy_helper
+
+    t = next(t for t in model.graph.initializer if t.name == "logits_to_keep")
+    t.CopyFrom(numpy_helper.from_array(np.array([0], np.int64), t.name))
+
+
+@pytest.mark.parametrize("quant", ["fp32", "int4", "fp16"])
+def test_correct_export_matches_the_exporters_graph(export_cache, quant):
+    from edgekit.checkpoint import open_checkpoint
+    from edgekit.exporters.onnx import lfm2
+    from edgekit.reference import load_reference, state_dict
+
+    bundle = exported(export_cache, SOURCE, "onnx", quant, verify=False)
+    ckpt = open_checkpoint(SOURCE)
+    weights = state_dict(load_reference(ckpt, None, None))
+    assert lfm2.file_structure(bundle, read_manifest(bundle), ckpt, weights) == []
+
+
+@pytest.mark.parametrize("edit,says", [
+    (_remap_token, "node 'remap/Equal' (Equal) is not one the exporter writes"),
+    (_reslice_rope, "(GroupQueryAttention) reads"),
+    (_layer_norm, "node 'final_norm' is SkipLayerNormalization, the exporter writes SkipSimplifiedLayerNormalization"),
+    (_keep_all_logits, "structure: constant 'logits_to_keep' is [0], the exporter writes [1]"),
+])
+def test_graph_edit_is_refused(export_cache, tmp_path, edit, says):
+    bundle = _bundle(export_cache, tmp_path, "int4")
+    _rewrite(bundle, edit)
+    fails = _failures(bundle)
+    assert any(says in f for f in fails), fails
