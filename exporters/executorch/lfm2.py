@@ -471,9 +471,12 @@ SPECIAL = ("model.embed_tokens.weight", "lm_head.weight")
 
 def runner_failures(root: Path, manifest: Mapping[str, Any], cfg: Any, what: str) -> list[str]:
     """``metadata.check_methods`` of the bundle's program against ``runner_metadata`` for ``cfg`` and the plan's
-    ``--max-context``."""
+    ``--max-context``, and ``metadata.check_rope`` (its RoPE tables, every row of that context)."""
     max_context = context_length(cfg, (manifest["plan"].get("options") or {}).get("max_context"))
-    return metadata.check_methods(root / manifest["artifact"]["file"], runner_metadata(cfg, max_context), what)
+    path = root / manifest["artifact"]["file"]
+    head_dim = int(cfg.hidden_size) // int(cfg.num_attention_heads)
+    return [*metadata.check_methods(path, runner_metadata(cfg, max_context), what),
+            *metadata.check_rope(path, float(cfg.rope_theta), head_dim, max_context)]
 
 
 def file_constants(root: Path, manifest: Mapping[str, Any], checkpoint: Any) -> list[str]:

@@ -130,6 +130,32 @@ def rope_expected(theta: float, head_dim: int, positions: int) -> tuple[np.ndarr
     return angles.cos().numpy(), angles.sin().numpy()
 
 
+def compare_rope(name: str, got: np.ndarray, qtype: str, ref: np.ndarray, what: str) -> str | None:
+    """One RoPE table ``got`` (stored as ``qtype``: F32 or F16) against the expected half-width table ``ref``
+    [positions, head_dim / 2]; a full-width ``got`` ([positions, head_dim], halves repeated: rotate-half layout) is
+    compared with the repeated table.  Returns the failure line (off by more than ``ROPE_BOUND`` at any row, or of
+    another shape), or None."""
+    positions = ref.shape[0]
+    got = np.asarray(got, dtype=np.float64)
+    if got.ndim == 2 and got.shape[1] == 2 * ref.shape[1]:
+        ref = np.concatenate([ref, ref], axis=1)
+    if got.shape != ref.shape:
+        return (f"tensor check: RoPE table {name} has shape {list(got.shape)}, expected {list(ref.shape)} "
+                f"({what})")
+    rows = np.arange(positions, dtype=np.float64)
+    abs_bound, slope = ROPE_BOUND[qtype]
+    bound = abs_bound + slope * 2.0**-23 * rows
+    err = np.abs(got - ref.astype(np.float64)).max(axis=1) if ref.size else np.zeros(positions)
+    err = np.where(np.isfinite(err), err, np.inf)
+    bad = np.flatnonzero(~(err <= bound))
+    if not bad.size:
+        return None
+    worst = int(bad[np.argmax(err[bad] / bound[bad])])
+    return (f"tensor check: RoPE table {name} ({qtype}) is off by {err[worst]:.2e} at row {worst} "
+            f"(bound {bound[worst]:.1e}; {bad.size} of {positions} rows, first {int(bad[0])}) against "
+            f"the table of {what}")
+
+
 def check_rope(path: Path, theta: float, head_dim: int, positions: int) -> list[str]:
     """The RoPE tables of the ONNX file at ``path`` (every row; external data read for these two tensors only)
     against ``rope_expected(theta, head_dim, positions)``; one failure line per table that is missing, of another
@@ -163,21 +189,7 @@ def check_rope(path: Path, theta: float, head_dim: int, positions: int) -> list[
             got = np.asarray(numpy_helper.to_array(t), dtype=np.float64)
         except Exception as exc:  # a truncated or missing data file
             raise BundleError(f"{path}: cannot read {name} ({exc}); re-export the bundle") from None
-        if got.ndim == 2 and got.shape[1] == 2 * ref.shape[1]:
-            ref = np.concatenate([ref, ref], axis=1)
-        if got.shape != ref.shape:
-            fails.append(f"tensor check: RoPE table {name} has shape {list(got.shape)}, expected {list(ref.shape)} "
-                         f"({what})")
-            continue
-        rows = np.arange(positions, dtype=np.float64)
-        abs_bound, slope = ROPE_BOUND[qtype]
-        bound = abs_bound + slope * 2.0**-23 * rows
-        err = np.abs(got - ref.astype(np.float64)).max(axis=1) if ref.size else np.zeros(positions)
-        err = np.where(np.isfinite(err), err, np.inf)
-        bad = np.flatnonzero(~(err <= bound))
-        if bad.size:
-            worst = int(bad[np.argmax(err[bad] / bound[bad])])
-            fails.append(f"tensor check: RoPE table {name} ({qtype}) is off by {err[worst]:.2e} at row {worst} "
-                         f"(bound {bound[worst]:.1e}; {bad.size} of {positions} rows, first {int(bad[0])}) against "
-                         f"the table of {what}")
+        fail = compare_rope(name, got, qtype, ref, what)
+        if fail:
+            fails.append(fail)
     return fails

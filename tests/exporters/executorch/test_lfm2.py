@@ -511,3 +511,28 @@ def test_changed_params_json_is_refused_by_verify(rand_fp32, tmp_path):
     report = verify_bundle(bundle, progress=lambda _m: None)
     assert not report.passed
     assert any(f.startswith("tensor check: params.json: .rope_theta is") for f in report.failures), report.failures
+
+
+def test_rope_rows_past_the_windows_are_read_back(rand_fp32, rand_lfm2, tmp_path):
+    """A new-user trial rewrote the program's RoPE tables from row 600 on (the windows end at 512) and passed."""
+    import numpy as np
+    from executorch.exir._serialize._program import deserialize_pte_binary, serialize_pte_binary
+
+    from edgekit.checkpoint import open_checkpoint
+    from edgekit.exporters.executorch import lfm2 as et_lfm2
+
+    pte = deserialize_pte_binary((rand_fp32 / "model.pte").read_bytes())
+    forward = next(p for p in pte.program.execution_plan if p.name == "forward")
+    shape = [CTX, Lfm2Config.from_hf(json.loads((rand_lfm2 / "config.json").read_text())).head_dim]
+    moved = 0
+    for v in forward.values:
+        if list(getattr(v.val, "sizes", []) or []) == shape and getattr(v.val, "data_buffer_idx", 0) > 0:
+            buf = pte.program.constant_buffer[v.val.data_buffer_idx]
+            table = np.frombuffer(bytes(buf.storage), dtype="<f4").reshape(shape).copy()
+            table[300:] = table[200:-100]
+            buf.storage = table.tobytes()
+            moved += 1
+    assert moved == 2
+    bundle = _copy_with(rand_fp32, tmp_path / "b", bytes(serialize_pte_binary(pte, extract_delegate_segments=True)))
+    fails = et_lfm2.file_constants(bundle, read_manifest(bundle), open_checkpoint(str(rand_lfm2)))
+    assert len(fails) == 2 and all("RoPE table" in f and "first 300)" in f for f in fails), fails
