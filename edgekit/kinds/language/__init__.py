@@ -193,7 +193,7 @@ class Thresholds:
                 f"<= {MAX_KL_DRIFT}" if m["mean_kl"] > max(self.max_mean_kl, DRIFT_FLOOR)
                 else f"reported (gated above KL {max(self.max_mean_kl, DRIFT_FLOOR):.0e})")),
         ]) + ([] if not m.get("decode") else [
-            (f"decode steps: top-1 decided / KL ({m['decode']['positions']})",
+            (f"decode steps ({m['decode']['positions']}): top-1 / KL",
              f"{m['decode']['top1_decided']:.4f} / {m['decode']['mean_kl']:.1e}",
              "reported" if self._to_float(m) else f">= {top1_bar:.4g} / <= {DECODE_KL_FACTOR * kl_bar:.2g}"),
         ]) + [
