@@ -357,8 +357,8 @@ def engine_reference(manifest: Mapping[str, Any], model: Any, read: Sequence[Rea
 
 def constants_failures(root: Any, manifest: Mapping[str, Any], model: Any) -> tuple[str, ...]:
     """The checks of what is not a weight, against the checkpoint the reference ``model`` was built from: the files
-    copied from it (``copied_file_failures``); the pair's ``file_structure(root, manifest, checkpoint, weights)``
-    where it has one (the file's graph against the one its exporter builds: ONNX); and its
+    copied from it (``copied_file_failures``); the pair's ``file_structure(root, manifest, checkpoint, model)``
+    where it has one (the file's graph against the one its exporter builds from ``model``: ONNX); and its
     ``file_constants(root, manifest, checkpoint)`` — every non-weight value its exporter writes (RoPE base, norm
     epsilon, head counts, vocabulary, bos/eos, kernel attributes), read back from the file.  One failure line per
     difference.  Such a change alters what the engine computes without touching a weight, and a sensitive model's
@@ -377,7 +377,7 @@ def constants_failures(root: Any, manifest: Mapping[str, Any], model: Any) -> tu
     structure = getattr(exporter, "file_structure", None)
     constants = getattr(exporter, "file_constants", None)
     return (copied_file_failures(Path(root), checkpoint)
-            + (tuple(structure(Path(root), manifest, checkpoint, reference_weights(manifest, model)))
+            + (tuple(structure(Path(root), manifest, checkpoint, model))
                if structure else ())
             + (tuple(constants(Path(root), manifest, checkpoint)) if constants else ()))
 

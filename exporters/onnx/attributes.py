@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from edgekit.errors import BundleError
 
 
 @dataclass(frozen=True)
@@ -58,22 +57,15 @@ def _stored(value: Any) -> Any:
     return value
 
 
-def _load(path: Path) -> Any:
-    import onnx
-
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError, OSError, ValueError
-        raise BundleError(f"{path}: not a readable ONNX model ({exc}); re-export the bundle") from None
-
-
 def check(path: Path, rules: Mapping[str, NodeRule], what: str) -> list[str]:
     """The nodes of the ONNX file at ``path`` against ``rules`` (op_type -> rule); ``what`` names the checkpoint
     values the rules come from.  One failure line per node with a missing, extra or different attribute (naming
     node, attribute, file value and expected value), and per op_type whose node count differs."""
     from onnx import helper
 
-    model = _load(path)
+    from . import readback
+
+    model = readback.load(path)
     fails: list[str] = []
     seen = {op: 0 for op in rules}
     for node in model.graph.node:

@@ -61,9 +61,10 @@ FAST_INT2_BLOCKS = limits.FAST_INT2_BLOCKS
 HEAD_BLOCK = 32
 
 
-def ternary_weights(job: ExportJob) -> BitNetWeights:
-    """The merged model's codes and scales: the reference built for export carries them as ``.weights``."""
-    w = getattr(job.reference, "weights", None)
+def ternary_weights(reference: Any) -> BitNetWeights:
+    """The (merged) model's codes and scales: every BitNet reference builder keeps them as ``.weights``; raises
+    ``InternalError`` otherwise."""
+    w = getattr(reference, "weights", None)
     if not isinstance(w, BitNetWeights):
         raise InternalError("the BitNet reference has no .weights (BitNetWeights); build it with build_for_export")
     return w
@@ -157,13 +158,16 @@ def node_rules(c: BitNetConfig) -> dict[str, attributes.NodeRule]:
     return {r.op_type: r for r in (gqa, norm, skip_norm)}
 
 
-def build(w: BitNetWeights, reference: Any, bits: int | None, block: int, accuracy_level: int) -> Any:
-    """The ModelProto: ternary projections already final (MatMul float32, or exact MatMulNBits), LM head float."""
+def build(w: BitNetWeights, reference: Any, bits: int | None, block: int, accuracy_level: int,
+          b: GraphBuilder | None = None) -> Any:
+    """The ModelProto: ternary projections already final (MatMul float32, or exact MatMulNBits), LM head float;
+    ``b``: another builder (``structure.SkeletonBuilder``: the graph without its weights, for the structure
+    check)."""
     from onnx import TensorProto, helper
 
     c = w.config
     f = w.floats
-    b = GraphBuilder()
+    b = b if b is not None else GraphBuilder()
     matmul = Projections(b, w, bits, block, accuracy_level)
     modes = activation_modes(reference) if reference.activations == "a4.8" else {}
 
@@ -316,7 +320,7 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
     name = job.plan.quant.name
     if name not in ("fp32", *TERNARY_BITS):
         raise UnsupportedError(f"onnx BitNet quant {name!r}; valid: fp32, {', '.join(TERNARY_BITS)}")
-    w = ternary_weights(job)
+    w = ternary_weights(job.reference)
     c = w.config
     bits = TERNARY_BITS.get(name)
     accuracy = int(options.accuracy_level)
@@ -405,6 +409,27 @@ def file_weights(root: Path, manifest: Any, weights: Any) -> tuple[list[Any], di
                if t.name == LM_HEAD else t for t in out]
         return out, {}
     return out, {"lm_head.weight": "model.embed_tokens.weight"}
+
+
+def file_structure(root: Path, manifest: Any, checkpoint: Any, model: Any) -> list[str]:
+    """The structure check (``structure.check``): the file's graph against the one ``build`` makes from the
+    reference ``model``'s ternary weights and activation mode (a4.8 quantisers as graph ops) with the bundle's
+    recorded ternary bits, block and accuracy level; the LM head's quantisation by onnxruntime's tools is one of
+    the renames ``structure`` allows.  A manifest whose ``quant`` record is unreadable is the manifest check's to
+    refuse: reported here as one failure line."""
+    from . import structure
+
+    q = manifest["artifact"].get("quant") or {}
+    bits = q.get("ternary_bits")
+    try:
+        block, accuracy = (int(q["block_size"]), int(q["accuracy_level"])) if bits else (0, 0)
+        expected = build(ternary_weights(model), model, int(bits) if bits else None, block, accuracy,
+                         structure.SkeletonBuilder())
+    except (KeyError, TypeError, ValueError) as exc:
+        return [f"structure: the manifest's artifact.quant {q!r} does not describe a BitNet ONNX export ({exc})"]
+    separate = (manifest["plan"].get("options") or {}).get("lora_mode") == "separate"
+    return structure.check(root / manifest["artifact"]["file"], expected,
+                           f"the checkpoint {checkpoint.path.name}'s weights", lora_branches=separate)
 
 
 def file_constants(root: Path, manifest: Any, checkpoint: Any) -> list[str]:

@@ -383,12 +383,14 @@ def file_weights(root: Path, manifest: Any, sources: Any) -> tuple[list[Any], di
     return out, {"lm_head.weight": "model.embed_tokens.weight"}
 
 
-def file_structure(root: Path, manifest: Any, checkpoint: Any, weights: Mapping[str, np.ndarray]) -> list[str]:
+def file_structure(root: Path, manifest: Any, checkpoint: Any, model: Any) -> list[str]:
     """The structure check (``structure.check``): the file's graph against the one ``build`` makes from
-    ``checkpoint``'s config and ``weights`` (the reference's, by checkpoint name)."""
+    ``checkpoint``'s config and the float reference ``model``'s weights (merged, by checkpoint name)."""
+    from edgekit.reference import state_dict
+
     from . import structure
 
-    expected = build(weights, checkpoint.model_config, structure.SkeletonBuilder())
+    expected = build(state_dict(model), checkpoint.model_config, structure.SkeletonBuilder())
     separate = (manifest["plan"].get("options") or {}).get("lora_mode") == "separate"
     return structure.check(root / manifest["artifact"]["file"], expected,
                            f"the checkpoint {checkpoint.path.name}'s config", lora_branches=separate)

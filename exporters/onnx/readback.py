@@ -15,8 +15,10 @@ A float16 graph (``--quant fp16``) also runs its activations in float16: ``ActQu
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -62,6 +64,32 @@ def dequantize_matmul_nbits(b: np.ndarray, scales: np.ndarray, zero_points: np.n
     return ((q - zp) * s).reshape(n, k_blocks * block)[:, :k]
 
 
+def load(path: Path, external_data: bool = False) -> Any:
+    """The ONNX ModelProto at ``path``; without ``external_data`` the graph only (initializers stored outside it
+    stay references), parsed once per file version and shared by every check of one verification (``structure``,
+    ``attributes``, ``check_rope``): callers must not modify it.  Raises ``BundleError`` when the file cannot be
+    read."""
+    import onnx
+
+    if external_data:
+        try:
+            return onnx.load(str(path))
+        except Exception as exc:  # onnx raises DecodeError, OSError, ValueError
+            raise BundleError(f"{path}: not a readable ONNX model ({exc}); re-export the bundle") from None
+    st = path.stat() if path.is_file() else None
+    return _graph(str(path.resolve()), st.st_mtime_ns if st else 0, st.st_size if st else 0)
+
+
+@functools.lru_cache(maxsize=2)
+def _graph(path: str, mtime_ns: int, size: int) -> Any:
+    import onnx
+
+    try:
+        return onnx.load(path, load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError, OSError, ValueError
+        raise BundleError(f"{path}: not a readable ONNX model ({exc}); re-export the bundle") from None
+
+
 def read(path: Path) -> list[OnnxWeight]:
     """Every float initializer and every MatMulNBits weight of the ONNX model at ``path`` (external data loaded).
 
@@ -69,11 +97,7 @@ def read(path: Path) -> list[OnnxWeight]:
     import onnx
     from onnx import helper, numpy_helper
 
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:  # onnx raises DecodeError, OSError, ValueError
-        raise BundleError(f"{path}: not a readable ONNX model ({exc}); re-export the bundle") from None
-    g = model.graph
+    g = load(path, external_data=True).graph
     inits = {t.name: t for t in g.initializer}
     out: list[OnnxWeight] = []
     used: set[str] = set()
@@ -165,11 +189,7 @@ def check_rope(path: Path, theta: float, head_dim: int, positions: int) -> list[
     from onnx import numpy_helper
     from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError, OSError, ValueError
-        raise BundleError(f"{path}: not a readable ONNX model ({exc}); re-export the bundle") from None
-    inits = {t.name: t for t in model.graph.initializer}
+    inits = {t.name: t for t in load(path).graph.initializer}
     want = dict(zip(ROPE_TABLES, rope_expected(theta, head_dim, positions)))
     fails: list[str] = []
     what = f"rope_theta {theta:g}, head_dim {head_dim}, {positions} positions"
@@ -184,7 +204,8 @@ def check_rope(path: Path, theta: float, head_dim: int, positions: int) -> list[
                          f"{onnx.TensorProto.DataType.Name(t.data_type)}, expected float32 or float16")
             continue
         try:
-            if uses_external_data(t):
+            if uses_external_data(t):  # on a copy: ``load``'s graph is shared by every check of this file
+                t = onnx.TensorProto.FromString(t.SerializeToString())
                 load_external_data_for_tensor(t, str(path.parent))
             got = np.asarray(numpy_helper.to_array(t), dtype=np.float64)
         except Exception as exc:  # a truncated or missing data file

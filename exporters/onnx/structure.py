@@ -25,6 +25,8 @@ import numpy as np
 
 from .builder import GraphBuilder
 
+# failure lines reported at most (then a count)
+MAX_LINES = 10
 # initializers up to this many elements are compared by value (shape and split constants, scalars)
 SMALL = 64
 # op type in the float graph -> (what the quantiser may turn it into, the inputs it keeps: the activation, a
@@ -56,10 +58,11 @@ def check(path: Path, expected: Any, what: str, lora_branches: bool = False) -> 
     ``lora_branches``: the bundle is ``--lora-mode separate``, whose ``lora/...`` branch nodes
     (``adapters.add_branches``) are allowed.  One failure line per missing, extra, retyped or rewired node and per
     differing small constant (the first ``MAX_LINES``, then a count)."""
-    import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(path), load_external_data=False)
+    from . import readback
+
+    model = readback.load(path)
     want = {n.name: n for n in expected.graph.node}
     fails: list[str] = []
     seen: set[str] = set()
@@ -93,6 +96,3 @@ def check(path: Path, expected: Any, what: str, lora_branches: bool = False) -> 
             fails.append(f"structure: constant {t.name!r} is {numpy_helper.to_array(f).tolist()}, the exporter writes "
                          f"{numpy_helper.to_array(t).tolist()}")
     return fails[:MAX_LINES] + ([f"structure: ... and {len(fails) - MAX_LINES} more"] if len(fails) > MAX_LINES else [])
-
-
-MAX_LINES = 10

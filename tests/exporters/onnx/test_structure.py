@@ -82,12 +82,11 @@ def _keep_all_logits(model) -> None:
 def test_correct_export_matches_the_exporters_graph(export_cache, quant):
     from edgekit.checkpoint import open_checkpoint
     from edgekit.exporters.onnx import lfm2
-    from edgekit.reference import load_reference, state_dict
+    from edgekit.reference import load_reference
 
     bundle = exported(export_cache, SOURCE, "onnx", quant, verify=False)
     ckpt = open_checkpoint(SOURCE)
-    weights = state_dict(load_reference(ckpt, None, None))
-    assert lfm2.file_structure(bundle, read_manifest(bundle), ckpt, weights) == []
+    assert lfm2.file_structure(bundle, read_manifest(bundle), ckpt, load_reference(ckpt, None, None)) == []
 
 
 @pytest.mark.parametrize("edit,says", [
@@ -101,3 +100,64 @@ def test_graph_edit_is_refused(export_cache, tmp_path, edit, says):
     _rewrite(bundle, edit)
     fails = _failures(bundle)
     assert any(says in f for f in fails), fails
+
+
+# BitNet: the graph ``bitnet.build`` makes from the reference's ternary weights and activation mode (a4.8: its
+# quantisers as graph ops), with the bundle's recorded ternary bits, block and accuracy level
+BITNET = "builtin:bitnet-tiny"
+
+
+def _bitnet(export_cache, quant: str, options: dict | None = None) -> tuple[Path, list[str]]:
+    """A BitNet export (not verified) and its structure check against the reference verification builds."""
+    from edgekit.export import export, make_plan
+    from edgekit.exporters.onnx import bitnet
+    from edgekit.reference import load_reference
+
+    key = ("bitnet-structure", quant, tuple(sorted((options or {}).items())))
+    prep = make_plan(BITNET, "onnx", quant, None, options)
+    if key not in export_cache:
+        export_cache[key] = export_cache["root"] / f"bitnet-{quant}-{len(export_cache)}"
+        export(prep, export_cache[key], verify=False, progress=lambda _m: None)
+    bundle = export_cache[key]
+    reference = load_reference(prep.checkpoint, None, prep.plan.options)
+    return bundle, bitnet.file_structure(bundle, read_manifest(bundle), prep.checkpoint, reference)
+
+
+@pytest.mark.parametrize("quant, options", [("int2", None), ("int4", {"bitnet_activations": "a4.8"}),
+                                            ("fp32", None)])
+def test_correct_bitnet_export_matches_the_exporters_graph(export_cache, quant, options):
+    assert _bitnet(export_cache, quant, options)[1] == []
+
+
+def test_bitnet_graph_edit_is_refused(export_cache, tmp_path):
+    from edgekit.checkpoint import open_checkpoint
+    from edgekit.exporters.onnx import bitnet
+    from edgekit.reference import load_reference
+
+    bundle = tmp_path / "b"
+    shutil.copytree(_bitnet(export_cache, "int2")[0], bundle)
+    _rewrite(bundle, _remap_token)
+    ckpt = open_checkpoint(BITNET)
+    fails = bitnet.file_structure(bundle, read_manifest(bundle), ckpt, load_reference(ckpt, None, None))
+    assert any("node 'remap/Equal' (Equal) is not one the exporter writes" in f for f in fails), fails
+
+
+def test_bitnet_separate_adapters_pass_verification(tmp_path):
+    """--lora-mode separate: the export verifies (raises ParityError otherwise), and the structure check allows
+    the ``lora/`` branches."""
+    from edgekit.export import export, make_plan
+    from edgekit.exporters.onnx import bitnet
+    from edgekit.reference import load_reference
+
+    prep = make_plan(BITNET, "onnx", "int2", ["builtin:bitnet-tiny-lora"], {"lora_mode": "separate"})
+    bundle = export(prep, tmp_path / "b", verify=True, progress=lambda _m: None)
+    manifest = read_manifest(bundle)
+    assert any(n.startswith("lora/") for n in _node_names(bundle))
+    reference = load_reference(prep.checkpoint, None, prep.plan.options)
+    assert bitnet.file_structure(bundle, manifest, prep.checkpoint, reference) == []
+
+
+def _node_names(bundle: Path) -> list[str]:
+    import onnx
+
+    return [n.name for n in onnx.load(str(bundle / "model.onnx"), load_external_data=False).graph.node]
