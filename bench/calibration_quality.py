@@ -42,7 +42,7 @@ SCHEMES = [
     ("gguf", "q5_k_m", "imatrix (calibrated)", {}),
     ("onnx", "int4", "round-to-nearest (affine)", {"no_calibration": True}),
     ("onnx", "int4", "HQQ (data-free)", {"weight_algorithm": "hqq"}),
-    ("onnx", "int4", "mixed (calibration text)", {"mixed_precision": True}),
+    ("onnx", "int4", "mixed (default)", {"mixed_precision": True}),
     ("executorch", "8da4w", "round-to-nearest (affine)", {"no_calibration": True}),
     ("executorch", "8da4w", "HQQ scale-only (data-free)", {"weight_algorithm": "hqq", "no_calibration": True}),
     ("executorch", "8da4w", "mixed (default)", {"mixed_precision": True}),

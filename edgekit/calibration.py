@@ -209,7 +209,7 @@ class CalibrationOptions(Options):
     CALIBRATED: ClassVar[tuple[str, ...]] = ()
 
     calibration: str | None = option(None, "calibrated quants (GGUF q4_0, q4_k_m, q5_k_m; ExecuTorch 8da4w; ONNX "
-                                           "int4 with --mixed-precision true): UTF-8 text for the importance "
+                                           "int4): UTF-8 text for the importance "
                                            "statistics and the sensitivity scan, >= 1024 tokens, sharing nothing "
                                            "with the verification text (default: edgekit's built-in sample)")
     no_calibration: bool = option(False, "calibrated quants: plain round-to-nearest, no calibration, no scan")

@@ -132,7 +132,7 @@ def test_gguf_q4_k_m_calibrated_and_plain_pass_verification(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt,quant", [("gguf", "q4_0"), ("executorch", "8da4w")])
+@pytest.mark.parametrize("fmt,quant", [("gguf", "q4_0"), ("executorch", "8da4w"), ("onnx", "int4")])
 def test_plain_round_to_nearest_passes_verification(tmp_path, fmt, quant):
     """``--no-calibration``: plain round-to-nearest at the quant's default types, no calibration recorded (the
     calibrated default of each is the parity tests' default case)."""
@@ -152,11 +152,15 @@ def test_onnx_weight_algorithm_applies_to_int4_only():
     assert make_plan("builtin:lfm2-tiny", "onnx", "int4", options={"weight_algorithm": "hqq"}).plan.options.weight_algorithm == "hqq"
     with pytest.raises(UnsupportedError, match="applies to --quant int4 only"):
         make_plan("builtin:lfm2-tiny", "onnx", "int8", options={"weight_algorithm": "hqq"})
-    # ONNX int4's calibration text feeds only its (opt-in) mixed-precision scan: alone it would do nothing
+    # ONNX int4's calibration text feeds only its mixed-precision scan (the default): without it, it would do
+    # nothing
     text = str(Path(__file__).resolve().parents[1] / "edgekit" / "data" / "calibration.txt")
     with pytest.raises(UnsupportedError, match="read by the mixed-precision scan only"):
-        make_plan("builtin:lfm2-tiny", "onnx", "int4", options={"calibration": text})
-    assert make_plan("builtin:lfm2-tiny", "onnx", "int4",
-                     options={"calibration": text, "mixed_precision": True}).plan.options.mixes
+        make_plan("builtin:lfm2-tiny", "onnx", "int4", options={"calibration": text, "mixed_precision": False})
+    prep = make_plan("builtin:lfm2-tiny", "onnx", "int4", options={"calibration": text})
+    assert prep.plan.options.mixes(prep.plan.quant)
+    # --weight-algorithm hqq writes asymmetric blocks, which the scan does not assign: plain HQQ
+    prep = make_plan("builtin:lfm2-tiny", "onnx", "int4", options={"weight_algorithm": "hqq"})
+    assert not prep.plan.options.mixes(prep.plan.quant)
     with pytest.raises(UnsupportedError, match="--calibration"):
         make_plan("builtin:lfm2-tiny", "onnx", "int8", options={"calibration": text})

@@ -108,7 +108,10 @@ def test_mixed_options_at_plan_time(tmp_path):
     budget = make_plan(SOURCE, "onnx", "int4", options={"byte_budget": "0.7"})
     assert budget.plan.options.mixes(budget.plan.quant) and budget.plan.options.budget().bytes_per_weight == 0.7
     default = make_plan(SOURCE, "onnx", "int4")
-    assert default.plan.options.mixes(default.plan.quant) == ("int4" in default.plan.options.MIXED_DEFAULT)
+    assert default.plan.options.mixes(default.plan.quant)  # the default (issue 15: calibrated by default)
+    for opts in ({"no_calibration": True}, {"mixed_precision": False}, {"weight_algorithm": "hqq"}):
+        plain = make_plan(SOURCE, "onnx", "int4", options=opts)
+        assert not plain.plan.options.mixes(plain.plan.quant), opts
     for quant in ("int8", "fp16", "fp32"):
         for opts in ({"mixed_precision": True}, {"byte_budget": "0.7"}):
             with pytest.raises(UnsupportedError, match=f"mixed precision applies to int4 only, not {quant}"):
@@ -151,9 +154,9 @@ def test_budget_below_the_cheapest_types_is_refused_with_its_minimum(tmp_path):
 
 @pytest.mark.slow
 def test_mixed_int4_export_passes_verification(tmp_path):
-    """A mixed int4 export (built-in + LoRA) passes the three-part verification at the recipe's bars, with its
-    tensor check reading each MatMulNBits at its own bits and block; it records the assignment within the
-    default's bytes and the file holds it."""
+    """The default int4 export (built-in + LoRA: calibrated mixed precision) passes the three-part verification at
+    the recipe's bars, with its tensor check reading each MatMulNBits at its own bits and block; it records the
+    assignment within the plain assignment's bytes and the file holds it."""
     import onnx
 
     from edgekit.bundle import read_manifest
@@ -163,7 +166,7 @@ def test_mixed_int4_export_passes_verification(tmp_path):
     from parity import assert_three_parts, recipe
 
     out = tmp_path / "b"
-    export(make_plan(SOURCE, "onnx", "int4", ADAPTER, {"mixed_precision": True}), out, progress=lambda _m: None)
+    export(make_plan(SOURCE, "onnx", "int4", ADAPTER), out, progress=lambda _m: None)
     m = read_manifest(out)
     assert_three_parts(m["verification"], recipe(Family.LFM2, Format.ONNX).thresholds["int4"])
     mp = m["artifact"]["mixed_precision"]

@@ -61,10 +61,11 @@ class OnnxOptions(CalibrationOptions, MixedOptions):
     # the calibration text feeds only the mixed-precision scan (no calibrated quantiser of its own)
     CALIBRATED: ClassVar[tuple[str, ...]] = ("int4",)
     MIXED: ClassVar[tuple[str, ...]] = ("int4",)
-    # opt-in: at the default's 0.625 bytes per weight it measured 0.8599 / 2.78e-2 -> 0.8755 / 2.37e-2 (cost vs
-    # float, built-in + LoRA, bench/calibration_quality.py), far from issue 15's 0.92 / 9e-3, for ~25-50 s of scan
-    # per export; the goal needs ~0.75 bytes per weight (--byte-budget 0.75: 0.9253 / 8.4e-3)
-    MIXED_DEFAULT: ClassVar[tuple[str, ...]] = ()
+    # the default for int4 (--mixed-precision false, --no-calibration or --weight-algorithm hqq: every weight at
+    # --block-size, the head at --head-bits): at the default's 0.625 bytes per weight it measured 0.8599 / 2.78e-2
+    # -> 0.8755 / 2.37e-2 (top-1 / mean KL vs float, built-in + LoRA, bench/calibration_quality.py), still short of
+    # issue 15's 0.92 / 9e-3, which needs ~0.75 bytes per weight (--byte-budget 0.75: 0.9253 / 8.4e-3)
+    MIXED_DEFAULT: ClassVar[tuple[str, ...]] = ("int4",)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -82,6 +83,13 @@ class OnnxOptions(CalibrationOptions, MixedOptions):
     lora_mode: str = option("merged", "ONNX: fold the adapter in (merged) or give the graph LoRA inputs and keep each "
                                       "--adapter NAME=PATH as an ONNX Runtime adapter file (separate)",
                             ("merged", "separate"))
+
+    def mixes(self, quant: QuantSpec) -> bool:
+        """As ``MixedOptions.mixes``; ``--weight-algorithm hqq`` (asymmetric blocks, which the scan does not
+        assign) turns the default scan off."""
+        if self.mixed_precision is None and self.byte_budget is None and self.weight_algorithm != "affine":
+            return False
+        return super().mixes(quant)
 
     def validate(self, quant: QuantSpec, given: set[str]) -> None:
         if quant.name != "int4" and "weight_algorithm" in given and self.weight_algorithm != "affine":
