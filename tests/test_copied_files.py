@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from conftest import exported
@@ -37,15 +38,9 @@ def test_correct_bundle_copies_match(export_cache):
     assert copied_file_failures(bundle, checkpoint) == ()
 
 
-@pytest.mark.parametrize("name,edit", [
-    ("tokenizer.json", _drop_first_merge),
-    ("generation_config.json", _edit_generation),
-    ("chat_template.jinja", lambda t: t.replace("assistant", "user")),
-    ("tokenizer_config.json", None),  # deleted
-])
-def test_edited_copy_is_refused_by_verify(export_cache, tmp_path, name, edit):
-    from edgekit.export import verify_bundle
-
+def _edited_bundle(export_cache, tmp_path, name: str, edit) -> Path:
+    """A copy of a correct bundle with ``name`` edited (or, with ``edit`` None, deleted), re-hashed: only the
+    content checks can notice."""
     bundle = tmp_path / "b"
     shutil.copytree(exported(export_cache, SOURCE, "gguf", "q8_0", verify=False), bundle)
     path = bundle / name
@@ -55,8 +50,31 @@ def test_edited_copy_is_refused_by_verify(export_cache, tmp_path, name, edit):
         path.write_text(edit(path.read_text()))
     manifest = read_manifest(bundle)
     manifest["files"].pop(name, None) if edit is None else None
-    write_manifest(bundle, manifest)  # re-hashed: only the content checks can notice
+    write_manifest(bundle, manifest)
+    return bundle
+
+
+def _says(name: str, edit) -> str:
+    return f"the bundle has no {name}" if edit is None else f"{name} in the bundle differs from the checkpoint's"
+
+
+def test_edited_tokenizer_is_refused_by_verify(export_cache, tmp_path):
+    """The trial's case end to end (``edgekit verify``'s path)."""
+    from edgekit.export import verify_bundle
+
+    bundle = _edited_bundle(export_cache, tmp_path, "tokenizer.json", _drop_first_merge)
     report = verify_bundle(bundle, progress=lambda _m: None)
     assert not report.passed
-    want = f"the bundle has no {name}" if edit is None else f"{name} in the bundle differs from the checkpoint's"
-    assert any(f.startswith("tensor check: ") and want in f for f in report.failures), report.failures
+    assert any(f.startswith("tensor check: ") and _says("tokenizer.json", _drop_first_merge) in f
+               for f in report.failures), report.failures
+
+
+@pytest.mark.parametrize("name,edit", [
+    ("generation_config.json", _edit_generation),
+    ("chat_template.jinja", lambda t: t.replace("assistant", "user")),
+    ("tokenizer_config.json", None),  # deleted
+])
+def test_edited_copy_is_refused(export_cache, tmp_path, name, edit):
+    bundle = _edited_bundle(export_cache, tmp_path, name, edit)
+    fails = copied_file_failures(bundle, open_checkpoint(SOURCE))
+    assert len(fails) == 1 and fails[0].startswith("tensor check: ") and _says(name, edit) in fails[0], fails

@@ -78,27 +78,44 @@ def _keep_all_logits(model) -> None:
     t.CopyFrom(numpy_helper.from_array(np.array([0], np.int64), t.name))
 
 
-@pytest.mark.parametrize("quant", ["fp32", "int4", "fp16"])
-def test_correct_export_matches_the_exporters_graph(export_cache, quant):
+@pytest.fixture(scope="module")
+def lfm2_reference():
     from edgekit.checkpoint import open_checkpoint
-    from edgekit.exporters.onnx import lfm2
     from edgekit.reference import load_reference
 
+    return load_reference(open_checkpoint(SOURCE), None, None)
+
+
+@pytest.mark.parametrize("quant", ["fp32", "int4", "fp16"])
+def test_correct_export_matches_the_exporters_graph(export_cache, lfm2_reference, quant):
+    """int4: the default's mixed precision (MatMulNBits of several bits and blocks) included."""
+    from edgekit.checkpoint import open_checkpoint
+    from edgekit.exporters.onnx import lfm2
+
     bundle = exported(export_cache, SOURCE, "onnx", quant, verify=False)
-    ckpt = open_checkpoint(SOURCE)
-    assert lfm2.file_structure(bundle, read_manifest(bundle), ckpt, load_reference(ckpt, None, None)) == []
+    assert lfm2.file_structure(bundle, read_manifest(bundle), open_checkpoint(SOURCE), lfm2_reference) == []
+
+
+def test_remapped_token_is_refused_by_verify(export_cache, tmp_path):
+    """The trial's case end to end (``edgekit verify``'s path)."""
+    bundle = _bundle(export_cache, tmp_path, "int4")
+    _rewrite(bundle, _remap_token)
+    fails = _failures(bundle)
+    assert any("node 'remap/Equal' (Equal) is not one the exporter writes" in f for f in fails), fails
 
 
 @pytest.mark.parametrize("edit,says", [
-    (_remap_token, "node 'remap/Equal' (Equal) is not one the exporter writes"),
     (_reslice_rope, "(GroupQueryAttention) reads"),
     (_layer_norm, "node 'final_norm' is SkipLayerNormalization, the exporter writes SkipSimplifiedLayerNormalization"),
     (_keep_all_logits, "structure: constant 'logits_to_keep' is [0], the exporter writes [1]"),
 ])
-def test_graph_edit_is_refused(export_cache, tmp_path, edit, says):
+def test_graph_edit_is_refused(export_cache, tmp_path, lfm2_reference, edit, says):
+    from edgekit.checkpoint import open_checkpoint
+    from edgekit.exporters.onnx import lfm2
+
     bundle = _bundle(export_cache, tmp_path, "int4")
     _rewrite(bundle, edit)
-    fails = _failures(bundle)
+    fails = lfm2.file_structure(bundle, read_manifest(bundle), open_checkpoint(SOURCE), lfm2_reference)
     assert any(says in f for f in fails), fails
 
 
