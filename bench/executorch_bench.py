@@ -304,7 +304,7 @@ def quality(reps_dir: Path) -> list[dict[str, Any]]:
 # -- the run ------------------------------------------------------------------------------------------------
 # edgekit variants: key, label, export options (on top of context and group size)
 VARIANTS = (
-    ("edgekit", "edgekit 8da4w g32, int8 head, shared embedding (default)", {}),
+    ("edgekit", "edgekit 8da4w default (calibrated mixed precision, int8 head, shared embedding)", {}),
     ("edgekit_h4", "edgekit 8da4w g32, int4 head (export_llm's choice)", {"head_bits": 4}),
     ("edgekit_h4e4", "edgekit 8da4w g32, int4 head + 4-bit embedding", {"head_bits": 4, "embedding_quant": "4"}),
 )
@@ -322,32 +322,39 @@ def data_file(bundle: Path) -> Path | None:
     return bundle / files[0] if files else None
 
 
-def run_model(name: str, reps: int, pp_n: int, tg: int, ratio_rounds_n: int) -> dict[str, Any]:
+def run_model(name: str, reps: int, pp_n: int, tg: int, ratio_rounds_n: int, variants: tuple = VARIANTS,
+              gguf: bool = True) -> dict[str, Any]:
+    """``variants``: the ``VARIANTS`` rows to export and time; ``gguf``: also the GGUF Q4_0 row; ``ratio_rounds_n``
+    0 skips the wrapper ratios."""
     src = checkpoint(name)
     base = WORK / name
     base.mkdir(parents=True, exist_ok=True)
-    res: dict[str, Any] = {"model": name}
-    for key, label, extra in VARIANTS:
+    res: dict[str, Any] = {"model": name, "variants": [v[0] for v in variants]}
+    for key, label, extra in variants:
         print(f"[{name}] {label}: export", flush=True)
         opts = json.dumps({"max_context": CONTEXT, "group_size": GROUP, **extra})
         res[f"{key}_export"] = run_child("edgekit", str(src), str(base / key), "executorch", "8da4w", opts)
     print(f"[{name}] export_llm 8da4w export", flush=True)
     res["export_llm_export"] = run_child("export_llm", str(src), str(base / "export_llm-8da4w"), "hqq")
-    print(f"[{name}] edgekit gguf q4_0 export", flush=True)
-    res["gguf_export"] = run_child("edgekit", str(src), str(base / "gguf-q4_0"), "gguf", "q4_0", "{}")
+    if gguf:
+        print(f"[{name}] edgekit gguf q4_0 export", flush=True)
+        res["gguf_export"] = run_child("edgekit", str(src), str(base / "gguf-q4_0"), "gguf", "q4_0", "{}")
 
     el, gg = base / "export_llm-8da4w", base / "gguf-q4_0"
     text, ids = prompt_text(src / "tokenizer.json", pp_n)
     print(f"[{name}] speed ({len(ids)} prompt tokens, {tg} generated, {reps} reps)", flush=True)
     res["export_llm_runner"] = bare_runner(el / "model.pte", el / "tokenizer.json", None, text, tg, reps)
-    for key, _label, _extra in VARIANTS:
+    for key, _label, _extra in variants:
         b = base / key
         res[f"{key}_runner"] = bare_runner(b / "model.pte", b / "tokenizer.json", data_file(b), text, tg, reps)
-    res |= ratio_rounds(base / "edgekit", text, ids, tg, ratio_rounds_n)
-    res["gguf_wrapper"] = wrapper(gg, ids, tg, reps)
-    res["sizes_mb"] = {key: size_mb(base / key) for key, _l, _e in VARIANTS}
-    res["sizes_mb"].update(export_llm=size_mb(el / "model.pte"), gguf=size_mb(gg))
-    res["delegate_calls"] = {key: delegate_calls(base / key / "model.pte") for key, _l, _e in VARIANTS}
+    if ratio_rounds_n and any(v[0] == "edgekit" for v in variants):
+        res |= ratio_rounds(base / "edgekit", text, ids, tg, ratio_rounds_n)
+    res["sizes_mb"] = {key: size_mb(base / key) for key, _l, _e in variants}
+    res["sizes_mb"]["export_llm"] = size_mb(el / "model.pte")
+    if gguf:
+        res["gguf_wrapper"] = wrapper(gg, ids, tg, reps)
+        res["sizes_mb"]["gguf"] = size_mb(gg)
+    res["delegate_calls"] = {key: delegate_calls(base / key / "model.pte") for key, _l, _e in variants}
     res["delegate_calls"]["export_llm"] = delegate_calls(el / "model.pte")
     res["prompt_tokens"] = len(ids)
     return res
@@ -361,14 +368,16 @@ def table(r: dict[str, Any], tg: int) -> str:
 
     rows = [row("export_llm 8da4w g32 (HQQ, int4 head), bare runner", "export_llm", "export_llm_export",
                 r["export_llm_runner"])]
-    rows += [row(f"{label}, bare runner", key, f"{key}_export", r[f"{key}_runner"]) for key, label, _e in VARIANTS]
+    run = [v for v in VARIANTS if v[0] in r.get("variants", [k for k, _l, _e in VARIANTS])]
+    rows += [row(f"{label}, bare runner", key, f"{key}_export", r[f"{key}_runner"]) for key, label, _e in run]
     ratios = [("ratio_method", "ExecuTorch's own Method API loop, no edgekit (token ids)")]
     ratios += [(key, f"edgekit.load, {label}") for key, label, _kind, _stream in WRAPPER_MODES]
     if "ratio_runner" in r:  # the ratio rounds: these rows alternated in one process, one generation each
         rows.append(row(f"edgekit 8da4w default, bare runner alternated with the {len(ratios)} rows below",
                         "edgekit", None, r["ratio_runner"]))
         rows += [row(f"edgekit 8da4w default, {label}", "edgekit", None, r[key]) for key, label in ratios if key in r]
-    rows.append(row("GGUF Q4_0 (edgekit export), edgekit.load", "gguf", "gguf_export", r["gguf_wrapper"]))
+    if "gguf_wrapper" in r:
+        rows.append(row("GGUF Q4_0 (edgekit export), edgekit.load", "gguf", "gguf_export", r["gguf_wrapper"]))
     pp = r["prompt_tokens"]
     lines = [
         f"| program | size MB | export s | export peak RSS GB | XNNPACK calls | pp{pp} t/s | tg{tg} t/s |",
@@ -419,7 +428,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", nargs="+", default=["builtin"], choices=["builtin", "350m"])
     ap.add_argument("-r", "--reps", type=int, default=3)
-    ap.add_argument("--ratio-rounds", type=int, default=15, help="rounds for the wrapper / bare runner ratios")
+    ap.add_argument("--ratio-rounds", type=int, default=15, help="rounds for the wrapper / bare runner ratios "
+                                                                  "(0: none)")
+    ap.add_argument("--variants", nargs="+", choices=[v[0] for v in VARIANTS], default=[v[0] for v in VARIANTS],
+                    help="the edgekit .pte variants to export and time (default: all)")
+    ap.add_argument("--no-gguf", action="store_true", help="leave out the GGUF Q4_0 row")
     ap.add_argument("-p", "--pp", type=int, default=512)
     ap.add_argument("-n", "--tg", type=int, default=128)
     ap.add_argument("--quality", action="store_true", help="also compare HQQ and affine 8da4w on the built-in model")
@@ -438,7 +451,8 @@ def main() -> int:
             r = json.loads((WORK / f"{name}.json").read_text())
             header = r.get("header", header)
         else:
-            r = run_model(name, a.reps, a.pp, a.tg, a.ratio_rounds)
+            r = run_model(name, a.reps, a.pp, a.tg, a.ratio_rounds,
+                          tuple(v for v in VARIANTS if v[0] in a.variants), not a.no_gguf)
             r["header"] = header
             (WORK / f"{name}.json").write_text(json.dumps(r, indent=2))
         text = f"{header}\n\n{table(r, a.tg)}"
