@@ -376,10 +376,22 @@ def constants_failures(root: Any, manifest: Mapping[str, Any], model: Any) -> tu
     exporter = RECIPES.get(Family(manifest["family"]), Format.parse(manifest["format"])).exporter()
     structure = getattr(exporter, "file_structure", None)
     constants = getattr(exporter, "file_constants", None)
-    return (copied_file_failures(Path(root), checkpoint)
+    return (manifest_failures(manifest, checkpoint) + copied_file_failures(Path(root), checkpoint)
             + (tuple(structure(Path(root), manifest, checkpoint, model))
                if structure else ())
             + (tuple(constants(Path(root), manifest, checkpoint)) if constants else ()))
+
+
+def manifest_failures(manifest: Mapping[str, Any], checkpoint: Any) -> tuple[str, ...]:
+    """The manifest's ``model`` and ``io`` sections against what the export writes for ``checkpoint`` (the
+    kind's ``metadata`` and ``io``): eos / bos ids, context length, chat template, model config.  One failure
+    line per differing section."""
+    from . import kinds
+    from .exporters import sidecars
+
+    kind = kinds.behaviour(checkpoint.family.kind)
+    expected = {"model": kind.metadata(checkpoint, manifest.get("artifact")), "io": kind.io(checkpoint)}
+    return tuple(sidecars.check_manifest(manifest, expected, f"the checkpoint {checkpoint.path}"))
 
 
 def copied_file_failures(root: Any, checkpoint: Any) -> tuple[str, ...]:
@@ -387,10 +399,20 @@ def copied_file_failures(root: Any, checkpoint: Any) -> tuple[str, ...]:
     tokenizer_config.json, generation_config.json, the chat template) compared byte for byte with the checkpoint's:
     engines and apps read them (merges, bos/eos, sampling defaults, the template), and verification tokenizes with
     the bundle's own copy, so an edited copy would otherwise be checked against itself (a new-user trial: a
-    tokenizer.json without its first merge passed).  One failure line per missing or differing file."""
+    tokenizer.json without its first merge passed).  A file by one of those names (``checkpoint.TOKENIZER_FILES``)
+    that the checkpoint lacks is refused too.  One failure line per missing, differing or extra file."""
     from .hashing import sha256_file
 
+    from .checkpoint import TOKENIZER_FILES
+
     fails = []
+    copied = {src.name for src in checkpoint.bundle_files}
+    # a file by a name the export copies, which this checkpoint does not have: apps read it all the same (a
+    # trial added a chat_template.jinja to a bundle of a template-less checkpoint)
+    for name in sorted(set(TOKENIZER_FILES) - copied):
+        if (root / name).exists():
+            fails.append(f"tensor check: the bundle has a {name} that the checkpoint {checkpoint.path} does not "
+                         f"have (the export copies only the checkpoint's); remove it or re-export")
     for src in checkpoint.bundle_files:
         copy = root / src.name
         if not copy.is_file():

@@ -9,25 +9,44 @@ from pathlib import Path
 from typing import Any, Mapping
 
 
-def _first_difference(got: Any, want: Any, where: str = "") -> str | None:
-    """The path of the first value that differs between two JSON values, with both values."""
+def first_difference(got: Any, want: Any, where: str = "") -> str | None:
+    """The path of the first value that differs between two JSON values, with both values (None: equal)."""
     if isinstance(got, dict) and isinstance(want, dict):
         for k in sorted(set(got) | set(want), key=str):
             if k not in got:
-                return f"{where}.{k} is missing (expected {want[k]!r})"
+                return f"{where}.{k} is missing (expected {_short(want[k])})"
             if k not in want:
-                return f"{where}.{k}={got[k]!r} is not written by the exporter"
-            diff = _first_difference(got[k], want[k], f"{where}.{k}")
+                return f"{where}.{k}={_short(got[k])} is not written by the exporter"
+            diff = first_difference(got[k], want[k], f"{where}.{k}")
             if diff:
                 return diff
         return None
     if isinstance(got, list) and isinstance(want, list) and len(got) == len(want):
         for i, (g, w) in enumerate(zip(got, want)):
-            diff = _first_difference(g, w, f"{where}[{i}]")
+            diff = first_difference(g, w, f"{where}[{i}]")
             if diff:
                 return diff
         return None
-    return None if got == want and type(got) is type(want) else f"{where or '.'} is {got!r}, expected {want!r}"
+    return None if got == want and type(got) is type(want) else f"{where or '.'} is {_short(got)}, expected {_short(want)}"
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def check_manifest(manifest: Mapping[str, Any], expected: Mapping[str, Any], what: str) -> list[str]:
+    """The sections of the bundle's manifest named in ``expected`` (``model``, ``io``: what the export writes
+    from the checkpoint, ``kinds.<kind>.metadata`` / ``io``) against it: the runtimes take eos ids, context length,
+    bos, the chat template and the model config from there (a new-user trial: an eos id added to
+    ``model.eos_ids``, or another chat template, passed a re-hashed bundle).  One failure line per differing
+    section, naming the first differing key."""
+    fails = []
+    for key, want in expected.items():
+        diff = first_difference(manifest.get(key), json.loads(json.dumps(want)), f".{key}")
+        if diff:
+            fails.append(f"tensor check: edgekit.json: {diff} (from {what})")
+    return fails
 
 
 def check_json(path: Path, expected: Mapping[str, Any], what: str) -> list[str]:
@@ -39,5 +58,5 @@ def check_json(path: Path, expected: Mapping[str, Any], what: str) -> list[str]:
         got = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return [f"tensor check: {path.name} is not valid JSON ({exc})"]
-    diff = _first_difference(got, json.loads(json.dumps(expected)))
+    diff = first_difference(got, json.loads(json.dumps(expected)))
     return [] if diff is None else [f"tensor check: {path.name}: {diff} (from {what})"]

@@ -129,7 +129,10 @@ class TextRunner:
                     raise EdgekitError(f"ExecuTorch's runner produced a piece {item!r} the tokenizer does not know")
                 times.append(when)
                 if token in eos_ids:
-                    continue
+                    # ExecuTorch 1.5's TextLLMRunner checks EOS only on decode steps: a prompt whose prefill
+                    # predicts EOS goes on generating (a new-user trial: the text path ran past an EOS the token-id
+                    # path stopped at), so the wrapper stops here (the finally block stops the runner)
+                    return
                 yield token
         finally:
             if not done:  # the consumer stopped early: stop the runner and wait for it

@@ -78,3 +78,49 @@ def test_edited_copy_is_refused(export_cache, tmp_path, name, edit):
     bundle = _edited_bundle(export_cache, tmp_path, name, edit)
     fails = copied_file_failures(bundle, open_checkpoint(SOURCE))
     assert len(fails) == 1 and fails[0].startswith("tensor check: ") and _says(name, edit) in fails[0], fails
+
+
+def test_file_the_checkpoint_lacks_is_refused(export_cache, tmp_path):
+    """A chat_template.jinja added to the bundle of a checkpoint without one: apps would read it (a new-user
+    trial)."""
+    src = open_checkpoint(SOURCE).path
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    for f in src.iterdir():
+        if f.name != "chat_template.jinja":
+            (ckpt / f.name).symlink_to(f)
+    bundle = exported(export_cache, SOURCE, "gguf", "q8_0", verify=False)
+    fails = copied_file_failures(bundle, open_checkpoint(str(ckpt)))
+    assert len(fails) == 1 and "the bundle has a chat_template.jinja that the checkpoint" in fails[0], fails
+
+
+# the manifest's model section: what the runtimes read (eos ids, context, template, config)
+@pytest.mark.parametrize("edit,says", [
+    (lambda m: m.update(eos_ids=[2, 12, 203]), ".model.eos_ids is [2, 12, 203], expected [2]"),
+    (lambda m: m.update(chat_template="User: {{ messages }}"), ".model.chat_template is 'User: {{ messages }}'"),
+    (lambda m: m["config"].update(max_position_embeddings=600), ".model.config.max_position_embeddings is 600"),
+    (lambda m: m.update(context_length=8192), ".model.context_length is 8192, expected 4096"),
+])
+def test_edited_manifest_model_is_refused(export_cache, edit, says):
+    from edgekit.tensorcheck import manifest_failures
+
+    bundle = exported(export_cache, SOURCE, "gguf", "q8_0", verify=False)
+    manifest = read_manifest(bundle)
+    checkpoint = open_checkpoint(SOURCE)
+    assert manifest_failures(manifest, checkpoint) == ()
+    edit(manifest["model"])
+    fails = manifest_failures(manifest, checkpoint)
+    assert len(fails) == 1 and fails[0].startswith("tensor check: edgekit.json: ") and says in fails[0], fails
+
+
+def test_edited_eos_ids_are_refused_by_verify(export_cache, tmp_path):
+    """The trial's case end to end: an eos id added to the re-hashed manifest stopped generation early."""
+    from edgekit.export import verify_bundle
+
+    bundle = tmp_path / "b"
+    shutil.copytree(exported(export_cache, SOURCE, "gguf", "q8_0", verify=False), bundle)
+    manifest = read_manifest(bundle)
+    manifest["model"]["eos_ids"] = [2, 12, 203]
+    write_manifest(bundle, manifest)
+    report = verify_bundle(bundle, progress=lambda _m: None)
+    assert not report.passed and any(".model.eos_ids is [2, 12, 203]" in f for f in report.failures), report.failures

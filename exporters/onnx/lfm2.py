@@ -407,7 +407,7 @@ def file_constants(root: Path, manifest: Any, checkpoint: Any) -> list[str]:
 
     cfg = checkpoint.model_config
     path = root / manifest["artifact"]["file"]
-    positions = int(manifest["model"]["config"]["max_position_embeddings"])
+    positions = int(cfg.max_position_embeddings)  # the checkpoint's, not the (editable) manifest's
     what = f"the checkpoint {checkpoint.path.name}'s config"
     return [*readback.check_rope(path, float(cfg.rope_theta), int(cfg.hidden_size) // int(cfg.num_attention_heads),
                                  positions),

@@ -375,6 +375,27 @@ def test_text_generation_runs_in_the_cpp_runner(rand_fp32):
         ref.close()
 
 
+def test_text_path_stops_at_an_eos_predicted_by_the_prompt(rand_fp32):
+    """An EOS as the first generated token (predicted at prefill) ends generation on the text path as on the
+    token-id path (a new-user trial: ExecuTorch's TextLLMRunner checks EOS on decode steps only, and edgekit's
+    wrapper skipped the EOS and went on)."""
+    from edgekit import runtimes
+    from edgekit.runtimes import SamplingParams
+
+    prompt = "def read_config(path):"
+    s, ref = runtimes.load(rand_fp32), runtimes.load(rand_fp32, use_runner=False)
+    try:
+        first = s.generate(prompt, SamplingParams(max_tokens=4)).tokens[0]
+        for session in (s, ref):
+            session.eos_ids = {first}
+            assert session.generate(prompt, SamplingParams(max_tokens=16)).tokens == []
+            assert list(session.stream(prompt, SamplingParams(max_tokens=16))) == []
+        assert s._runner is not None  # the text path ran in the runner
+    finally:
+        s.close()
+        ref.close()
+
+
 def test_runner_needs_a_byte_level_tokenizer(tmp_path):
     from edgekit.runtimes.executorch_runner import RunnerUnsuitable, _raw_tokenizer
 

@@ -70,6 +70,22 @@ def _layer_norm(model) -> None:
     next(n for n in model.graph.node if n.name == "final_norm").op_type = "SkipLayerNormalization"
 
 
+def _mid_graph_cast(model) -> None:
+    """int64 -> float16 -> int64 Casts on the mask arithmetic, named as the float16 converter names its boundary
+    Casts (exact below 2048 positions, wrong beyond: a new-user trial)."""
+    from onnx import TensorProto, helper
+
+    g = model.graph
+    gather = next(n for n in g.node if n.name == "mask/Gather")
+    out = gather.output[0]
+    gather.output[0] = out + "/raw"
+    at = list(g.node).index(gather) + 1
+    g.node.insert(at, helper.make_node("Cast", [out + "/raw"], [out + "/f16"], name="graph_input_cast90",
+                                       to=TensorProto.FLOAT16))
+    g.node.insert(at + 1, helper.make_node("Cast", [out + "/f16"], [out], name="graph_input_cast91",
+                                           to=TensorProto.INT64))
+
+
 def _keep_all_logits(model) -> None:
     """``logits_to_keep`` defaulting to 0 (every position): onnxruntime-genai sizes its buffer for one."""
     from onnx import numpy_helper
@@ -108,6 +124,8 @@ def test_remapped_token_is_refused_by_verify(export_cache, tmp_path):
     (_reslice_rope, "(GroupQueryAttention) reads"),
     (_layer_norm, "node 'final_norm' is SkipLayerNormalization, the exporter writes SkipSimplifiedLayerNormalization"),
     (_keep_all_logits, "structure: constant 'logits_to_keep' is [0], the exporter writes [1]"),
+    (_mid_graph_cast, "Cast 'graph_input_cast90' (['mask/Gather/out0/raw'] -> ['mask/Gather/out0/f16']) is not at "
+                      "the graph's boundary"),
 ])
 def test_graph_edit_is_refused(export_cache, tmp_path, lfm2_reference, edit, says):
     from edgekit.checkpoint import open_checkpoint
