@@ -339,6 +339,14 @@ def _family_hook(manifest: Mapping[str, Any], hook: str) -> Any:
     return _resolve(target) if target else None
 
 
+def keeps_adapter_hooks(manifest: Mapping[str, Any]) -> bool:
+    """Whether the file-weights reference of this family keeps a separate adapter applied unmerged: the default
+    ``fidelity_reference`` copies the model with its forward hooks (``adapters.with_lora_hooks``; the branch reads
+    the input before the engine's activation quantisation, as the engines' branches do).  A family with its own
+    ``file_reference`` (BitNet: projections rebuilt from the file) does not."""
+    return _family_hook(manifest, "file_reference") is None
+
+
 def reference_weights(manifest: Mapping[str, Any], model: Any) -> dict[str, np.ndarray]:
     """The weights the bundle's file must hold, float32 by checkpoint name: the family's hook where it has one
     (BitNet: ternary codes x scale), else the reference's parameters (``reference.state_dict``)."""

@@ -303,7 +303,40 @@ def test_two_adapters_verified(export_cache, fmt, quant):
     assert len(reports) == 3
     for v in reports:  # the kind's own gates (tensor check, fidelity, cost) decided; the export would have failed
         assert v["passed"], v["failures"]
+        assert v["metrics"]["fidelity_reference"] == "file weights"  # the adapters' too: base file + adapter
         assert v["metrics"]["tokens"] >= 2000 and v["metrics"]["greedy_tokens"] > 0
+
+
+def test_separate_adapter_is_held_to_the_file_weights(export_cache, tmp_path):
+    """A separate adapter switched in is verified against the file's base weights with the adapter applied
+    unmerged, at the quant's tight bars (a new-user trial: held to the float model's raw top-1 bar, a correct int8
+    bundle of a flat model was refused); so an adapter file whose B factors are scaled by 0.95 is refused."""
+    import shutil
+
+    import onnxruntime as ort
+
+    from edgekit.bundle import read_manifest, write_manifest
+    from edgekit.export import verify_bundle
+
+    bundle = _export(export_cache, "onnx", "int8", [LORA1], verify=True)
+    v = read_manifest(bundle)["adapters"]["items"]["lfm2-tiny-lora"]["verification"]
+    assert v["passed"] and v["metrics"]["fidelity_reference"] == "file weights"
+    assert v["metrics"]["tensor_check"]["passed"] and v["metrics"]["top1_decided"] >= 0.99
+    tampered = tmp_path / "b"
+    shutil.copytree(bundle, tampered)
+    path = tampered / read_manifest(tampered)["adapters"]["items"]["lfm2-tiny-lora"]["file"]
+    adapter = ort.AdapterFormat.read_adapter(str(path))
+    params = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(
+        v.numpy() * np.float32(0.95) if k.endswith(".B") else v.numpy())) for k, v in adapter.get_parameters().items()}
+    out = ort.AdapterFormat()
+    out.set_adapter_version(adapter.get_adapter_version())
+    out.set_model_version(adapter.get_model_version())
+    out.set_parameters(params)
+    out.export_adapter(str(path))
+    write_manifest(tampered, read_manifest(tampered))  # re-hashed: only the content checks can notice
+    report = verify_bundle(tampered, progress=lambda _m: None)
+    assert not report.passed and any(f.startswith("adapter lfm2-tiny-lora: fidelity mean KL")
+                                     for f in report.failures), report.failures
 
 
 def test_executorch_switches_in_place_at_any_scale(export_cache, tmp_path):

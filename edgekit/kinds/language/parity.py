@@ -214,10 +214,17 @@ def run(
     wins = windows(ids, bos, window, min_tokens)
     if sum(len(w) for w in wins) < min_tokens:
         raise EdgekitError(f"verification text has {len(ids)} tokens; at least {min_tokens} are needed")
-    if getattr(session, "active_adapter", None) is None:
+    from ... import tensorcheck
+
+    adapter_on = getattr(session, "active_adapter", None) is not None
+    if not adapter_on or tensorcheck.keeps_adapter_hooks(session.manifest):
+        # a separate adapter switched in: ``reference`` is the base with the adapter's branches as forward hooks
+        # (``adapters.adapter_reference``), so the file's base weights go under them and the adapter stays float,
+        # as the engine computes it (a new-user trial: held to the float model's raw top-1 bar, a correct int8
+        # bundle of a flat model was refused)
         progress("verify: reading the weights back from the file (tensor check)")
         tcheck, qref = file_reference(Path(root), session.manifest, reference)
-    else:  # a separate adapter switched in: the file holds the base only, so the engine is held to the float model
+    else:  # the family's file reference cannot carry the adapter: the engine is held to the float model
         tcheck, qref = None, reference
     fid: dict[str, float] = {}
     cost: dict[str, float] = {}
