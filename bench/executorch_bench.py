@@ -160,7 +160,20 @@ class BareRunner:
         import executorch.kernels.quantized  # noqa: F401
         from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
 
-        self.runner = TextLLMRunner(str(pte), str(tokenizer), str(data) if data else None)
+        import tempfile
+
+        from edgekit.runtimes.executorch_runner import _raw_tokenizer
+
+        # the tokenizer without its decoder, as edgekit's wrapper hands it to the runner: every piece is a byte-level
+        # token string, never a partial UTF-8 character (which the runner's Python callback cannot take: a random
+        # model generates those)
+        raw, _ids = _raw_tokenizer(tokenizer)
+        self._dir = tempfile.TemporaryDirectory(prefix="edgekit-bench-runner-")
+        path = Path(self._dir.name) / "tokenizer.json"
+        path.write_text(json.dumps(raw), encoding="utf-8")
+        if tokenizer.with_name("tokenizer_config.json").is_file():
+            shutil.copy(tokenizer.with_name("tokenizer_config.json"), path.with_name("tokenizer_config.json"))
+        self.runner = TextLLMRunner(str(pte), str(path), str(data) if data else None)
         self.config = GenerationConfig(max_new_tokens=tg, temperature=0.0, echo=False, warming=True)
 
     def run(self, text: str) -> tuple[float, float]:
