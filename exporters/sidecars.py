@@ -35,15 +35,16 @@ def _short(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
-def check_manifest(manifest: Mapping[str, Any], expected: Mapping[str, Any], what: str) -> list[str]:
+def check_manifest(manifest: Mapping[str, Any], expected: Mapping[str, Any], what: str, section: str = "") -> list[str]:
     """The sections of the bundle's manifest named in ``expected`` (``model``, ``io``: what the export writes
     from the checkpoint, ``kinds.<kind>.metadata`` / ``io``) against it: the runtimes take eos ids, context length,
     bos, the chat template and the model config from there (a new-user trial: an eos id added to
     ``model.eos_ids``, or another chat template, passed a re-hashed bundle).  One failure line per differing
-    section, naming the first differing key."""
+    section, naming the first differing key.  ``section``: ``manifest`` is that section of the manifest (e.g.
+    ``artifact``: the keys of it that the runtimes read and the exporter derives from the checkpoint alone)."""
     fails = []
     for key, want in expected.items():
-        diff = first_difference(manifest.get(key), json.loads(json.dumps(want)), f".{key}")
+        diff = first_difference(manifest.get(key), json.loads(json.dumps(want)), f"{'.' + section if section else ''}.{key}")
         if diff:
             fails.append(f"tensor check: edgekit.json: {diff} (from {what})")
     return fails

@@ -511,8 +511,9 @@ def graph_overrides(per_linear: Mapping[str, Any]) -> dict[str, Any]:
 
 def file_weights(root: Path, manifest: Mapping[str, Any], weights: Mapping[str, np.ndarray]) -> Any:
     """The export's quantised weights under the checkpoint's names (``edgekit.tensorcheck``), re-derived with
-    the bundle's recorded quant and options (``readback``: a ``.pte``'s XNNPACK weights are not parsed); None for
-    separate LoRA adapters (their reference is the unmerged base)."""
+    the bundle's recorded quant and options (``readback``: a ``.pte``'s XNNPACK weights are not parsed).  A
+    ``--lora-mode separate`` program holds the base weights (``weights``: the base reference's, also under an
+    adapter switched in, whose branches stay float in the program as in the reference)."""
     from ...families import Family
     from ...plan import Format
     from ...recipes import RECIPES
@@ -522,8 +523,6 @@ def file_weights(root: Path, manifest: Mapping[str, Any], weights: Mapping[str, 
     recipe = RECIPES.get(Family.LFM2, Format.EXECUTORCH)
     spec = recipe.quant(manifest["plan"]["quant"]["name"])
     options = recipe.options.from_dict(manifest["plan"].get("options") or {})
-    if getattr(options, "lora_mode", "merged") == "separate":
-        return None
     from . import mixed
 
     types = (manifest.get("artifact", {}).get("mixed_precision") or {}).get("tensor_types") or {}

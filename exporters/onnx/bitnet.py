@@ -53,7 +53,7 @@ from edgekit.families.bitnet.weights import BitNetWeights
 from .. import ExportJob
 from . import ARTIFACT, DATA, attributes, builder, check, limits, quantize
 from .builder import MS_DOMAIN, GraphBuilder
-from .lfm2 import GENAI_CONFIG, LOGITS_TO_KEEP, SEARCH, TIED_HEAD, present_name
+from .lfm2 import GENAI_CONFIG, LOGITS_TO_KEEP, SEARCH, TIED_HEAD, present_name, runtime_entries
 
 LM_HEAD = TIED_HEAD.weight
 TERNARY_BITS = limits.TERNARY_BITS
@@ -353,9 +353,7 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
                                   "a4.8" else "") + ("int8 per block in MatMulNBits" if bits else "float32")},
         "signature": check.signature(out_dir / ARTIFACT),
         "tensor_types": check.tensor_types(out_dir / ARTIFACT),
-        "state": state_manifest(c),
-        "logits_to_keep": {"input": LOGITS_TO_KEEP, "default": 1, "all": 0},
-        "session_options": {"graph_optimization_level": "ORT_ENABLE_ALL"},
+        **runtime_entries(state_manifest(c)),
         "optimized_ops": report,
         "libraries": builder.versions(),
         "export_seconds": round(time.perf_counter() - t0, 2),
@@ -446,4 +444,5 @@ def file_constants(root: Path, manifest: Any, checkpoint: Any) -> list[str]:
     what = f"the checkpoint {checkpoint.path.name}'s config"
     return [*readback.check_rope(path, float(cfg.rope_theta), int(cfg.head_dim), positions),
             *attributes.check(path, node_rules(cfg), what),
-            *sidecars.check_json(root / GENAI_CONFIG, genai_config(cfg), what)]
+            *sidecars.check_json(root / GENAI_CONFIG, genai_config(cfg), what),
+            *sidecars.check_manifest(manifest["artifact"], runtime_entries(state_manifest(cfg)), what, "artifact")]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -71,6 +71,7 @@ def _renames(model: Any, lora_branches: bool) -> tuple[dict[str, str], set[str],
     rename: dict[str, str] = {}
     added: set[str] = set()
     fails: list[str] = []
+    branches: dict[str, dict[str, Any]] = {}
     for node in model.graph.node:
         if node.op_type == "Cast" and _BOUNDARY_CAST.match(node.name):
             one = len(node.input) == 1 and len(node.output) == 1
@@ -84,19 +85,46 @@ def _renames(model: Any, lora_branches: bool) -> tuple[dict[str, str], set[str],
                 continue
             added.add(node.name)
         elif lora_branches and node.name.startswith("lora/"):
-            part = node.name.rsplit("/", 1)[-1]
-            if _LORA_NODE.get(part) != node.op_type:
-                fails.append(f"structure: node {node.name!r} ({node.op_type}) is not part of a LoRA branch the "
-                             "exporter writes")
-                continue
-            if part == "Add":
-                if len(node.input) != 2 or node.input[0] != f"{node.output[0]}/base":
-                    fails.append(f"structure: LoRA branch {node.name!r} reads {list(node.input)}, the exporter adds "
-                                 f"the branch to {node.output[0]!r}'s projection ({node.output[0]}/base)")
-                    continue
-                rename[node.input[0]] = node.output[0]
+            prefix, _, part = node.name.rpartition("/")
+            branches.setdefault(prefix, {})[part] = node
             added.add(node.name)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    for prefix, parts in branches.items():
+        fail = _lora_branch_failure(prefix, parts, producers)
+        if fail:
+            fails.append(fail)
+        else:
+            add = parts["Add"]
+            rename[add.input[0]] = add.output[0]
     return rename, added, fails
+
+
+def _lora_branch_failure(prefix: str, parts: dict[str, Any], producers: Mapping[str, Any]) -> str | None:
+    """The one LoRA branch ``prefix`` (``lora/<key>``) against what ``adapters.add_branches`` writes:
+    A: MatMul(x, lora.<key>.A), scale: Mul(., lora_scale), B: MatMul(., lora.<key>.B), Add(<out>/base, .) -> <out>,
+    ``x`` the input of the projection writing <out>/base.  A fifth trial dropped every scale Mul (the adapter then
+    ignores its run-time scale) and passed."""
+    from .adapters import SCALE
+
+    key = prefix.removeprefix("lora/")
+    if set(parts) != set(_LORA_NODE) or any(parts[k].op_type != op for k, op in _LORA_NODE.items()):
+        found = {k: n.op_type for k, n in parts.items()}
+        return f"structure: LoRA branch {prefix!r} has nodes {found}, the exporter writes {_LORA_NODE}"
+    add = parts["Add"]
+    target = add.output[0] if len(add.output) == 1 else ""
+    base = producers.get(f"{target}/base")
+    want = {
+        "A": ([base.input[0] if base is not None and base.input else "?", f"lora.{key}.A"], [f"{prefix}/xa"]),
+        "scale": ([f"{prefix}/xa", SCALE], [f"{prefix}/xas"]),
+        "B": ([f"{prefix}/xas", f"lora.{key}.B"], [f"{prefix}/xab"]),
+        "Add": ([f"{target}/base", f"{prefix}/xab"], [target]),
+    }
+    for part, (inputs, outputs) in want.items():
+        node = parts[part]
+        if list(node.input) != inputs or list(node.output) != outputs:
+            return (f"structure: LoRA branch node {node.name!r} reads {list(node.input)} and writes "
+                    f"{list(node.output)}, the exporter wires {inputs} -> {outputs}")
+    return None
 
 
 def check(path: Path, expected: Any, what: str, lora_branches: bool = False) -> list[str]:

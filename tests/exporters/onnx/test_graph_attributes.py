@@ -137,3 +137,17 @@ def test_genai_config_missing_or_not_json(tmp_path):
     assert "is not valid JSON" in sidecars.check_json(tmp_path / "genai_config.json", {}, what)[0]
     (tmp_path / "genai_config.json").write_text('{"a": [1, 2, 3]}')
     assert ".a[2] is 3, expected 4" in sidecars.check_json(tmp_path / "genai_config.json", {"a": [1, 2, 4]}, what)[0]
+
+
+def test_changed_runtime_entries_are_refused(export_cache, tmp_path):
+    """The manifest's state shapes / logits_to_keep, which the runtime sizes and feeds the session from (a fifth
+    trial: every KV state's context set to 520 passed the 512-token windows and failed past token 520)."""
+    bundle = _copy(exported(export_cache, LFM2, "onnx", "int4", verify=False), tmp_path)
+    manifest = read_manifest(bundle)
+    state = next(v for k, v in manifest["artifact"]["state"].items() if k.endswith(".key"))
+    state["shape"][2] = 520
+    manifest["artifact"]["logits_to_keep"]["default"] = 0
+    write_manifest(bundle, manifest)
+    fails = _constants(bundle, LFM2, onnx_lfm2)
+    assert len(fails) == 2 and all(f.startswith("tensor check: edgekit.json: .artifact.") for f in fails), fails
+    assert "shape[2] is 520, expected 'context'" in fails[0] and ".logits_to_keep.default is 0" in fails[1], fails

@@ -190,6 +190,21 @@ def test_bitnet_separate_adapters_pass_verification(tmp_path):
     assert any(n.startswith("lora/") for n in _node_names(bundle))
     reference = load_reference(prep.checkpoint, None, prep.plan.options)
     assert bitnet.file_structure(bundle, manifest, prep.checkpoint, reference) == []
+    # a fifth trial dropped every branch's lora_scale Mul (the adapter then ignores its run-time scale): refused
+    edited = tmp_path / "edited"
+    shutil.copytree(bundle, edited)
+    _rewrite(edited, _drop_lora_scale)
+    fails = bitnet.file_structure(edited, read_manifest(edited), prep.checkpoint, reference)
+    assert fails and all("has nodes" in f and "'scale': 'Mul'" in f for f in fails[:-1]), fails
+
+
+def _drop_lora_scale(model) -> None:
+    g = model.graph
+    for node in [n for n in g.node if n.name.startswith("lora/") and n.name.endswith("/scale")]:
+        prefix = node.name.rpartition("/")[0]
+        b = next(n for n in g.node if n.name == prefix + "/B")
+        b.input[0] = node.input[0]
+        g.node.remove(node)
 
 
 def _node_names(bundle: Path) -> list[str]:
