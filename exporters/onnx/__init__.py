@@ -73,10 +73,13 @@ class OnnxOptions(CalibrationOptions, MixedOptions):
             if name not in cls.__dict__:
                 setattr(cls, name, ())
 
-    block_size: int = option(32, "ONNX integer quants: weights per scale in MatMulNBits", (16, 32, 64, 128, 256))
+    block_size: int = option(32, "ONNX integer quants: weights per scale in MatMulNBits (int4 with mixed "
+                                 "precision, the default: the plain assignment whose bytes are the budget)",
+                             (16, 32, 64, 128, 256))
     accuracy_level: int = option(4, "ONNX int8/int4: MatMulNBits compute type (0 default, 1 fp32, 2 fp16, 3 bf16, "
                                     "4 int8 activations)", (0, 1, 2, 3, 4))
-    head_bits: int | None = option(None, "ONNX int4: bits of the tied embedding / LM head (default 4)", (4, 8))
+    head_bits: int | None = option(None, "ONNX int4: bits of the tied embedding / LM head (default 4; with mixed "
+                                         "precision, part of the budget's plain assignment)", (4, 8))
     weight_algorithm: str = option("affine", "ONNX int4: scale choice, affine (symmetric round-to-nearest) or hqq "
                                              "(onnxruntime's HQQ: float zero point per block, +1 bit per weight, "
                                              "float compute; LM head stays affine)", ("affine", "hqq"))

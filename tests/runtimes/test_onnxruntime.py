@@ -135,8 +135,9 @@ def test_options_are_validated_when_planning():
 
 def test_int4_options_reach_the_file(export_cache, tmp_path):
     out = tmp_path / "b64"
-    export(make_plan(BASE, "onnx", "int4", options={"block_size": 64, "head_bits": 8}), out, verify=False,
-           progress=lambda _m: None)
+    # the plain assignment (the default's mixed precision only takes its bytes as the budget)
+    export(make_plan(BASE, "onnx", "int4", options={"block_size": 64, "head_bits": 8, "mixed_precision": False}),
+           out, verify=False, progress=lambda _m: None)
     import onnx
 
     model = onnx.load(str(out / "model.onnx"), load_external_data=False)
