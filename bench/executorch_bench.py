@@ -470,8 +470,10 @@ def main() -> int:
             (WORK / f"{name}.json").write_text(json.dumps(r, indent=2))
         text = f"{header}\n\n{table(r, a.tg)}"
         print(text, flush=True)
-        if a.write:
-            write_section(f"8da4w: edgekit vs export_llm vs GGUF Q4_0 — {labels[name]}", text)
+        if a.write:  # a run of some rows only gets a section of its own (the full table stays)
+            full = set(a.variants) == {v[0] for v in VARIANTS} and not a.no_gguf
+            rows = "" if full else f" ({', '.join(a.variants)}{'' if a.no_gguf else ', gguf'} only)"
+            write_section(f"8da4w: edgekit vs export_llm vs GGUF Q4_0 — {labels[name]}{rows}", text)
     if a.quality:
         rows = quality(WORK)
         (WORK / "quality.json").write_text(json.dumps(rows, indent=2))
