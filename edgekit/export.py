@@ -182,7 +182,7 @@ def _export_into(
                 job, prep.adapters, tmp, manifest["artifact"]
             )
             adapters.attach(manifest, written, prep.adapters)
-            write_manifest(tmp, manifest)
+            _write_manifest(prep, tmp, manifest)
             if verify:
                 base, reports = adapters.verify_separate(
                     tmp, model, prep.checkpoint, prep.plan.options, thresholds, progress=progress
@@ -194,7 +194,7 @@ def _export_into(
                         f"{'; '.join(adapters.failures(base, reports))} (use --no-verify to keep the file anyway)"
                     )
             return
-        write_manifest(tmp, manifest)
+        _write_manifest(prep, tmp, manifest)
         if verify:
             report = verify_bundle_with(tmp, model, thresholds, progress)
             progress(report.table())
@@ -203,6 +203,15 @@ def _export_into(
                     f"{prep.plan.format.value} {prep.plan.quant.name} failed verification: "
                     f"{'; '.join(report.failures)} (use --no-verify to keep the file anyway)"
                 )
+
+
+def _write_manifest(prep: PreparedExport, root: Path, manifest: Mapping[str, Any]) -> None:
+    """Write the manifest, then run the exporter's ``record_build(root)`` where it has one (ExecuTorch: caches
+    the program's fingerprint for the structure check, ``exporters/executorch/structure.py``)."""
+    write_manifest(root, manifest)
+    record = getattr(prep.recipe.exporter(), "record_build", None)
+    if record is not None:
+        record(root)
 
 
 def verify_bundle_with(root: Path, model: Any, thresholds: Any, progress: Callable[[str], None] = print) -> Any:

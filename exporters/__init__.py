@@ -27,7 +27,9 @@ class ExportJob:
     ``plan`` (validated; ``plan.options`` is the recipe's typed ``Options``), ``checkpoint`` (its
     ``model_config`` is the family's frozen config), ``reference`` (the merged float32 torch model, eval mode),
     ``weights`` (its state dict as float32 numpy arrays, keyed by the checkpoint's own tensor names) and
-    ``progress`` (one line per stage).
+    ``progress`` (one line per stage); ``tensor_types`` (checkpoint name -> type name, as a manifest's
+    ``mixed_precision.tensor_types`` records them): a mixed-precision assignment to use instead of running the
+    scan (the ExecuTorch structure check's rebuild of a bundle's program).
     """
 
     plan: ExportPlan
@@ -35,6 +37,7 @@ class ExportJob:
     reference: Any
     weights: Mapping[str, np.ndarray]
     progress: Callable[[str], None] = print
+    tensor_types: Mapping[str, str] | None = None
 
     @property
     def config(self) -> Any:

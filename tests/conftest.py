@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from factory import make_lfm2  # noqa: E402
+
+# the ExecuTorch structure check caches program fingerprints (exporters/executorch/structure.py): a fresh cache
+# per test session, never the user's
+os.environ["EDGEKIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="edgekit-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -49,6 +49,7 @@ from edgekit.families.bitnet.weights import BitNetWeights
 
 from .. import ExportJob
 from . import ARTIFACT, LanguageOptions, adapters, lower, quant
+from .structure import file_structure, record_build  # noqa: F401  (the structure check's hooks)
 from .lfm2 import (
     EMBEDDING_BITS, Lora, RMSNorm, _versions, context_length, example_inputs, lora_ranks, rotate_half_matrix,
     runner_failures, runner_metadata,

@@ -43,6 +43,7 @@ from ...errors import AdapterError, CheckpointError, UnsupportedError
 from ...families.lfm2 import Lfm2Config
 from .. import ExportJob
 from . import ARTIFACT, LanguageOptions, lower, metadata, quant
+from .structure import file_structure, record_build  # noqa: F401  (the structure check's hooks)
 
 # registers llama::update_cache / llama::custom_sdpa for tracing
 from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
@@ -394,7 +395,10 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
     if lq is not None and options.mixes(spec):
         from . import mixed
 
-        per_linear, mixed_summary, calibration = mixed.plan(job, linear_weights(job.weights), lq)
+        if job.tensor_types is not None:  # a recorded assignment (the structure check's rebuild)
+            per_linear = {n: mixed.linear_quant(t, options.weight_algorithm) for n, t in job.tensor_types.items()}
+        else:
+            per_linear, mixed_summary, calibration = mixed.plan(job, linear_weights(job.weights), lq)
         seconds["mixed_precision"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -17,6 +17,7 @@ from typing import Any
 
 from edgekit.exporters import ExportJob
 from edgekit.exporters.executorch import ARTIFACT, lower, quant
+from edgekit.exporters.executorch.structure import file_structure, record_build  # noqa: F401  (check hooks)
 from edgekit.families.trm import step
 
 

@@ -559,3 +559,103 @@ def test_rope_rows_past_the_windows_are_read_back(rand_fp32, rand_lfm2, tmp_path
     bundle = _copy_with(rand_fp32, tmp_path / "b", bytes(serialize_pte_binary(pte, extract_delegate_segments=True)))
     fails = et_lfm2.file_constants(bundle, read_manifest(bundle), open_checkpoint(str(rand_lfm2)))
     assert len(fails) == 2 and all("RoPE table" in f and "first 300)" in f for f in fails), fails
+
+
+# -- structure check: the program outside its delegates against the one edgekit builds for the checkpoint (a
+# new-user trial edited an fp32 program there, re-hashed it, and it passed: each edit is exact inside the 512-token
+# windows and wrong beyond) ------------------------------------------------------------------------------------------
+def _edit_program(src: Path, dest: Path, edit) -> Path:
+    from executorch.exir._serialize._program import deserialize_pte_binary, serialize_pte_binary
+
+    pte = deserialize_pte_binary((src / "model.pte").read_bytes())
+    edit(pte.program, next(p for p in pte.program.execution_plan if p.name == "forward"))
+    return _copy_with(src, dest, bytes(serialize_pte_binary(pte, extract_delegate_segments=True)))
+
+
+def _caches(forward) -> list:
+    """The KV caches: memory-planned float tensors [1, CTX, kv_heads, head_dim]."""
+    return [v.val for v in forward.values if getattr(v.val, "allocation_info", None) is not None
+            and len(v.val.sizes) == 4 and v.val.sizes[:2] == [1, CTX]]
+
+
+def _bound(program, forward):
+    forward.values[forward.inputs[0]].val.sizes = [1, 64]
+
+
+def _cache_size(program, forward):
+    for t in _caches(forward):
+        t.sizes = [1, CTX - 8, *t.sizes[2:]]
+
+
+def _cache_offset(program, forward):
+    k, v = _caches(forward)[:2]
+    row = k.sizes[2] * k.sizes[3] * 4
+    k.allocation_info.memory_offset_low = v.allocation_info.memory_offset_low + 300 * row
+
+
+def _rope_redirect(program, forward):
+    import copy
+
+    ops = [f"{o.name}.{o.overload}" for o in forward.operators]
+    for ins in forward.chains[0].instructions:
+        args = getattr(ins.instr_args, "args", None)
+        if args and "slice_copy" in ops[getattr(ins.instr_args, "op_index", 0)]:
+            table = forward.values[args[0]].val
+            if getattr(table, "data_buffer_idx", 0) > 0:
+                program.constant_buffer.append(copy.deepcopy(program.constant_buffer[table.data_buffer_idx]))
+                new = copy.deepcopy(forward.values[args[0]])
+                new.val.data_buffer_idx = len(program.constant_buffer) - 1
+                forward.values.append(new)
+                args[0] = len(forward.values) - 1
+                return
+    raise AssertionError("no slice of a constant table in the program")
+
+
+def _not_causal(program, forward):
+    ops = [o.name for o in forward.operators]
+    for ins in forward.chains[0].instructions:
+        if "custom_sdpa" in ops[getattr(ins.instr_args, "op_index", 0)]:
+            for a in ins.instr_args.args:
+                if getattr(forward.values[a].val, "bool_val", None) is True:
+                    forward.values[a].val.bool_val = False
+                    return
+    raise AssertionError("no custom_sdpa call with a bool argument")
+
+
+@pytest.mark.parametrize("edit,says", [
+    (_bound, "(input 0, long tensor [1, 64]) sizes is [1, 64], the program edgekit builds for this checkpoint and "
+             f"plan has [1, {CTX - 1}]"),
+    (_cache_size, f"sizes is [1, {CTX - 8}, "),
+    (_cache_offset, "allocation_info.memory_offset_low is "),
+    (_rope_redirect, "is only in the file"),
+    (_not_causal, "bool_val is false, the program edgekit builds for this checkpoint and plan has true"),
+], ids=["input-bound", "cache-size", "cache-offset", "rope-redirect", "not-causal"])
+def test_program_edits_outside_the_delegates_are_refused(rand_fp32, rand_lfm2, tmp_path, edit, says):
+    from edgekit.checkpoint import open_checkpoint
+    from edgekit.exporters.executorch import structure
+
+    bundle = _edit_program(rand_fp32, tmp_path / "b", edit)
+    fails = structure.file_structure(bundle, read_manifest(bundle), open_checkpoint(str(rand_lfm2)), None)
+    assert fails and all(f.startswith("structure check: model.pte ") for f in fails), fails
+    assert any(says in f for f in fails), fails
+
+
+def test_unedited_program_matches_its_rebuild(rand_fp32, rand_lfm2, tmp_path, monkeypatch, capsys):
+    """With no cached fingerprint (another machine, a cleared cache) the check rebuilds the program: an unedited
+    bundle matches it, and the rebuild is cached for the next verify."""
+    from edgekit.checkpoint import open_checkpoint
+    from edgekit.exporters.executorch import structure
+
+    monkeypatch.setenv(structure.CACHE_ENV, str(tmp_path / "cache"))
+    manifest = read_manifest(rand_fp32)
+    assert structure.file_structure(rand_fp32, manifest, open_checkpoint(str(rand_lfm2)), None) == []
+    assert "rebuilding the ExecuTorch program" in capsys.readouterr().out
+    assert (structure.cache_dir() / f"{structure.build_key(manifest)}.json").is_file()
+
+
+def test_verify_refuses_a_program_edited_outside_the_delegates(rand_fp32, tmp_path):
+    from edgekit.export import verify_bundle
+
+    report = verify_bundle(_edit_program(rand_fp32, tmp_path / "b", _bound), progress=lambda _m: None)
+    assert not report.passed
+    assert any(f.startswith("structure check: model.pte forward: value") for f in report.failures), report.failures
