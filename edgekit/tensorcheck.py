@@ -409,9 +409,8 @@ def copied_file_failures(root: Any, checkpoint: Any) -> tuple[str, ...]:
     the bundle's own copy, so an edited copy would otherwise be checked against itself (a new-user trial: a
     tokenizer.json without its first merge passed).  A file by one of those names (``checkpoint.TOKENIZER_FILES``)
     that the checkpoint lacks is refused too.  One failure line per missing, differing or extra file."""
-    from .hashing import sha256_file
-
     from .checkpoint import TOKENIZER_FILES
+    from .hashing import sha256_file
 
     fails = []
     copied = {src.name for src in checkpoint.bundle_files}

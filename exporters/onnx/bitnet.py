@@ -41,7 +41,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +53,7 @@ from edgekit.families.bitnet.weights import BitNetWeights
 from .. import ExportJob
 from . import ARTIFACT, DATA, attributes, builder, check, limits, quantize
 from .builder import MS_DOMAIN, GraphBuilder
-from .lfm2 import GENAI_CONFIG, LOGITS_TO_KEEP, SEARCH, TIED_HEAD, present_name, runtime_entries
+from .lfm2 import GENAI_CONFIG, LOGITS_TO_KEEP, SEARCH, TIED_HEAD, language_constants, present_name, runtime_entries
 
 LM_HEAD = TIED_HEAD.weight
 TERNARY_BITS = limits.TERNARY_BITS
@@ -349,7 +349,7 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
         "quant": {"name": name, "ternary_bits": bits, "block_size": block or None,
                   "accuracy_level": accuracy if bits else None, "head_bits": head_bits if bits else None,
                   "ternary": "exact (codes + per-tensor scale)",
-                  "activations": (f"a4.8 quantise/dequantise in the graph, then " if job.reference.activations ==
+                  "activations": ("a4.8 quantise/dequantise in the graph, then " if job.reference.activations ==
                                   "a4.8" else "") + ("int8 per block in MatMulNBits" if bits else "float32")},
         "signature": check.signature(out_dir / ARTIFACT),
         "tensor_types": check.tensor_types(out_dir / ARTIFACT),
@@ -425,24 +425,14 @@ def file_structure(root: Path, manifest: Any, checkpoint: Any, model: Any) -> li
                          structure.SkeletonBuilder())
     except (KeyError, TypeError, ValueError) as exc:
         return [f"structure: the manifest's artifact.quant {q!r} does not describe a BitNet ONNX export ({exc})"]
-    separate = (manifest["plan"].get("options") or {}).get("lora_mode") == "separate"
     return structure.check(root / manifest["artifact"]["file"], expected,
-                           f"the checkpoint {checkpoint.path.name}'s weights", lora_branches=separate)
+                           f"the checkpoint {checkpoint.path.name}'s weights", lora_branches=structure.separate(manifest))
 
 
 def file_constants(root: Path, manifest: Any, checkpoint: Any) -> list[str]:
-    """The non-weight values of the file checked against ``checkpoint`` (``edgekit.tensorcheck``): every row of
-    the RoPE tables ``cos_cache`` / ``sin_cache`` against tables computed from the checkpoint's own config
-    (rope_theta, head_dim) for the bundle's context; every attribute of the fused kernels (``node_rules``); and
-    ``genai_config.json``.  One failure line per wrong value."""
-    from .. import sidecars
-    from . import readback
-
+    """The non-weight values of the file checked against ``checkpoint`` (``edgekit.tensorcheck``): LFM2's
+    ``language_constants`` with the config's head_dim and this file's ``node_rules`` / ``genai_config`` /
+    ``state_manifest``."""
     cfg = checkpoint.model_config
-    path = root / manifest["artifact"]["file"]
-    positions = int(cfg.max_position_embeddings)  # the checkpoint's, not the (editable) manifest's
-    what = f"the checkpoint {checkpoint.path.name}'s config"
-    return [*readback.check_rope(path, float(cfg.rope_theta), int(cfg.head_dim), positions),
-            *attributes.check(path, node_rules(cfg), what),
-            *sidecars.check_json(root / GENAI_CONFIG, genai_config(cfg), what),
-            *sidecars.check_manifest(manifest["artifact"], runtime_entries(state_manifest(cfg)), what, "artifact")]
+    return language_constants(root, manifest, checkpoint, int(cfg.head_dim), node_rules(cfg), genai_config(cfg),
+                              state_manifest(cfg))

@@ -398,26 +398,33 @@ def file_structure(root: Path, manifest: Any, checkpoint: Any, model: Any) -> li
     from . import structure
 
     expected = build(state_dict(model), checkpoint.model_config, structure.SkeletonBuilder())
-    separate = (manifest["plan"].get("options") or {}).get("lora_mode") == "separate"
     return structure.check(root / manifest["artifact"]["file"], expected,
-                           f"the checkpoint {checkpoint.path.name}'s config", lora_branches=separate)
+                           f"the checkpoint {checkpoint.path.name}'s config", lora_branches=structure.separate(manifest))
 
 
 def file_constants(root: Path, manifest: Any, checkpoint: Any) -> list[str]:
-    """The non-weight values of the file checked against ``checkpoint`` (``edgekit.tensorcheck``): every row of
-    the RoPE tables ``cos_cache`` / ``sin_cache`` against tables computed from the checkpoint's own config
-    (rope_theta, head_dim = hidden / heads) for the bundle's context; every attribute of the fused kernels
-    (``node_rules``: attention scale, head counts, window, rotary layout, norm epsilons, conv); and
-    ``genai_config.json`` (eos/bos/pad ids, context, sampling defaults).  One failure line per wrong value."""
+    """The non-weight values of the file checked against ``checkpoint`` (``edgekit.tensorcheck``):
+    ``language_constants`` with head_dim = hidden / heads and this file's ``node_rules`` / ``genai_config`` /
+    ``state_manifest``."""
+    cfg = checkpoint.model_config
+    return language_constants(root, manifest, checkpoint, int(cfg.hidden_size) // int(cfg.num_attention_heads),
+                              node_rules(cfg), genai_config(cfg), state_manifest(cfg))
+
+
+def language_constants(root: Path, manifest: Any, checkpoint: Any, head_dim: int, rules: Any,
+                       genai: Mapping[str, Any], state: Mapping[str, Any]) -> list[str]:
+    """The constants check of a language graph (LFM2's and BitNet's ``file_constants``): every row of the RoPE
+    tables ``cos_cache`` / ``sin_cache`` against tables computed from the checkpoint's rope_theta and ``head_dim``
+    for the checkpoint's context (not the editable manifest's); every attribute of the fused kernels (``rules``:
+    attention scale, head counts, window, rotary layout, norm epsilons, conv); ``genai_config.json`` against
+    ``genai``; the manifest's runtime entries (``runtime_entries(state)``).  One failure line per wrong value."""
     from .. import sidecars
     from . import readback
 
     cfg = checkpoint.model_config
     path = root / manifest["artifact"]["file"]
-    positions = int(cfg.max_position_embeddings)  # the checkpoint's, not the (editable) manifest's
     what = f"the checkpoint {checkpoint.path.name}'s config"
-    return [*readback.check_rope(path, float(cfg.rope_theta), int(cfg.hidden_size) // int(cfg.num_attention_heads),
-                                 positions),
-            *attributes.check(path, node_rules(cfg), what),
-            *sidecars.check_json(root / GENAI_CONFIG, genai_config(cfg), what),
-            *sidecars.check_manifest(manifest["artifact"], runtime_entries(state_manifest(cfg)), what, "artifact")]
+    return [*readback.check_rope(path, float(cfg.rope_theta), head_dim, int(cfg.max_position_embeddings)),
+            *attributes.check(path, rules, what),
+            *sidecars.check_json(root / GENAI_CONFIG, genai, what),
+            *sidecars.check_manifest(manifest["artifact"], runtime_entries(state), what, "artifact")]

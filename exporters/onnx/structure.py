@@ -127,6 +127,11 @@ def _lora_branch_failure(prefix: str, parts: dict[str, Any], producers: Mapping[
     return None
 
 
+def separate(manifest: Any) -> bool:
+    """Whether the bundle keeps its adapters as LoRA branches of the graph (``--lora-mode separate``)."""
+    return (manifest["plan"].get("options") or {}).get("lora_mode") == "separate"
+
+
 def check(path: Path, expected: Any, what: str, lora_branches: bool = False) -> list[str]:
     """The ONNX file at ``path`` against ``expected`` (the ModelProto a ``SkeletonBuilder`` made for the checkpoint);
     ``lora_branches``: the bundle is ``--lora-mode separate``, whose ``lora/...`` branch nodes
