@@ -226,7 +226,15 @@ def check(path: Path, manifest: Mapping[str, Any], rebuild: Callable[[Path], Pat
           progress: Callable[[str], None] = print) -> list[str]:
     """The program at ``path`` against the one edgekit builds for ``manifest`` (``expected``); one failure line
     per difference (``differences``)."""
-    return differences(fingerprint(path), expected(manifest, rebuild, progress), path.name)
+    fails = differences(fingerprint(path), expected(manifest, rebuild, progress), path.name)
+    from edgekit.versions import versions
+
+    recorded = (manifest.get("artifact") or {}).get("versions") or {}
+    installed = versions(*recorded)
+    if fails and recorded and installed != recorded:
+        fails.append(f"structure check: the bundle was made with {recorded}, this machine has {installed}; another "
+                     "version may lower differently: verify where it was made, or re-export here")
+    return fails
 
 
 def _rebuild(manifest: Mapping[str, Any], checkpoint: Any) -> Callable[[Path], Path]:

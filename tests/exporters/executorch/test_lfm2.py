@@ -659,3 +659,15 @@ def test_verify_refuses_a_program_edited_outside_the_delegates(rand_fp32, tmp_pa
     report = verify_bundle(_edit_program(rand_fp32, tmp_path / "b", _bound), progress=lambda _m: None)
     assert not report.passed
     assert any(f.startswith("structure check: model.pte forward: value") for f in report.failures), report.failures
+
+
+def test_structure_failure_names_a_version_mismatch(rand_fp32, rand_lfm2, tmp_path):
+    """A program made with other library versions may lower differently: the failure says so."""
+    from edgekit.checkpoint import open_checkpoint
+    from edgekit.exporters.executorch import structure
+
+    bundle = _edit_program(rand_fp32, tmp_path / "b", _bound)
+    manifest = read_manifest(bundle)
+    manifest["artifact"]["versions"] = {**manifest["artifact"]["versions"], "executorch": "0.0"}
+    fails = structure.file_structure(bundle, manifest, open_checkpoint(str(rand_lfm2)), None)
+    assert "the bundle was made with" in fails[-1] and "'executorch': '0.0'" in fails[-1], fails
