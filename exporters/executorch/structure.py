@@ -1,21 +1,23 @@
-"""The structure check of an ExecuTorch program (``edgekit.tensorcheck``): everything in a ``.pte`` outside the
-delegates' blobs, compared with the program edgekit builds for the same checkpoint, adapter and plan.
+"""The structure check of an ExecuTorch program (``edgekit.tensorcheck``): the whole ``.pte`` and its ``.ptd``
+files compared with the program edgekit builds for the same checkpoint, adapter(s) and plan.
 
 What it covers: the operator table and every instruction (kernel, arguments, delegate calls, the chain's order);
 every value (scalars and lists an operator reads, tensor dtypes, sizes — an input's size is its dynamic bound —,
 dim orders, memory-plan ids and offsets — a KV cache and a conv state live there —, which constant a tensor reads,
-by content hash, and which ``.ptd`` entry); the memory plan's buffer sizes; the inputs and outputs; the delegates'
-backend and compile specs; the named-data keys.  Not covered: the XNNPACK blobs (weights and the fused graph
-inside them: the tensor check and fidelity cover those) and the ``.ptd`` contents.  A new-user trial edited an
-fp32 program outside its delegates and passed every other check: a KV cache's memory offset moved into another
-cache, the RoPE slices pointed at new tables, the token input's bound cut to 64, the caches shrunk to 520
-positions (each exact inside the 512-token verification windows, wrong beyond).
+which ``.ptd`` entry); the memory plan's buffer sizes; the inputs and outputs; the delegates' backend and compile
+specs; and by sha256 the constant buffers, the delegates' blobs (XNNPACK's serialised graphs: norm epsilons,
+attention scale), the named data (XNNPACK's packed weights) and the ``.ptd`` files.  Lowering is deterministic
+(two exports of the built-in 8da4w give identical fingerprints), so any difference is an edit or another build.
+A new-user trial edited an fp32 program outside its delegates and passed every other check: a KV cache's memory
+offset moved into another cache, the RoPE slices pointed at new tables, the token input's bound cut to 64, the
+caches shrunk to 520 positions (each exact inside the 512-token verification windows, wrong beyond).
 
-Rebuilding a program costs a whole lowering (~45 s for the built-in model, minutes at 350M), so the export
-records its program's *fingerprint* (``fingerprint``: that description as JSON, constants by sha256) in a cache
-keyed by what determines the program (``build_key``: the checkpoint's and adapters' sha256, the plan, the
-mixed-precision assignment, the library versions); ``edgekit verify`` reads it there and rebuilds only on a miss
-(another machine, a cleared cache).  The cache lives outside the bundle, so editing a bundle cannot edit it.
+Rebuilding a program costs a whole lowering (~40 s for the built-in model, minutes at 350M), so the export
+records its program's *fingerprint* (``fingerprint``: that description as JSON) in a cache keyed by what
+determines the program (``build_key``: the checkpoint's and adapters' sha256, the plan, the mixed-precision
+assignment, the library versions); ``edgekit verify`` reads it there and rebuilds only on a miss (another
+machine, a cleared cache, a cache file that is not a fingerprint).  The cache lives outside the bundle, so
+editing a bundle cannot edit it.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from edgekit.errors import BundleError
 
 MAX_LINES = 8  # differences reported per program; the rest are counted
+FORMAT = 2  # of the fingerprints: a cached one of another format is a miss
 _MISSING = object()
 CACHE_ENV = "EDGEKIT_CACHE_DIR"
 _SKIP_FIELDS = {"stacktrace"}  # Python frames of the exporting process: paths differ between machines
@@ -54,6 +58,7 @@ def build_key(manifest: Mapping[str, Any]) -> str:
 
     artifact = manifest.get("artifact") or {}
     what = {
+        "format": FORMAT,
         "edgekit": __version__,
         "libraries": versions("torch", "torchao", "executorch"),
         "source": (manifest.get("source") or {}).get("sha256"),
@@ -79,26 +84,40 @@ def _plain(x: Any) -> Any:
                 **{f.name: _plain(getattr(x, f.name)) for f in dataclasses.fields(x) if f.name not in _SKIP_FIELDS}}
     if isinstance(x, (list, tuple)):
         return [_plain(v) for v in x]
-    if isinstance(x, float) and x != x:
-        return "nan"
+    if isinstance(x, float):  # by repr: -0.0 differs from 0.0, nan equals nan
+        return repr(x)
     return x
 
 
-def fingerprint(path: Path) -> dict[str, Any]:
-    """The program at ``path`` outside its delegates' blobs, as JSON-able data: per method, its values,
-    instructions, operators, inputs/outputs, delegates (backend id, compile specs, where the blob is — not the
-    blob) and memory-plan sizes; the constant buffers by sha256; the named-data keys.  Raises ``BundleError``
-    for a file the flatbuffer parser cannot read."""
+def _payload(entry: Any) -> bytes:
+    return bytes(getattr(entry, "buffer", entry))  # bytes, or a BufferEntry in some executorch versions
+
+
+def fingerprint(path: Path, data_files: Sequence[str] = ()) -> dict[str, Any]:
+    """The program at ``path`` as JSON-able data: per method, its values, instructions, operators,
+    inputs/outputs, delegates (backend id, compile specs) and memory-plan sizes; the constant buffers, the
+    delegates' blobs (XNNPACK's serialised graphs) and the named data (XNNPACK's weights, by key) by sha256; and
+    each of ``data_files`` (``.ptd`` files beside it) by sha256.  Raises ``BundleError`` for a file the
+    flatbuffer parser cannot read."""
     from executorch.exir._serialize._program import deserialize_pte_binary
 
+    from edgekit.hashing import sha256_file
+
     try:
-        program = deserialize_pte_binary(path.read_bytes()).program
+        pte = deserialize_pte_binary(path.read_bytes())
     except Exception as exc:  # the flatbuffer parser raises several types on a damaged file
         raise BundleError(f"{path}: not a readable ExecuTorch program ({exc}); re-export the bundle") from None
+    program, named = pte.program, pte.named_data
     return {
+        "format": FORMAT,
         "methods": {p.name: _plain(p) for p in program.execution_plan},
         "constant_buffer": _plain(program.constant_buffer),
-        "named_data": sorted(n.key for n in program.named_data or []),
+        "backend_delegate_data": _plain(program.backend_delegate_data),
+        # deserialize_pte_binary moves the program's named data into PTEFile.named_data (key -> buffer)
+        "named_data": {k: {**_plain(_payload(named.buffers[e.buffer_index])), "alignment": e.alignment}
+                       for k, e in sorted((named.pte_data if named else {}).items())},
+        "data_files": {n: (sha256_file(path.parent / n) if (path.parent / n).is_file() else "<missing>")
+                       for n in sorted(data_files)},
     }
 
 
@@ -188,9 +207,10 @@ def differences(got: Mapping[str, Any], want: Mapping[str, Any], name: str) -> l
 
 
 def record(path: Path, manifest: Mapping[str, Any]) -> None:
-    """Store the fingerprint of the program at ``path`` (just built for ``manifest``) in the cache, atomically.
-    A cache that cannot be written is skipped: ``edgekit verify`` then rebuilds."""
-    _store(build_key(manifest), fingerprint(path))
+    """Store the fingerprint of the program at ``path`` (just built for ``manifest``, with its
+    ``artifact.data_files``) in the cache, atomically.  A cache that cannot be written is skipped: ``edgekit
+    verify`` then rebuilds."""
+    _store(build_key(manifest), fingerprint(path, (manifest.get("artifact") or {}).get("data_files") or ()))
 
 
 def _store(key: str, fp: Mapping[str, Any]) -> None:
@@ -204,29 +224,32 @@ def _store(key: str, fp: Mapping[str, Any]) -> None:
         pass
 
 
-def expected(manifest: Mapping[str, Any], rebuild: Callable[[Path], Path], progress: Callable[[str], None]) \
-        -> dict[str, Any]:
+def expected(manifest: Mapping[str, Any], rebuild: Callable[[Path], tuple[Path, Sequence[str]]],
+             progress: Callable[[str], None]) -> dict[str, Any]:
     """The fingerprint of the program edgekit builds for ``manifest``: from the cache, else ``rebuild(tmp dir)``
-    (returns the program it wrote there), which is then cached."""
+    (returns the program it wrote there and its ``.ptd`` files), which is then cached."""
     key = build_key(manifest)
     cached = cache_dir() / f"{key}.json"
     try:
-        return json.loads(cached.read_text())
+        fp = json.loads(cached.read_text())
+        if isinstance(fp, dict) and fp.get("format") == FORMAT and isinstance(fp.get("methods"), dict):
+            return fp
     except (OSError, ValueError):
-        pass
+        pass  # unreadable or not a fingerprint: rebuild
     progress("verify: rebuilding the ExecuTorch program for the structure check (no cached build of this "
              f"checkpoint and plan in {cache_dir()})")
     with tempfile.TemporaryDirectory(prefix="edgekit-structure-") as tmp:
-        fp = fingerprint(rebuild(Path(tmp)))
+        fp = fingerprint(*rebuild(Path(tmp)))
     _store(key, fp)
     return fp
 
 
-def check(path: Path, manifest: Mapping[str, Any], rebuild: Callable[[Path], Path],
+def check(path: Path, manifest: Mapping[str, Any], rebuild: Callable[[Path], tuple[Path, Sequence[str]]],
           progress: Callable[[str], None] = print) -> list[str]:
-    """The program at ``path`` against the one edgekit builds for ``manifest`` (``expected``); one failure line
-    per difference (``differences``)."""
-    fails = differences(fingerprint(path), expected(manifest, rebuild, progress), path.name)
+    """The program at ``path`` (with the manifest's ``artifact.data_files``) against the one edgekit builds for
+    ``manifest`` (``expected``); one failure line per difference (``differences``)."""
+    data_files = (manifest.get("artifact") or {}).get("data_files") or ()
+    fails = differences(fingerprint(path, data_files), expected(manifest, rebuild, progress), path.name)
     from edgekit.versions import versions
 
     recorded = (manifest.get("artifact") or {}).get("versions") or {}
@@ -243,7 +266,7 @@ def _rebuild(manifest: Mapping[str, Any], checkpoint: Any) -> Callable[[Path], P
     (``ExportJob.tensor_types``), no verification."""
     from dataclasses import replace
 
-    def run(tmp: Path) -> Path:
+    def run(tmp: Path) -> tuple[Path, Sequence[str]]:
         from edgekit import reference
         from edgekit.errors import EdgekitError
         from edgekit.export import make_plan
@@ -266,7 +289,10 @@ def _rebuild(manifest: Mapping[str, Any], checkpoint: Any) -> Callable[[Path], P
         types = ((manifest.get("artifact") or {}).get("mixed_precision") or {}).get("tensor_types")
         job = ExportJob(plan=prep.plan, checkpoint=prep.checkpoint, reference=model,
                         weights=reference.state_dict(model), progress=lambda _line: None, tensor_types=types)
-        return tmp / prep.recipe.exporter().export(job, tmp)["file"]
+        with warnings.catch_warnings():  # ExecuTorch's lowering warnings were shown at export already
+            warnings.simplefilter("ignore")
+            artifact = prep.recipe.exporter().export(job, tmp)
+        return tmp / artifact["file"], artifact.get("data_files") or ()
 
     return run
 

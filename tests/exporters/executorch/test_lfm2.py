@@ -568,7 +568,8 @@ def _edit_program(src: Path, dest: Path, edit) -> Path:
     from executorch.exir._serialize._program import deserialize_pte_binary, serialize_pte_binary
 
     pte = deserialize_pte_binary((src / "model.pte").read_bytes())
-    edit(pte.program, next(p for p in pte.program.execution_plan if p.name == "forward"))
+    forward = next(p for p in pte.program.execution_plan if p.name == "forward")
+    edit(pte.program, forward, pte.named_data)
     return _copy_with(src, dest, bytes(serialize_pte_binary(pte, extract_delegate_segments=True)))
 
 
@@ -578,22 +579,22 @@ def _caches(forward) -> list:
             and len(v.val.sizes) == 4 and v.val.sizes[:2] == [1, CTX]]
 
 
-def _bound(program, forward):
+def _bound(program, forward, named):
     forward.values[forward.inputs[0]].val.sizes = [1, 64]
 
 
-def _cache_size(program, forward):
+def _cache_size(program, forward, named):
     for t in _caches(forward):
         t.sizes = [1, CTX - 8, *t.sizes[2:]]
 
 
-def _cache_offset(program, forward):
+def _cache_offset(program, forward, named):
     k, v = _caches(forward)[:2]
     row = k.sizes[2] * k.sizes[3] * 4
     k.allocation_info.memory_offset_low = v.allocation_info.memory_offset_low + 300 * row
 
 
-def _rope_redirect(program, forward):
+def _rope_redirect(program, forward, named):
     import copy
 
     ops = [f"{o.name}.{o.overload}" for o in forward.operators]
@@ -611,7 +612,7 @@ def _rope_redirect(program, forward):
     raise AssertionError("no slice of a constant table in the program")
 
 
-def _not_causal(program, forward):
+def _not_causal(program, forward, named):
     ops = [o.name for o in forward.operators]
     for ins in forward.chains[0].instructions:
         if "custom_sdpa" in ops[getattr(ins.instr_args, "op_index", 0)]:
@@ -622,6 +623,19 @@ def _not_causal(program, forward):
     raise AssertionError("no custom_sdpa call with a bool argument")
 
 
+def _weight_negated(program, forward, named):
+    import numpy as np
+
+    index = named.pte_data[sorted(named.pte_data)[0]].buffer_index
+    named.buffers[index] = (-np.frombuffer(bytes(named.buffers[index]), dtype=np.float32)).tobytes()
+
+
+def _delegate_graph(program, forward, named):
+    blob = bytearray(program.backend_delegate_data[0].data)
+    blob[len(blob) // 2] ^= 0x01
+    program.backend_delegate_data[0].data = bytes(blob)
+
+
 @pytest.mark.parametrize("edit,says", [
     (_bound, "(input 0, long tensor [1, 64]) sizes is [1, 64], the program edgekit builds for this checkpoint and "
              f"plan has [1, {CTX - 1}]"),
@@ -629,7 +643,9 @@ def _not_causal(program, forward):
     (_cache_offset, "allocation_info.memory_offset_low is "),
     (_rope_redirect, "is only in the file"),
     (_not_causal, "bool_val is false, the program edgekit builds for this checkpoint and plan has true"),
-], ids=["input-bound", "cache-size", "cache-offset", "rope-redirect", "not-causal"])
+    (_weight_negated, "model.pte named_data."),
+    (_delegate_graph, "model.pte backend_delegate_data.0.data is "),
+], ids=["input-bound", "cache-size", "cache-offset", "rope-redirect", "not-causal", "weight", "delegate-graph"])
 def test_program_edits_outside_the_delegates_are_refused(rand_fp32, rand_lfm2, tmp_path, edit, says):
     from edgekit.checkpoint import open_checkpoint
     from edgekit.exporters.executorch import structure
@@ -641,16 +657,19 @@ def test_program_edits_outside_the_delegates_are_refused(rand_fp32, rand_lfm2, t
 
 
 def test_unedited_program_matches_its_rebuild(rand_fp32, rand_lfm2, tmp_path, monkeypatch, capsys):
-    """With no cached fingerprint (another machine, a cleared cache) the check rebuilds the program: an unedited
-    bundle matches it, and the rebuild is cached for the next verify."""
+    """With no usable cached fingerprint (another machine, a cleared cache, a cache file that is not one) the
+    check rebuilds the program: an unedited bundle matches it, and the rebuild is cached for the next verify."""
     from edgekit.checkpoint import open_checkpoint
     from edgekit.exporters.executorch import structure
 
     monkeypatch.setenv(structure.CACHE_ENV, str(tmp_path / "cache"))
     manifest = read_manifest(rand_fp32)
+    cached = structure.cache_dir() / f"{structure.build_key(manifest)}.json"
+    cached.parent.mkdir(parents=True)
+    cached.write_text("null")
     assert structure.file_structure(rand_fp32, manifest, open_checkpoint(str(rand_lfm2)), None) == []
     assert "rebuilding the ExecuTorch program" in capsys.readouterr().out
-    assert (structure.cache_dir() / f"{structure.build_key(manifest)}.json").is_file()
+    assert json.loads(cached.read_text())["format"] == structure.FORMAT
 
 
 def test_verify_refuses_a_program_edited_outside_the_delegates(rand_fp32, tmp_path):
