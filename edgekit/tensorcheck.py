@@ -50,6 +50,20 @@ REL_RMS_BOUND: Mapping[str, float] = {
     "INT4": 0.17,  # measured 9.8e-2 (ExecuTorch 8da4w group 32)
     "INT2": 1e-2,
 }
+# The error's component along the weight, g = <w_file - w, w> / <w, w> (a tensor scaled by 1 + e has g ~ e): a
+# quantiser whose scales are least-squares fits leaves an error orthogonal to what it stores, so g = -rel^2;
+# round-to-nearest gives g ~ 0 +- sigma, sigma = rel / sqrt(n).  Bounds: -(GAIN_DOWN * rel^2 + 6 sigma) <= g <=
+# GAIN_UP * rel^2 + 6 sigma.  Measured max of (g - 6 sigma) / rel^2 over every tensor, per type: -0.17 at most
+# (no correct export stores a tensor larger along itself); of (-g - 6 sigma) / rel^2: GGUF Q4_K 0.55, Q4_0 0.42,
+# Q5_0 0.43, Q5_K 0.80, Q6_K 1.21, Q8_0 -0.73; ONNX INT4 0.27 (hqq 0.35), INT8 -0.52; ExecuTorch INT4 0.28, INT8
+# 0.97, BitNet's INT8 table 1.32 (built-in LFM2 + LoRA GGUF q4_0 / q4_k_m, ONNX int4 hqq, ExecuTorch 8da4w; a
+# random LFM2 of another shape with a rank-1 adapter: GGUF q4_k_m / q8_0, ONNX int4 / int8; BitNet ExecuTorch).
+# An eighth new-user trial scaled every Q5_0 block of a q4_k_m GGUF by 1.06 (g = +5.9e-2) and every int4
+# MatMulNBits scale of an ONNX export by 1.05 (g = +4.8e-2): inside the relative RMS bounds, and fidelity, built
+# from the file's own weights, cannot see it.
+GAIN_UP = 0.5
+GAIN_DOWN = 3.0
+GAIN_SIGMAS = 6.0
 # per block: largest |error| / the block's step.  Round-to-nearest gives <= 0.5 (Q8_0 measured 0.56: the step
 # estimate is from the float block, the scale from an fp16); llama.cpp's importance-weighted K-quant / Q4_0
 # search trades a larger error on unimportant columns for a smaller one on important ones: measured Q6_K 1.75,
@@ -230,6 +244,14 @@ def check(read: Sequence[ReadTensor], weights: Mapping[str, np.ndarray], aliases
                    f"(bound {step_bound}; relative RMS error {rel:.2e}) against {t.source}")
         elif not rel <= rel_bound:
             why = f"tensor check: {t.name} ({t.qtype}) relative RMS error {rel:.2e} > {rel_bound:.1e} against {t.source}"
+        if why is None and not t.qtype.startswith(TERNARY_PREFIX) and norm > 0:
+            gain = float(np.sum(diff * ref) / norm**2)
+            sigma = GAIN_SIGMAS * rel / np.sqrt(ref.size)
+            low, high = -(GAIN_DOWN * rel**2 + sigma), GAIN_UP * rel**2 + sigma
+            if not low <= gain <= high:
+                why = (f"tensor check: {t.name} ({t.qtype}) is {1 + gain:.4f}x {t.source} along the weight (error "
+                       f"component {gain:+.2e}, outside [{low:.1e}, {high:.1e}] for relative RMS error {rel:.2e}): a "
+                       "rescaled tensor, not rounding")
         if why:
             fails.append(why)
         rows.append(TensorRow(t.name, t.source, t.qtype, rel, steps, why))
@@ -430,10 +452,42 @@ def copied_file_failures(root: Any, checkpoint: Any) -> tuple[str, ...]:
     return tuple(fails)
 
 
+def storage_bits(qtype: str) -> float | None:
+    """Bits per stored value of a storage type by its name (``Q4_K`` 4, ``Q8_0`` 8, ``INT4`` 4, ``F16`` 16,
+    ``BF16`` 16, ``F32`` 32); None for a ternary or unknown type."""
+    import re
+
+    if qtype.startswith(TERNARY_PREFIX):
+        return None
+    m = re.fullmatch(r"(?:Q|INT|B?F)(\d+)(?:_\w+)?", qtype)
+    return float(m.group(1)) if m else None
+
+
+def quant_failures(manifest: Mapping[str, Any], read: Sequence[ReadTensor]) -> tuple[str, ...]:
+    """The plan's quant (``plan.quant.name``: the row whose bars verification applies) against the file: a linear
+    weight stored with fewer bits than the quant's weights is refused.  Mixed precision and llama.cpp's K-quant
+    fallbacks only ever store more bits.  An eighth new-user trial renamed a q4_k_m GGUF's quant to q8_0 in its
+    manifest: q8_0's bars, widened by the 4-bit file's cost, passed a rescaled file."""
+    from .families import Family
+    from .plan import Format
+    from .recipes import RECIPES
+
+    name = ((manifest.get("plan") or {}).get("quant") or {}).get("name")
+    try:
+        spec = RECIPES.get(Family(manifest["family"]), Format.parse(manifest["format"])).quant(name)
+    except Exception:  # an unknown family / format / quant: the manifest check refuses the bundle
+        return (f"tensor check: the manifest's quant {name!r} is not one of its recipe's",)
+    low = sorted({(b, t.qtype) for t in read if t.modules and (b := storage_bits(t.qtype)) is not None
+                  and b < spec.weight_bits})
+    return tuple(f"tensor check: the file stores linear weights as {q} ({b:g} bits), below the plan's quant "
+                 f"{spec.name} ({spec.weight_bits:g} bits); the manifest's plan does not describe this file"
+                 for b, q in low)
+
+
 def _checked(root: Any, manifest: Mapping[str, Any], model: Any, read: Sequence[ReadTensor],
              aliases: Mapping[str, str]) -> TensorCheck:
     tc = check(read, reference_weights(manifest, model), aliases)
-    extra = constants_failures(root, manifest, model)
+    extra = quant_failures(manifest, read) + constants_failures(root, manifest, model)
     return TensorCheck(tc.rows, tc.failures + extra) if extra else tc
 
 

@@ -105,6 +105,57 @@ def test_verify_fails_on_tensor_check_for_altered_rehashed_bundle(export_cache, 
     assert read_manifest(bundle)["verification"]["metrics"]["tensor_check"]["passed"] is False
 
 
+def _scale_q8_0(path: Path, tensor: str, factor: float) -> None:
+    """Multiply the fp16 scale of every Q8_0 block of ``tensor`` by ``factor``, in place."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path), "r+")
+    t = next(t for t in reader.tensors if t.name == tensor)
+    blocks = t.data.reshape(t.data.shape[0], -1, 34)
+    scales = blocks[:, :, :2].copy().view(np.float16)
+    blocks[:, :, :2] = (scales.astype(np.float32) * factor).astype(np.float16).view(np.uint8)
+    reader.data.flush()
+
+
+@pytest.mark.parametrize("factor", [1.002, 0.998])
+def test_rescaled_tensor_refused_by_tensor_check(export_cache, tmp_path, factor):
+    """An eighth new-user trial scaled every block of some 4/5-bit tensors by 1.05-1.06: inside the relative RMS
+    and block-step bounds, and fidelity, built from the file's own weights, cannot see it.  The error's component
+    along the weight can (here Q8_0 scaled by 0.2 %: under a step per block, under the relative RMS bound)."""
+    from edgekit import tensorcheck
+    from edgekit.export import recorded_reference
+
+    src = exported(export_cache, "builtin:lfm2-tiny", "gguf", "q8_0", adapter="builtin:lfm2-tiny-lora", verify=False)
+    bundle = tmp_path / "b"
+    shutil.copytree(src, bundle)
+    manifest = read_manifest(bundle)
+    model = recorded_reference(manifest, lambda _m: None)
+    assert tensorcheck.run_check(bundle, manifest, model).passed
+    _scale_q8_0(bundle / "model.gguf", "blk.2.ffn_down.weight", factor)
+    tc = tensorcheck.run_check(bundle, manifest, model)
+    assert len(tc.failures) == 1 and tc.failures[0].startswith("tensor check: blk.2.ffn_down.weight (Q8_0) is "
+                                                               f"{factor:.3f}") and "rescaled" in tc.failures[0], tc.failures
+
+
+def test_plan_quant_must_describe_the_file(export_cache):
+    """A q8_0 file whose manifest names f16 (whose bars then apply) is refused; naming a coarser quant is not
+    a misdescription the bars could exploit (every tensor holds at least the quant's bits)."""
+    from edgekit import tensorcheck
+    from edgekit.export import recorded_reference
+
+    bundle = exported(export_cache, "builtin:lfm2-tiny", "gguf", "q8_0", adapter="builtin:lfm2-tiny-lora",
+                      verify=False)
+    manifest = read_manifest(bundle)
+    read, _aliases = tensorcheck.read_back(bundle, manifest, recorded_reference(manifest, lambda _m: None))
+    assert tensorcheck.quant_failures(manifest, read) == ()
+    manifest["plan"]["quant"]["name"] = "f16"
+    assert tensorcheck.quant_failures(manifest, read) == (
+        "tensor check: the file stores linear weights as Q8_0 (8 bits), below the plan's quant f16 (16 bits); the "
+        "manifest's plan does not describe this file",)
+    manifest["plan"]["quant"]["name"] = "q4_k_m"
+    assert tensorcheck.quant_failures(manifest, read) == ()
+
+
 def test_read_back_decodes_matmul_nbits_layout():
     """4-bit values packed low nibble first, default zero point 8; 2-bit four per byte."""
     from edgekit.exporters.onnx.readback import dequantize_matmul_nbits, unpack
