@@ -88,7 +88,8 @@ class NamedAdapter:
 
     def record(self) -> dict[str, Any]:
         """The manifest's ``source`` of this adapter: where it came from and its sha256."""
-        return {"path": str(self.adapter.path), "sha256": self.adapter.sha256, **self.adapter.summary()}
+        return {"path": str(Path(self.adapter.path).resolve()), "sha256": self.adapter.sha256,
+                **self.adapter.summary()}
 
 
 def check_name(name: str, taken: Sequence[str] = ()) -> str:

@@ -86,9 +86,10 @@ def manifest_for(prep: PreparedExport, artifact: dict[str, Any], export_s: float
         "format": prep.plan.format.value,
         "engine": ENGINE_OF[prep.plan.format].value,
         "plan": prep.plan.to_dict(),
-        "source": {"path": str(prep.checkpoint.path), "sha256": prep.checkpoint.sha256},
+        # absolute: verify finds them from any directory
+        "source": {"path": str(Path(prep.checkpoint.path).resolve()), "sha256": prep.checkpoint.sha256},
         "adapter": (
-            {"path": str(prep.adapter.path), "sha256": prep.adapter.sha256, **prep.adapter.summary()}
+            {"path": str(Path(prep.adapter.path).resolve()), "sha256": prep.adapter.sha256, **prep.adapter.summary()}
             if prep.adapter
             else None
         ),
@@ -246,7 +247,12 @@ def recorded_reference(
     from . import reference
 
     src = source or manifest["source"]["path"]
-    ckpt = open_checkpoint(src, allow_extra_tensors=bool(manifest["plan"].get("allow_extra_tensors", False)))
+    try:
+        ckpt = open_checkpoint(src, allow_extra_tensors=bool(manifest["plan"].get("allow_extra_tensors", False)))
+    except CheckpointError as exc:
+        if source is not None:
+            raise
+        raise CheckpointError(f"{exc} — the checkpoint the bundle records; pass --source DIR where it is now") from None
     if ckpt.family.family.value != manifest["family"]:
         raise CheckpointError(f"{src} is a {ckpt.family.family.value} checkpoint; the bundle is {manifest['family']}")
     if source is None and ckpt.sha256 != manifest["source"]["sha256"]:

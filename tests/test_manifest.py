@@ -198,3 +198,15 @@ def test_multi_line_error_is_one_line_unless_verbose(bundle, capsys, monkeypatch
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert "second line" in err and "Traceback" in err
+
+
+def test_a_moved_checkpoint_names_source(bundle, tmp_path):
+    """The checkpoint a bundle records is gone (moved, or recorded relative to another directory): the error says
+    how to point verify at it."""
+    from edgekit.errors import CheckpointError
+    from edgekit.export import recorded_reference
+
+    manifest = read_manifest(bundle)
+    manifest["source"]["path"] = str(tmp_path / "moved-away")
+    with pytest.raises(CheckpointError, match="moved-away: not a directory .* pass --source DIR where it is now"):
+        recorded_reference(manifest, lambda _m: None)
