@@ -248,10 +248,10 @@ def check(path: Path, manifest: Mapping[str, Any], rebuild: Callable[[Path], tup
           progress: Callable[[str], None] = print) -> list[str]:
     """The program at ``path`` (with the manifest's ``artifact.data_files``) against the one edgekit builds for
     ``manifest`` (``expected``); one failure line per difference (``differences``)."""
-    data_files = (manifest.get("artifact") or {}).get("data_files") or ()
-    fails = differences(fingerprint(path, data_files), expected(manifest, rebuild, progress), path.name)
     from edgekit.versions import versions
 
+    data_files = (manifest.get("artifact") or {}).get("data_files") or ()
+    fails = differences(fingerprint(path, data_files), expected(manifest, rebuild, progress), path.name)
     recorded = (manifest.get("artifact") or {}).get("versions") or {}
     installed = versions(*recorded)
     if fails and recorded and installed != recorded:
@@ -260,10 +260,11 @@ def check(path: Path, manifest: Mapping[str, Any], rebuild: Callable[[Path], tup
     return fails
 
 
-def _rebuild(manifest: Mapping[str, Any], checkpoint: Any) -> Callable[[Path], Path]:
+def _rebuild(manifest: Mapping[str, Any], checkpoint: Any) -> Callable[[Path], tuple[Path, Sequence[str]]]:
     """A function that exports ``checkpoint`` again by the bundle's plan into a folder and returns the program it
-    wrote: the same adapter(s), quant and options, the recorded mixed-precision assignment instead of a new scan
-    (``ExportJob.tensor_types``), no verification."""
+    wrote and its ``.ptd`` files: the same adapter(s), quant and options, the recorded mixed-precision assignment
+    instead of a new scan (``ExportJob.tensor_types``), no verification.  Raises ``BundleError`` when the plan
+    cannot be rebuilt (a checkpoint or adapter gone, an assignment naming no known type)."""
     from dataclasses import replace
 
     def run(tmp: Path) -> tuple[Path, Sequence[str]]:
@@ -291,7 +292,11 @@ def _rebuild(manifest: Mapping[str, Any], checkpoint: Any) -> Callable[[Path], P
                         weights=reference.state_dict(model), progress=lambda _line: None, tensor_types=types)
         with warnings.catch_warnings():  # ExecuTorch's lowering warnings were shown at export already
             warnings.simplefilter("ignore")
-            artifact = prep.recipe.exporter().export(job, tmp)
+            try:
+                artifact = prep.recipe.exporter().export(job, tmp)
+            except (KeyError, ValueError, TypeError) as exc:  # e.g. an edited mixed-precision assignment
+                raise BundleError(f"the structure check could not rebuild the program by the manifest's plan "
+                                  f"({type(exc).__name__}: {exc}); re-export the bundle") from None
         return tmp / artifact["file"], artifact.get("data_files") or ()
 
     return run
