@@ -465,7 +465,7 @@ def storage_bits(qtype: str) -> float | None:
 
 def quant_failures(manifest: Mapping[str, Any], read: Sequence[ReadTensor]) -> tuple[str, ...]:
     """The plan's quant (``plan.quant.name``: the row whose bars verification applies) against the file: a linear
-    weight stored with fewer bits than the quant's weights is refused.  Mixed precision and llama.cpp's K-quant
+    weight stored with fewer bits than the quant's weights (a float quant: in an integer type) is refused.  Mixed precision and llama.cpp's K-quant
     fallbacks only ever store more bits.  An eighth new-user trial renamed a q4_k_m GGUF's quant to q8_0 in its
     manifest: q8_0's bars, widened by the 4-bit file's cost, passed a rescaled file."""
     from .families import Family
@@ -477,10 +477,12 @@ def quant_failures(manifest: Mapping[str, Any], read: Sequence[ReadTensor]) -> t
         spec = RECIPES.get(Family(manifest["family"]), Format.parse(manifest["format"])).quant(name)
     except Exception:  # an unknown family / format / quant: the manifest check refuses the bundle
         return (f"tensor check: the manifest's quant {name!r} is not one of its recipe's",)
+    # a float quant: any float storage (BitNet's f32 GGUF keeps its F16 head), no integer type
+    floor = min(spec.weight_bits, 16) if spec.is_float else spec.weight_bits
     low = sorted({(b, t.qtype) for t in read if t.modules and (b := storage_bits(t.qtype)) is not None
-                  and b < spec.weight_bits})
+                  and b < floor})
     return tuple(f"tensor check: the file stores linear weights as {q} ({b:g} bits), below the plan's quant "
-                 f"{spec.name} ({spec.weight_bits:g} bits); the manifest's plan does not describe this file"
+                 f"{spec.name} ({floor:g} bits); the manifest's plan does not describe this file"
                  for b, q in low)
 
 
