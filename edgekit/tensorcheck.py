@@ -465,9 +465,11 @@ def storage_bits(qtype: str) -> float | None:
 
 def quant_failures(manifest: Mapping[str, Any], read: Sequence[ReadTensor]) -> tuple[str, ...]:
     """The plan's quant (``plan.quant.name``: the row whose bars verification applies) against the file: a linear
-    weight stored with fewer bits than the quant's weights (a float quant: in an integer type) is refused.  Mixed precision and llama.cpp's K-quant
-    fallbacks only ever store more bits.  An eighth new-user trial renamed a q4_k_m GGUF's quant to q8_0 in its
-    manifest: q8_0's bars, widened by the 4-bit file's cost, passed a rescaled file."""
+    weight stored with fewer bits than the quant's weights (under a float quant: in an integer type) is refused.
+    Mixed precision and llama.cpp's K-quant fallbacks only ever store more bits.  An eighth new-user trial renamed
+    a q4_k_m GGUF's quant to q8_0 in its manifest: q8_0's bars, widened by the 4-bit file's cost, passed a
+    rescaled file."""
+    from .errors import EdgekitError
     from .families import Family
     from .plan import Format
     from .recipes import RECIPES
@@ -475,7 +477,7 @@ def quant_failures(manifest: Mapping[str, Any], read: Sequence[ReadTensor]) -> t
     name = ((manifest.get("plan") or {}).get("quant") or {}).get("name")
     try:
         spec = RECIPES.get(Family(manifest["family"]), Format.parse(manifest["format"])).quant(name)
-    except Exception:  # an unknown family / format / quant: the manifest check refuses the bundle
+    except (EdgekitError, ValueError, KeyError):  # an unknown family / format / quant
         return (f"tensor check: the manifest's quant {name!r} is not one of its recipe's",)
     # a float quant: any float storage (BitNet's f32 GGUF keeps its F16 head), no integer type
     floor = min(spec.weight_bits, 16) if spec.is_float else spec.weight_bits
