@@ -27,6 +27,7 @@ half a step by design, so ``BLOCK_STEP_BOUND`` leaves room for that.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -90,6 +91,28 @@ BLOCK_STEP_BOUND: Mapping[str, float] = {
 TERNARY_PREFIX = "ternary/"
 
 
+# While set (``activation_jitter``), every ``ActQuant.apply`` first moves each input by about one float32 ulp: the
+# reference against itself under that jitter measures how much a quantised model's output depends on where its
+# activations happen to round (``parity``: ``act_noise_kl``), which any engine's accumulation order also decides.
+_JITTER: Any = None
+# relative size of the jitter: one float32 ulp (2**-23) times a standard normal draw per value
+JITTER_ULP = 2.0 ** -23
+
+
+@contextlib.contextmanager
+def activation_jitter(seed: int) -> Any:
+    """Within the block, every activation an ``ActQuant`` rounds is first multiplied by ``1 + JITTER_ULP * z``
+    (``z`` standard normal, from a generator seeded with ``seed``, so the measurement repeats exactly)."""
+    import torch
+
+    global _JITTER
+    previous, _JITTER = _JITTER, torch.Generator().manual_seed(seed)
+    try:
+        yield
+    finally:
+        _JITTER = previous
+
+
 @dataclass(frozen=True)
 class ActQuant:
     """How an engine quantises the *inputs* of a matmul with this weight (simulated in the fidelity reference).
@@ -110,6 +133,8 @@ class ActQuant:
 
         if self.kind == "none":
             return x
+        if _JITTER is not None:
+            x = x * (1.0 + JITTER_ULP * torch.randn(x.shape, generator=_JITTER, dtype=x.dtype))
         if self.kind == "f16":
             return x.to(torch.float16).to(x.dtype)
         if self.kind == "bf16":

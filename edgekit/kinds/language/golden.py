@@ -75,6 +75,8 @@ def write(root: Path, manifest: Mapping[str, Any], model: Any, progress: Callabl
         "fidelity_reference": host_metrics.get("fidelity_reference"),
         # and the float32 reference's own error, so a device's max |Δlogit| bar is the host's
         "reference_noise": host_metrics.get("reference_noise"),
+        # and its sensitivity to where activations round, so a device's mean KL bar is the host's
+        "act_noise_kl": host_metrics.get("act_noise_kl"),
     }
 
 
@@ -141,6 +143,7 @@ def compare(session: Any, golden: Mapping[str, Any]) -> DeviceCheck:
         "cost": golden.get("cost"),
         "fidelity_reference": golden.get("fidelity_reference"),
         "reference_noise": golden.get("reference_noise"),
+        "act_noise_kl": golden.get("act_noise_kl"),
     }
     from . import Thresholds
 
