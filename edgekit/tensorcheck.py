@@ -50,6 +50,12 @@ REL_RMS_BOUND: Mapping[str, float] = {
     "INT8": 1.5e-2,  # measured 6.5e-3 (ExecuTorch per-channel LM head)
     "INT4": 0.17,  # measured 9.8e-2 (ExecuTorch 8da4w group 32)
     "INT2": 1e-2,
+    # ONNX MatMulNBits whose codes GPTQ wrote (--weight-algorithm gptq, exporters/onnx/gptq.py): round-to-nearest's
+    # scales, codes moved by GPTQ's error compensation, so a storage type of its own (INT4 / INT8 keep their bounds).
+    # Measured on the built-in + LoRA default export (mixed types): worst 0.153 (INT4: 0.114 in the same export with
+    # --weight-algorithm affine) and 9.0e-3 (INT8: 7.0e-3); GPTQ trades weight error for output error
+    "INT4_GPTQ": 0.3,
+    "INT8_GPTQ": 1.8e-2,
 }
 # The error's component along the weight, g = <w_file - w, w> / <w, w> (a tensor scaled by 1 + e has g ~ e): a
 # quantiser whose scales are least-squares fits leaves an error orthogonal to what it stores, so g = -rel^2;
@@ -84,6 +90,11 @@ BLOCK_STEP_BOUND: Mapping[str, float] = {
     "INT8": 1.5,
     "INT4": 3.0,  # measured 0.50 with round to nearest; HQQ (--weight-algorithm hqq) optimises scale and zero
     "INT2": 0.1,  # point for the whole block's error, so one weight may sit further from its float value
+    # GPTQ (ONNX, exporters/onnx/gptq.py): each column's rounding error is pushed onto the columns after it, so a weight
+    # moves by more than half a step; measured 2.56 (INT4) and 2.89 (INT8) steps on the built-in + LoRA default
+    # export (round-to-nearest in that export: 0.94 / 1.00), bounds 2x; a wrong 4-bit block is ~7 steps off
+    "INT4_GPTQ": 5.0,
+    "INT8_GPTQ": 6.0,
 }
 
 

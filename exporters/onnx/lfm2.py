@@ -25,10 +25,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ... import calibration
 from ...errors import InternalError
 from ...families.lfm2 import Lfm2Config
 from .. import ExportJob
-from . import ARTIFACT, DATA, attributes, builder, check, mixed, quantize
+from . import ARTIFACT, DATA, attributes, builder, check, gptq, mixed, quantize
 from .builder import MS_DOMAIN, GraphBuilder
 from .quantize import TiedHead
 
@@ -305,6 +306,18 @@ def matmul_sources(model: Any, weights: Mapping[str, np.ndarray]) -> dict[str, t
     return out
 
 
+def _gptq_inputs(model: Any, job: ExportJob) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """For ``gptq.apply``: the float graph's MatMul weights ([K, N] copies) and the reference module whose input
+    each MatMul sees (a fused q|k|v: the q projection's; the tied head: ``lm_head``)."""
+    from onnx import numpy_helper
+
+    sources = matmul_sources(model, job.weights)
+    inits = {t.name: t for t in model.graph.initializer}
+    weights = {name: numpy_helper.to_array(inits[name]).astype(np.float32) for name in sources}
+    modules = {name: "lm_head" if name == LM_HEAD else src[0].removesuffix(".weight") for name, src in sources.items()}
+    return weights, modules
+
+
 def default_types(model: Any, q: quantize.OnnxQuant) -> dict[str, str]:
     """MatMul weight -> the type the plain export gives it: ``q``'s bits and block, the tied head ``head_bits``."""
     inits = {t.name for t in model.graph.initializer}
@@ -318,15 +331,25 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     job.progress("building the ONNX graph (float32)")
     model = build(job.weights, cfg)
-    mixed_summary, calibration = None, None
+    mixed_summary, calibration_entry = None, None
     types: dict[str, tuple[int, int]] = {}
     if job.plan.options.mixes(job.plan.quant):
         sources, defaults = matmul_sources(model, job.weights), default_types(model, q)
-        chosen, mixed_summary, calibration = mixed.plan(job, sources, defaults)
+        chosen, mixed_summary, calibration_entry = mixed.plan(job, sources, defaults)
         types = {name: mixed.parse_type(t) for name, t in chosen.items()}
+    gptq_inputs = _gptq_inputs(model, job) if q.algorithm == "gptq" else None
+    gptq_summary = None
     if q.name != "fp32":
         job.progress(f"quantising to {q.name} with onnxruntime's tools")
         model = quantize.apply(model, q, TIED_HEAD, types)
+    if gptq_inputs is not None:
+        text, windows = calibration.job_windows(job)
+        gptq_summary = gptq.apply(model, *gptq_inputs, job.reference, windows, job.progress)
+        gptq_summary["calibration_sha256"] = text.sha256
+        if calibration_entry is None:
+            calibration_entry = {**text.summary(gptq_summary["tokens"]), "method": "GPTQ input Hessians"}
+        else:
+            calibration_entry = {**calibration_entry, "method": calibration_entry["method"] + "; GPTQ input Hessians"}
     if mixed_summary is not None and mixed.node_types(model) != mixed_summary["tensor_types"]:
         raise InternalError("the quantised graph's MatMulNBits types differ from the mixed-precision plan")
     job.progress(f"writing {ARTIFACT}")
@@ -344,8 +367,9 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
         "tensor_types": check.tensor_types(out_dir / ARTIFACT),
         **runtime_entries(state_manifest(cfg)),
         "optimized_ops": report,
-        "calibration": calibration,
+        "calibration": calibration_entry,
         "mixed_precision": mixed_summary,
+        "gptq": gptq_summary,
         "libraries": builder.versions(),
         "export_seconds": round(time.perf_counter() - t0, 2),
     }
@@ -361,11 +385,15 @@ def file_weights(root: Path, manifest: Any, sources: Any) -> tuple[list[Any], di
     c = manifest["model"]["config"]
     kv_rows = int(c["num_key_value_heads"]) * (int(c["hidden_size"]) // int(c["num_attention_heads"]))
     known = set(sources)
+    # tensors whose codes GPTQ wrote: a storage type of their own, bounded apart from round-to-nearest's
+    by_gptq = set((manifest["artifact"].get("gptq") or {}).get("tensors", ()))
     out: list[ReadTensor] = []
     for w in readback.read(root / manifest["artifact"]["file"]):
+        qtype = w.qtype + gptq.QTYPE_SUFFIX if w.name in by_gptq and w.qtype.startswith("INT") else w.qtype
+
         def entry(source: str, values: Any, rows: Any = None, module: str | None = None) -> ReadTensor:
             mods = (module,) if module else ((source.removesuffix(".weight"),) if w.matmul else ())
-            return ReadTensor(w.name, source, values, w.qtype, w.block, w.levels, rows, mods, w.act)
+            return ReadTensor(w.name, source, values, qtype, w.block, w.levels, rows, mods, w.act)
 
         if w.name == LM_HEAD:
             out.append(entry("model.embed_tokens.weight", w.values, module="lm_head"))

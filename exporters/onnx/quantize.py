@@ -51,7 +51,9 @@ class OnnxQuant:
     block_size: int = 32
     accuracy_level: int = 4
     head_bits: int = 4
-    algorithm: str = "affine"  # "affine" (symmetric round-to-nearest) or "hqq" (onnxruntime's HQQ, asymmetric)
+    # "affine" (symmetric round-to-nearest), "gptq" (round-to-nearest's scales, GPTQ's codes: written by ``gptq.apply``
+    # after ``apply``) or "hqq" (onnxruntime's HQQ, asymmetric)
+    algorithm: str = "affine"
 
     @property
     def bits(self) -> int:
@@ -71,7 +73,7 @@ def native(quant: QuantSpec, options: OnnxOptions) -> OnnxQuant:
         block_size=options.block_size,
         accuracy_level=options.accuracy_level,
         head_bits=(options.head_bits or 4) if quant.name == "int4" else 8,
-        algorithm=getattr(options, "weight_algorithm", "affine") if quant.name == "int4" else "affine",
+        algorithm=options.algorithm(quant) if hasattr(options, "algorithm") else "affine",
     )
 
 
