@@ -94,6 +94,21 @@ def _keep_all_logits(model) -> None:
     t.CopyFrom(numpy_helper.from_array(np.array([0], np.int64), t.name))
 
 
+def _head_bias(model) -> None:
+    """A bias on the LM head's MatMulNBits (input 5, which onnxruntime applies): +2 nats on one token everywhere (a
+    new-user trial: it passed under the widened KL bar; the read-back dequantises inputs 1-3 only)."""
+    from onnx import helper, numpy_helper
+
+    node = next(n for n in model.graph.node if n.op_type == "MatMulNBits" and n.name.startswith("lm_head"))
+    n = helper.get_attribute_value(next(a for a in node.attribute if a.name == "N"))
+    bias = np.zeros(n, np.float32)
+    bias[2] = 2.0
+    model.graph.initializer.append(numpy_helper.from_array(bias, "head_bias"))
+    while len(node.input) < 5:
+        node.input.append("")
+    node.input.append("head_bias")
+
+
 @pytest.fixture(scope="module")
 def lfm2_reference():
     from edgekit.checkpoint import open_checkpoint
@@ -124,6 +139,7 @@ def test_remapped_token_is_refused_by_verify(export_cache, tmp_path):
     (_reslice_rope, "(GroupQueryAttention) reads"),
     (_layer_norm, "node 'final_norm' is SkipLayerNormalization, the exporter writes SkipSimplifiedLayerNormalization"),
     (_keep_all_logits, "structure: constant 'logits_to_keep' is [0], the exporter writes [1]"),
+    (_head_bias, "(MatMulNBits) has inputs ['head_bias'] that the exporter does not write (at most 4)"),
     (_mid_graph_cast, "Cast 'graph_input_cast90' (['mask/Gather/out0/raw'] -> ['mask/Gather/out0/f16']) is not at "
                       "the graph's boundary"),
 ])
