@@ -144,6 +144,20 @@ class Importance:
                 "layers": len(self.values)}
 
 
+def run_windows(model: Any, windows: Sequence[Sequence[int]], batch: int = BATCH) -> None:
+    """Run ``model`` (a torch causal LM taking ``input_ids``) over every window, for its forward hooks: windows of
+    equal length in batches of ``batch``, one call each (5x faster on CPU than one window at a time)."""
+    import torch
+
+    by_length: dict[int, list[list[int]]] = {}
+    for w in windows:
+        by_length.setdefault(len(w), []).append(list(w))
+    with torch.inference_mode():
+        for group in by_length.values():
+            for k in range(0, len(group), batch):
+                model(input_ids=torch.tensor(group[k : k + batch], dtype=torch.long))
+
+
 def importance(model: Any, windows: Sequence[Sequence[int]], text: CalibrationText) -> Importance:
     """Run ``model`` (a float32 torch causal LM taking ``input_ids``) over each window and collect E[x^2] per
     input channel of every ``nn.Linear`` (LoRA A/B factors excluded; merged models have none)."""
@@ -166,13 +180,7 @@ def importance(model: Any, windows: Sequence[Sequence[int]], text: CalibrationTe
         if isinstance(module, torch.nn.Linear) and ".lora_" not in f".{name}":
             hooks.append(module.register_forward_hook(hook(name)))
     try:
-        with torch.inference_mode():  # equal-length windows in batches of BATCH: one call each (5x faster on CPU)
-            by_length: dict[int, list[list[int]]] = {}
-            for w in windows:
-                by_length.setdefault(len(w), []).append(list(w))
-            for group in by_length.values():
-                for k in range(0, len(group), BATCH):
-                    model(input_ids=torch.tensor(group[k : k + BATCH], dtype=torch.long))
+        run_windows(model, windows)
     finally:
         for h in hooks:
             h.remove()
