@@ -329,7 +329,7 @@ def check(read: Sequence[ReadTensor], weights: Mapping[str, np.ndarray], aliases
                 why = (f"tensor check: {t.name} ({t.qtype}) is {1 + gain:.4f}x {t.source} along the weight (error "
                        f"component {gain:+.2e}, outside [{low:.1e}, {high:.1e}] for relative RMS error {rel:.2e}): a "
                        "rescaled tensor, not rounding")
-        if why is None and not t.qtype.startswith(TERNARY_PREFIX) and ref.ndim == 2:
+        if why is None and t.levels and not t.qtype.startswith(TERNARY_PREFIX) and ref.ndim == 2:
             why = row_gain_failure(t, diff, ref)
         if why:
             fails.append(why)
