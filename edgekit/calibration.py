@@ -188,12 +188,17 @@ def importance(model: Any, windows: Sequence[Sequence[int]], text: CalibrationTe
     return Importance(values, int(sum(len(w) for w in windows)), text)
 
 
+def checkpoint_windows(path: str | Path | None, checkpoint: Any) -> tuple[CalibrationText, list[list[int]]]:
+    """The calibration text at ``path`` (None: the built-in sample; checked by ``load_text``) and its token windows
+    (``token_windows`` with ``checkpoint``'s tokenizer and BOS)."""
+    text = load_text(path)
+    bos = getattr(checkpoint.model_config, "bos_token_id", None)
+    return text, token_windows(text.text, checkpoint.path / "tokenizer.json", bos)
+
+
 def job_windows(job: Any) -> tuple[CalibrationText, list[list[int]]]:
-    """An export job's calibration text (``job.plan.options.calibration``, checked by ``load_text``) and its token
-    windows (``token_windows`` with the job's tokenizer and BOS)."""
-    text = load_text(job.plan.options.calibration)
-    windows = token_windows(text.text, job.checkpoint.path / "tokenizer.json", getattr(job.config, "bos_token_id", None))
-    return text, windows
+    """An export job's calibration text (``job.plan.options.calibration``) and its token windows."""
+    return checkpoint_windows(job.plan.options.calibration, job.checkpoint)
 
 
 def for_job(job: Any) -> Importance:

@@ -415,7 +415,9 @@ def _measure(argv: Sequence[str] | None = None) -> None:
 
 def read_back(root: Any, manifest: Mapping[str, Any], model: Any) -> tuple[list[ReadTensor], dict[str, str]] | None:
     """The bundle's weights read back by its recipe's pair file (None where the pair has no read-back yet), and
-    the aliases (weights served by another tensor)."""
+    the aliases (weights served by another tensor).  A pair's ``file_weights`` that takes ``model`` gets the
+    reference too (ExecuTorch: GPTQ's codes are re-derived from its Hessians)."""
+    import inspect
     from pathlib import Path
 
     from .checkpoint import open_checkpoint  # noqa: F401  (import order: recipes need the families)
@@ -428,6 +430,8 @@ def read_back(root: Any, manifest: Mapping[str, Any], model: Any) -> tuple[list[
     fn = getattr(pair, "file_weights", None)
     if fn is None:
         return None
+    if "model" in inspect.signature(fn).parameters:  # a read-back that re-derives codes from the reference
+        return fn(Path(root), manifest, reference_weights(manifest, model), model=model)
     return fn(Path(root), manifest, reference_weights(manifest, model))
 
 

@@ -100,7 +100,7 @@ def test_mixed_options_at_plan_time():
     for plain in ({"no_calibration": True}, {"mixed_precision": False}):  # round-to-nearest at --group-size
         prep = make_plan(SOURCE, "executorch", "8da4w", options=plain)
         assert not prep.plan.options.mixes(prep.plan.quant)
-    with pytest.raises(UnsupportedError, match="--calibration is read by the mixed-precision scan only"):
+    with pytest.raises(UnsupportedError, match="--calibration is read by the mixed-precision scan and GPTQ only"):
         make_plan(SOURCE, "executorch", "8da4w", options={"calibration": __file__, "mixed_precision": False})
     for quant in ("8da8w", "fp32"):
         for opts in ({"mixed_precision": True}, {"byte_budget": "0.6"}):

@@ -19,7 +19,7 @@ from ...plan import Options, QuantSpec, WeightKind, option
 
 ARTIFACT = "model.pte"
 GROUP_SIZES = (32, 64, 128, 256)  # XNNPACK's blockwise int4 GEMM; 0 = one scale per output channel
-ALGORITHMS = ("affine", "hqq")
+ALGORITHMS = ("affine", "gptq", "hqq")
 
 QUANTS: dict[str, QuantSpec] = {
     q.name: q
@@ -46,10 +46,20 @@ class LinearOptions(Options):
 
     group_size: int | None = option(None, "ExecuTorch 8da4w: weights per scale (32/64/128/256, 0 = per channel; "
                                           "default 32; 8da8w is always per channel)")
-    weight_algorithm: str = option("affine", "ExecuTorch 8da8w/8da4w: scale choice, affine (round-to-nearest) or "
-                                             "hqq (torchao's HQQ scale search; slower)", ALGORITHMS)
+    weight_algorithm: str | None = option(None, "ExecuTorch 8da8w/8da4w: affine (round-to-nearest), gptq (GPTQ "
+                                                "codes under affine's scales, from the calibration text; language "
+                                                "8da4w) or hqq (torchao's HQQ scale search; slower); default gptq "
+                                                "with the calibrated mixed precision, else affine", ALGORITHMS)
+
+    def algorithm(self, quant: QuantSpec) -> str:
+        """The weight algorithm: ``--weight-algorithm`` where given, else affine (a recipe with calibration
+        overrides this)."""
+        return self.weight_algorithm or "affine"
 
     def validate(self, quant: QuantSpec, given: set[str]) -> None:
+        if self.weight_algorithm == "gptq" and not self.gptq_applies(quant):
+            raise UnsupportedError(f"executorch --weight-algorithm gptq applies to a language model's 8da4w with "
+                                   f"calibration and --lora-mode merged, not {quant.name} here; pass affine or hqq")
         group = self.group_size
         if quant.is_float and group is not None:
             raise UnsupportedError("executorch --group-size applies to 8da4w only (fp32 has no weight groups)")
@@ -61,6 +71,10 @@ class LinearOptions(Options):
                 f"executorch 8da4w --group-size {group} cannot be lowered to XNNPACK; valid: "
                 f"{', '.join(map(str, GROUP_SIZES))}, or 0 for per-channel"
             )
+
+    def gptq_applies(self, quant: QuantSpec) -> bool:
+        """Whether GPTQ codes can be written for ``quant`` (never without calibration text)."""
+        return False
 
     def group(self, quant: QuantSpec) -> int | None:
         """Weights per scale for ``quant`` (None: per output channel)."""
@@ -79,7 +93,7 @@ class LanguageOptions(CalibrationOptions, MixedOptions, LinearOptions):
     text.  They are LFM2's (the recipe that uses this class itself): a subclass — another family's options —
     has no calibrated or mixed quant unless it names ``CALIBRATED`` / ``MIXED`` in its own body."""
 
-    # the calibration text feeds only the mixed-precision scan (no calibrated quantiser of its own)
+    # the calibration text feeds the mixed-precision scan and GPTQ's input Hessians (gptq.py)
     CALIBRATED: ClassVar[tuple[str, ...]] = ("8da4w",)
     MIXED: ClassVar[tuple[str, ...]] = ("8da4w",)
     # the default for 8da4w (--mixed-precision false or --no-calibration: every linear at --group-size): at the
@@ -110,10 +124,10 @@ class LanguageOptions(CalibrationOptions, MixedOptions, LinearOptions):
         super().validate(quant, given)
         self.check_calibration(quant, given)
         self.check_mixed(quant, given)
-        if quant.name in self.CALIBRATED and not self.mixes(quant):
+        if quant.name in self.CALIBRATED and not self.mixes(quant) and self.algorithm(quant) != "gptq":
             if self.calibration is not None:
-                raise UnsupportedError("executorch --calibration is read by the mixed-precision scan only; add "
-                                       "--mixed-precision true (or drop --calibration)")
+                raise UnsupportedError("executorch --calibration is read by the mixed-precision scan and GPTQ only; "
+                                       "add --mixed-precision true or --weight-algorithm gptq (or drop --calibration)")
         if self.no_calibration and self.mixes(quant):
             raise UnsupportedError("executorch --no-calibration: the mixed-precision scan reads the calibration "
                                    "text; drop --mixed-precision / --byte-budget for plain round-to-nearest")
@@ -122,6 +136,18 @@ class LanguageOptions(CalibrationOptions, MixedOptions, LinearOptions):
         if self.max_context is not None and self.max_context < 16:
             raise UnsupportedError(f"executorch --max-context {self.max_context} is too small; pass at least 16")
         self.shares_embedding(quant)
+
+    def gptq_applies(self, quant: QuantSpec) -> bool:
+        return (quant.name in self.CALIBRATED and not self.no_calibration and self.lora_mode == "merged"
+                and not quant.is_float)
+
+    def algorithm(self, quant: QuantSpec) -> str:
+        """``--weight-algorithm`` where given, else GPTQ with the calibrated mixed-precision default (merged
+        LoRA) and affine without it.  GPTQ keeps torchao's round-to-nearest scales and replaces the codes
+        (``gptq.py``); measured on the built-in + LoRA: README, "Calibrated 4-bit quantisation"."""
+        if self.weight_algorithm is not None:
+            return self.weight_algorithm
+        return "gptq" if self.mixes(quant) and self.gptq_applies(quant) else "affine"
 
     def lm_head_bits(self, quant: QuantSpec) -> int:
         """Bits of the LM head's weights (32: float)."""

@@ -391,12 +391,12 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     per_linear: dict[str, quant.LinearQuant] = {}
-    mixed_summary, calibration = None, None
+    mixed_summary, calibration, gptq_summary = None, None, None
     if lq is not None and options.mixes(spec):
         from . import mixed
 
         if job.tensor_types is not None:  # a recorded assignment (the structure check's rebuild)
-            per_linear = {n: mixed.linear_quant(t, options.weight_algorithm) for n, t in job.tensor_types.items()}
+            per_linear = {n: mixed.linear_quant(t, options.algorithm(spec)) for n, t in job.tensor_types.items()}
         else:
             per_linear, mixed_summary, calibration = mixed.plan(job, linear_weights(job.weights), lq)
         seconds["mixed_precision"] = time.perf_counter() - t
@@ -413,6 +413,11 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
             job.progress(f"quantising linear layers ({lq.describe()}, LM head int{head_bits}"
                          + (f", {len(per_linear)} of them mixed precision" if mixed_summary else "") + ")")
             quant.quantize_linears(eager, lq, overrides)
+        if lq is not None and lq.algorithm == "gptq":
+            t = time.perf_counter()
+            gptq_summary, gptq_calibration = _gptq(job, eager, per_linear, lq.at_bits(head_bits), lq)
+            calibration = _merge_calibration(calibration, gptq_calibration)
+            seconds["gptq"] = time.perf_counter() - t
         if shared:
             quant.share_embedding_with_head(eager, "embed_tokens", "lm_head", head_bits)
     seconds["quantize"] = time.perf_counter() - t
@@ -457,6 +462,7 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
         "lora_mode": options.lora_mode,
         "calibration": calibration,
         "mixed_precision": mixed_summary,
+        **({"gptq": gptq_summary} if gptq_summary else {}),
         **({"lora_branches": lora_ranks_, "lora_inputs": [sl.to_dict() for sl in slots]} if separate else {}),
         **({"adapter_files": adapter_files} if separate else {}),
         "max_context": max_context,
@@ -471,6 +477,36 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
 
 
 SPECIAL = ("model.embed_tokens.weight", "lm_head.weight")
+
+
+def _gptq(job: ExportJob, eager: Lfm2, per_linear: Mapping[str, quant.LinearQuant], head: quant.LinearQuant,
+          default: quant.LinearQuant) -> tuple[dict[str, Any], dict[str, Any]]:
+    """GPTQ's codes for every quantised linear of ``eager`` and the LM head (``gptq.apply``; Hessians over the
+    calibration text).  Returns the manifest's ``gptq`` and ``calibration`` entries."""
+    from ...calibration import job_windows
+    from . import gptq
+
+    names = linear_weights(job.weights)
+    float_weights = {n: job.weights[n] for n in names}
+    float_weights["lm_head.weight"] = job.weights.get("lm_head.weight", job.weights["model.embed_tokens.weight"])
+    d = eager.shape.hidden_size
+    parts = {n: [(g.removesuffix(".weight"), slice(i * d, (i + 1) * d) if i is not None else None)
+                 for g, i in _dest(n)] for n in names}
+    parts["lm_head.weight"] = [("lm_head", None)]
+    text, windows = job_windows(job)
+    job.progress(f"GPTQ: input Hessians of {len(float_weights)} linears over {text.source} (float64)")
+    hs = gptq.hessians(job.reference, [gptq.module_of(n) for n in float_weights], windows)
+    job.progress("GPTQ: codes under torchao's scales")
+    done = gptq.apply(eager, float_weights, parts, hs, {**per_linear, "lm_head.weight": head}, default)
+    return gptq.summary(done, windows, text.sha256), {**text.summary(sum(map(len, windows))),
+                                                       "method": "GPTQ input Hessians"}
+
+
+def _merge_calibration(entry: dict[str, Any] | None, gptq_entry: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's ``calibration`` entry of an export that also scanned (``entry``) with GPTQ's added."""
+    if entry is None:
+        return gptq_entry
+    return {**entry, "method": f"{entry.get('method')}; {gptq_entry['method']}"}
 
 
 def runner_failures(root: Path, manifest: Mapping[str, Any], cfg: Any, what: str) -> list[str]:
@@ -513,11 +549,13 @@ def graph_overrides(per_linear: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def file_weights(root: Path, manifest: Mapping[str, Any], weights: Mapping[str, np.ndarray]) -> Any:
+def file_weights(root: Path, manifest: Mapping[str, Any], weights: Mapping[str, np.ndarray],
+                 model: Any = None) -> Any:
     """The export's quantised weights under the checkpoint's names (``edgekit.tensorcheck``), re-derived with
     the bundle's recorded quant and options (``readback``: a ``.pte``'s XNNPACK weights are not parsed).  A
     ``--lora-mode separate`` program holds the base weights (``weights``: the base reference's, also under an
-    adapter switched in, whose branches stay float in the program as in the reference)."""
+    adapter switched in, whose branches stay float in the program as in the reference).  ``model``: the float
+    reference, whose input Hessians re-derive the codes of a bundle GPTQ wrote (``gptq.readback_hessians``)."""
     from ...families import Family
     from ...plan import Format
     from ...recipes import RECIPES
@@ -529,9 +567,12 @@ def file_weights(root: Path, manifest: Mapping[str, Any], weights: Mapping[str, 
     options = recipe.options.from_dict(manifest["plan"].get("options") or {})
     from . import mixed
 
+    from . import gptq
+
     types = (manifest.get("artifact", {}).get("mixed_precision") or {}).get("tensor_types") or {}
-    per_linear = {n: mixed.linear_quant(t, options.weight_algorithm) for n, t in types.items()}
-    read = readback.read(weights, options, spec, linear_weights(weights), per_linear)
+    per_linear = {n: mixed.linear_quant(t, options.algorithm(spec)) for n, t in types.items()}
+    hessians = gptq.readback_hessians(manifest, model, options) if model is not None else {}
+    read = readback.read(weights, options, spec, linear_weights(weights), per_linear, hessians=hessians)
     covered = {t.source for t in read}
     read += [ReadTensor(n, n, w, "F32") for n, w in weights.items() if n not in covered]
     return read, {}

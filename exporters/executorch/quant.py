@@ -25,7 +25,9 @@ from . import LinearOptions
 class LinearQuant:
     weight_bits: int  # 4 or 8
     group_size: int | None  # None: one scale per output channel
-    algorithm: str = "affine"  # "hqq": torchao's HQQ scale search (slower, sometimes better at 4 bits)
+    # "hqq": torchao's HQQ scale search (slower, sometimes better at 4 bits); "gptq": affine's scales, then GPTQ's
+    # codes (gptq.py) — torchao quantises it as affine
+    algorithm: str = "affine"
 
     def describe(self) -> str:
         g = f"group {self.group_size}" if self.group_size else "per channel"
@@ -50,7 +52,7 @@ def linear_quant(quant: QuantSpec, options: LinearOptions) -> LinearQuant | None
     """The plan's quant + validated options -> ``LinearQuant`` (None for float32)."""
     if quant.is_float:
         return None
-    return LinearQuant(int(quant.weight_bits), options.group(quant), options.weight_algorithm)
+    return LinearQuant(int(quant.weight_bits), options.group(quant), options.algorithm(quant))
 
 
 def quantize_linears(model: nn.Module, q: LinearQuant, overrides: Mapping[str, LinearQuant] | None = None) -> None:

@@ -23,25 +23,22 @@ from edgekit.tensorcheck import ActQuant, ReadTensor
 TOKEN_ACT = ActQuant("asym_token")
 
 
-def linear(name: str, source: str, weight: np.ndarray, q: Any, module: str) -> ReadTensor:
-    """``weight`` [out, in] quantised with ``q`` (``quant.LinearQuant``, or None for float) and dequantised."""
-    import torch
-    from torch import nn
+def linear(name: str, source: str, weight: np.ndarray, q: Any, module: str,
+           hessian: np.ndarray | None = None) -> ReadTensor:
+    """``weight`` [out, in] quantised with ``q`` (``quant.LinearQuant``, or None for float) and dequantised; with
+    its input ``hessian``, GPTQ's codes under the same scales (``gptq.quantized``: storage type ``INT<bits>_GPTQ``)."""
+    from edgekit.gptq import QTYPE_SUFFIX
 
-    from .quant import quantize_linears
+    from .gptq import quantized
 
     if q is None:
         return ReadTensor(name, source, weight, "F32", modules=(module,))
-    lin = nn.Sequential(nn.Linear(weight.shape[1], weight.shape[0], bias=False))
-    with torch.no_grad():
-        lin[0].weight.copy_(torch.from_numpy(np.array(weight, dtype=np.float32)))
-        quantize_linears(lin, q)
-    w = lin[0].weight
-    if not hasattr(w, "dequantize"):  # a width the group size does not divide stays float (quantize_linears)
+    w = quantized(weight, q, hessian)
+    if w is None:  # a width the group size does not divide stays float (quantize_linears)
         return ReadTensor(name, source, weight, "F32", modules=(module,))
     values = w.dequantize().float().numpy()
-    return ReadTensor(name, source, values, f"INT{q.weight_bits}", q.group_size or 0, 1 << q.weight_bits, None,
-                      (module,), TOKEN_ACT)
+    qtype = f"INT{q.weight_bits}" + (QTYPE_SUFFIX if hessian is not None else "")
+    return ReadTensor(name, source, values, qtype, q.group_size or 0, 1 << q.weight_bits, None, (module,), TOKEN_ACT)
 
 
 def embedding(name: str, source: str, table: np.ndarray, bits: int, group: int = 32) -> ReadTensor:
@@ -59,19 +56,24 @@ def embedding(name: str, source: str, table: np.ndarray, bits: int, group: int =
 
 def read(weights: Mapping[str, np.ndarray], options: Any, spec: Any, linear_names: Any,
          per_linear: Mapping[str, Any] | None = None,
-         embed: str = "model.embed_tokens.weight", head: str = "lm_head.weight") -> list[ReadTensor]:
+         embed: str = "model.embed_tokens.weight", head: str = "lm_head.weight",
+         hessians: Mapping[str, np.ndarray] | None = None) -> list[ReadTensor]:
     """The quantised weights of an LFM2/Llama-like language export: every linear in ``linear_names`` (checkpoint
     names of [out, in] weights) at the options' quant or, where ``per_linear`` names it, its own (a mixed-precision
     assignment: checkpoint name -> ``quant.LinearQuant``), the LM head at the options' head bits, the token table
-    as the options store it."""
+    as the options store it.  ``hessians`` (module name -> input Hessian): the linears whose codes GPTQ wrote."""
     from . import quant
 
     lq = quant.linear_quant(spec, options)
-    per_linear = per_linear or {}
-    out = [linear(n, n, weights[n], per_linear.get(n, lq), n.removesuffix(".weight")) for n in linear_names]
+    per_linear, hessians = per_linear or {}, hessians or {}
+
+    def one(n: str, w: np.ndarray, q: Any, module: str) -> ReadTensor:
+        return linear(n, n, w, q, module, hessians.get(module))
+
+    out = [one(n, weights[n], per_linear.get(n, lq), n.removesuffix(".weight")) for n in linear_names]
     head_w = weights.get(head, weights[embed])
     hq = lq.at_bits(options.lm_head_bits(spec)) if lq is not None else None
-    head_t = linear(head, head, head_w, hq, "lm_head")
+    head_t = one(head, head_w, hq, "lm_head")
     out.append(head_t)
     bits = {"none": None, "8": 8, "4": 4}[options.embedding_quant]
     if options.shares_embedding(spec):

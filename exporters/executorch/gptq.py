@@ -1,0 +1,140 @@
+"""GPTQ codes for the linears an ExecuTorch 8da4w export quantises with torchao (issue 15).
+
+torchao 0.18 has no calibrated method for ``Int8DynamicActivationIntxWeightConfig``: its GPTQ takes only the
+Int4WeightOnly / Int8WeightOnly / NVFP4 configs and asserts a CUDA device, and its AWQ needs a weight tensor that
+supports activation pre-scaling, which ``IntxUnpackedToInt8Tensor`` does not.  So, as for ONNX and GGUF, edgekit's
+own GPTQ (``edgekit.gptq``: Frantar et al. 2022, Algorithm 1) keeps the scales and zero points torchao's affine
+quantiser chose and replaces only the int8 ``qdata`` (int4 codes -8..7, or int8 -128..127 for a linear the mixed
+precision scan moved to int8, the LM head included) before lowering: the program keeps its layout, scales and
+bytes, and the tied embedding gathers the head's GPTQ codes.
+
+A ``.pte`` keeps its weights inside XNNPACK's serialised graph, which edgekit does not parse
+(``readback``): verification re-derives the codes.  That is only sound if the codes are reproducible, so the input
+Hessians come from a **float64** copy of the reference (``hessians``): another thread count or machine changes a
+float32 forward's rounding, and a code on a rounding edge would flip; in float64 such a flip needs a value within
+~1e-16 of an edge.  The export records the calibration text's sha256 (``artifact.gptq``); verification refuses a
+text that changed since.
+
+Imports numpy at import time; torch and torchao inside the functions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ... import gptq as core
+from ...errors import BundleError
+
+METHOD = "GPTQ (Frantar et al. 2022) with torchao's affine scales (int8 qdata replaced before lowering)"
+
+
+def module_of(hf_weight: str) -> str:
+    """The reference module whose input a checkpoint linear weight sees (``lm_head`` for the tied head)."""
+    return hf_weight.removesuffix(".weight")
+
+
+def hessians(reference: Any, modules: Sequence[str], windows: list[list[int]]) -> dict[str, np.ndarray]:
+    """``edgekit.gptq.hessians`` of ``modules`` (reference module names) over the calibration ``windows``, from a
+    float64 copy of ``reference`` (reproducible codes: module docstring).  float64 numpy [in, in] each."""
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(reference).double()
+    with torch.no_grad():
+        return core.hessians(model, sorted(set(modules)), windows)
+
+
+def quantized(weight: np.ndarray, q: Any, hessian: np.ndarray | None = None) -> Any:
+    """A float32 [out, in] ``weight`` quantised by torchao with ``q`` (``quant.LinearQuant``) and, given its
+    input ``hessian`` [in, in], with GPTQ's codes under torchao's scales and zero points: the
+    ``IntxUnpackedToInt8Tensor`` (None where ``quantize_linears`` leaves the width float)."""
+    import torch
+    from torch import nn
+
+    from .quant import quantize_linears
+
+    lin = nn.Sequential(nn.Linear(weight.shape[1], weight.shape[0], bias=False))
+    with torch.no_grad():
+        lin[0].weight.copy_(torch.from_numpy(np.array(weight, dtype=np.float32)))
+        quantize_linears(lin, q)
+    w = lin[0].weight
+    if not hasattr(w, "qdata"):
+        return None
+    if hessian is not None:
+        with torch.no_grad():
+            w.qdata.copy_(torch.from_numpy(codes(weight, w, hessian)))
+    return w
+
+
+def codes(weight: np.ndarray, w: Any, hessian: np.ndarray) -> np.ndarray:
+    """GPTQ's int8 qdata [out, in] of ``weight`` under the scales / zero points of torchao's quantised ``w``
+    (value = scale * (qdata - zero_point), one scale per ``w.block_size`` block)."""
+    bits = int(str(w.target_dtype).removeprefix("torch.int"))
+    lo = -(1 << (bits - 1))
+    out, cols = w.qdata.shape
+    group = int(w.block_size[-1])
+    scale = np.repeat(w.scale.detach().float().numpy().reshape(out, -1), group, axis=1)[:, :cols]
+    zero = np.repeat(w.zero_point.detach().double().numpy().reshape(out, -1), group, axis=1)[:, :cols]
+    # edgekit.gptq's codes run 0 .. qmax: shift torchao's signed range by -lo
+    got = core.gptq_codes(np.asarray(weight, dtype=np.float32), hessian, scale, zero - lo, (1 << bits) - 1)
+    return (got.astype(np.int16) + lo).astype(np.int8)
+
+
+def apply(eager: Any, float_weights: Mapping[str, np.ndarray], graph_parts: Mapping[str, Sequence[tuple[str, Any]]],
+          hs: Mapping[str, np.ndarray], per_linear: Mapping[str, Any], default: Any) -> list[str]:
+    """Write GPTQ's codes into the torchao weights of ``eager`` (quantised by ``quant.quantize_linears``).
+    ``float_weights``: checkpoint name -> float32 [out, in]; ``graph_parts``: that name -> (graph module, row
+    slice or None) pairs (a fused checkpoint linear split in the graph gets the rows of its whole codes, as
+    ``readback`` derives them); ``hs``: reference module -> input Hessian; ``per_linear``: a mixed assignment's
+    ``LinearQuant`` by checkpoint name (else ``default``).  Returns the checkpoint names written."""
+    import torch
+
+    done = []
+    for name, parts in graph_parts.items():
+        h = hs.get(module_of(name))
+        if h is None:
+            continue
+        whole = quantized(float_weights[name], per_linear.get(name, default), h)
+        if whole is None:
+            continue
+        for module, rows in parts:
+            target = eager.get_submodule(module).weight
+            if not hasattr(target, "qdata"):
+                raise BundleError(f"GPTQ: graph linear {module} was not quantised as {name} was")
+            with torch.no_grad():
+                target.qdata.copy_(whole.qdata[rows] if rows is not None else whole.qdata)
+        done.append(name)
+    return done
+
+
+def summary(tensors: list[str], windows: list[list[int]], sha256: str) -> dict[str, Any]:
+    """The manifest's ``artifact.gptq`` entry."""
+    return {**core.summary(tensors, windows, METHOD), "calibration_sha256": sha256, "hessians": "float64"}
+
+
+def readback_hessians(manifest: Mapping[str, Any], model: Any, options: Any) -> dict[str, np.ndarray]:
+    """The input Hessians verification needs to re-derive a bundle's GPTQ codes (empty where it has none): the
+    float reference ``model`` over the recorded calibration text.  Raises ``BundleError`` when that text is gone
+    or changed since the export (its sha256 in ``artifact.gptq``)."""
+    from ...calibration import CalibrationError, checkpoint_windows
+    from ...reference import checkpoint_of
+
+    entry = (manifest.get("artifact") or {}).get("gptq")
+    if not entry:
+        return {}
+    checkpoint = checkpoint_of(model)
+    if checkpoint is None:
+        raise BundleError("verify: GPTQ codes are re-derived from the checkpoint's reference; none was loaded")
+    try:
+        text, windows = checkpoint_windows(options.calibration, checkpoint)
+    except CalibrationError as exc:
+        raise BundleError(f"verify: the bundle's GPTQ codes are re-derived from its calibration text, which cannot "
+                          f"be read ({exc}); verify where that file is, or re-export") from None
+    if text.sha256 != entry.get("calibration_sha256"):
+        raise BundleError(f"verify: the calibration text {text.source} changed since the export (sha256 "
+                          f"{text.sha256[:12]}, the bundle's {str(entry.get('calibration_sha256'))[:12]}); its GPTQ "
+                          "codes cannot be re-derived: restore that text or re-export")
+    return hessians(model, [module_of(n) for n in entry.get("tensors") or ()], windows)
