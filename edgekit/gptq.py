@@ -16,7 +16,7 @@ Imports numpy at import time; torch inside the functions.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -25,16 +25,12 @@ DAMP = 0.01  # fraction of the Hessian's mean diagonal added to it (the paper's 
 
 
 def gptq_codes(weight: np.ndarray, hessian: np.ndarray, scale: np.ndarray, zero: Any, qmax: int,
-               shift: np.ndarray | None = None, damp: float = DAMP, act_order: bool = False,
-               rescale: Callable[[Any], Any] | None = None, block: int = 0) -> Any:
+               shift: np.ndarray | None = None, damp: float = DAMP) -> Any:
     """GPTQ's codes (uint8 [out, in], 0 .. ``qmax``) of a float32 [out, in] ``weight`` under the fixed per-weight
     ``scale`` (float32 [out, in]), ``zero`` (code units: a number or [out, in]) and ``shift`` ([out, in] or None),
-    given the input Hessian ``hessian`` [in, in] (2 X^T X / tokens over the calibration inputs).  A column no
-    calibration token reached (zero diagonal) keeps round-to-nearest.
-
-    ``rescale`` (with ``block``; no act-order): at each block's first column, the block's error-updated weights
-    [out, block] (float64 torch) -> the block's new scale [out] (float32 torch); the codes and the per-weight
-    scales used ([out, in] float32 numpy) are then returned as a pair."""
+    given the input Hessian ``hessian`` [in, in] (2 X^T X / tokens over the calibration inputs).  Columns in
+    order (no act-order: with fixed scales it measured no better, bench/gptq_probe.py).  A column no calibration
+    token reached (zero diagonal) keeps round-to-nearest."""
     import torch
 
     w = torch.from_numpy(np.asarray(weight, dtype=np.float64)).clone()
@@ -47,9 +43,6 @@ def gptq_codes(weight: np.ndarray, hessian: np.ndarray, scale: np.ndarray, zero:
     col_scale = col_scale.double()
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
-    perm = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(cols)
-    w, h = w[:, perm], h[perm][:, perm]
-    col_scale, inv_scale, zeros, shifts = col_scale[:, perm], inv_scale[:, perm], zeros[:, perm], shifts[:, perm]
     h += damp * torch.mean(torch.diag(h)) * torch.eye(cols, dtype=torch.float64)
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     codes = torch.zeros((out, cols), dtype=torch.float64)
@@ -61,10 +54,6 @@ def gptq_codes(weight: np.ndarray, hessian: np.ndarray, scale: np.ndarray, zero:
         hinv1 = hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             c = i1 + i
-            if rescale is not None and c % block == 0 and not act_order:
-                s = rescale(w1[:, i : i + block])
-                col_scale[:, c : c + block] = s.double()[:, None]
-                inv_scale[:, c : c + block] = torch.where(s != 0, 1.0 / s, torch.zeros_like(s))[:, None]
             col = w1[:, i]
             t = ((col - shifts[:, c]).float() * inv_scale[:, c]).double() + zeros[:, c]
             q = torch.clamp(torch.round(t), 0.0, qmax_f)
@@ -73,11 +62,7 @@ def gptq_codes(weight: np.ndarray, hessian: np.ndarray, scale: np.ndarray, zero:
             w1[:, i:] -= err[:, None] * hinv1[i, i:][None, :]
             err1[:, i] = err
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    inverse = torch.argsort(perm)
-    out_codes = codes[:, inverse].numpy().astype(np.uint8)
-    if rescale is not None:
-        return out_codes, col_scale[:, inverse].float().numpy()
-    return out_codes
+    return codes.numpy().astype(np.uint8)
 
 
 def hessian_hooks(model: Any, names: list[str]) -> tuple[dict[Any, Any], list[Any]]:

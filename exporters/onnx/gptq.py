@@ -11,7 +11,7 @@ block quantiser (``quantize_matmul_4bits`` / ``_8bits``: the signed value of lar
 to code 0, scale = that value / -2^(bits-1)), so only the codes change.  The file keeps the exact layout, scales
 and bytes the round-to-nearest export writes; a weight is replaced by GPTQ's codes inside the ``MatMulNBits``
 node the quantiser wrote.  Columns stay in order (no act-order: with static groups it only permutes which
-column quantises first, and measured no better here; ``act_order=True`` is kept for the bench).
+column quantises first, and measured no better here: bench/gptq_probe.py).
 
 Imports numpy at import time; torch inside ``gptq_codes``.
 """
@@ -63,37 +63,20 @@ def pack(codes: np.ndarray, bits: int, block: int) -> np.ndarray:
 
 
 def gptq_codes(weight: np.ndarray, hessian: np.ndarray, scales: np.ndarray, bits: int, block: int,
-               damp: float = DAMP, act_order: bool = False, dynamic: bool = False) -> Any:
+               damp: float = DAMP) -> np.ndarray:
     """GPTQ's codes (uint8 [out, in]) of a float32 [out, in] weight under fixed block ``scales`` [out, in / block]
     (``rtn_codes``'), given the input Hessian ``hessian`` [in, in] (2 X^T X / tokens over the calibration inputs):
     ``edgekit.gptq.gptq_codes`` with zero point 2^(bits-1).  A column no calibration token reached (zero diagonal)
-    keeps round-to-nearest.  ``dynamic``: each block's scale from its error-updated weights by onnxruntime's rule
-    (signed max / -2^(bits-1)); returns (codes, the new block scales)."""
-    zp = float(1 << (bits - 1))
+    keeps round-to-nearest."""
     cols = np.asarray(weight).shape[1]
     col_scale = np.repeat(np.asarray(scales, dtype=np.float32), block, axis=1)[:, :cols]
-
-    def rescale(blk: Any) -> Any:
-        blk = blk.float()
-        idx = blk.abs().argmax(1, keepdim=True)
-        return (blk.gather(1, idx)[:, 0] / -zp).float()
-
-    if not dynamic:
-        return core.gptq_codes(weight, hessian, col_scale, zp, (1 << bits) - 1, damp=damp, act_order=act_order)
-    codes, used = core.gptq_codes(weight, hessian, col_scale, zp, (1 << bits) - 1, damp=damp, act_order=act_order,
-                                  rescale=rescale, block=block)
-    new_scales = np.array(scales, dtype=np.float32, copy=True)
-    new_scales[:, : -(-cols // block)] = used[:, ::block]
-    return codes, new_scales
+    return core.gptq_codes(weight, hessian, col_scale, float(1 << (bits - 1)), (1 << bits) - 1, damp=damp)
 
 
 def gptq(weight: np.ndarray, hessian: np.ndarray, scales: np.ndarray, bits: int, block: int,
-         damp: float = DAMP, act_order: bool = False, dynamic: bool = False) -> np.ndarray:
+         damp: float = DAMP) -> np.ndarray:
     """``gptq_codes`` decoded: float32 [out, in]."""
-    if dynamic:
-        codes, scales = gptq_codes(weight, hessian, scales, bits, block, damp, act_order, dynamic=True)
-        return dequantize(codes, scales, bits, block)
-    return dequantize(gptq_codes(weight, hessian, scales, bits, block, damp, act_order), scales, bits, block)
+    return dequantize(gptq_codes(weight, hessian, scales, bits, block, damp), scales, bits, block)
 
 
 def apply(model: Any, float_weights: Mapping[str, np.ndarray], modules: Mapping[str, str], reference: Any,
