@@ -46,7 +46,8 @@ SCHEMES = [
     ("onnx", "int4", "mixed + GPTQ (default)", {"mixed_precision": True}),
     ("executorch", "8da4w", "round-to-nearest (affine)", {"no_calibration": True}),
     ("executorch", "8da4w", "HQQ scale-only (data-free)", {"weight_algorithm": "hqq", "no_calibration": True}),
-    ("executorch", "8da4w", "mixed (default)", {"mixed_precision": True}),
+    ("executorch", "8da4w", "mixed (round-to-nearest)", {"mixed_precision": True, "weight_algorithm": "affine"}),
+    ("executorch", "8da4w", "mixed + GPTQ (default)", {"mixed_precision": True}),
 ]
 SOURCE, ADAPTER = "builtin:lfm2-tiny", "builtin:lfm2-tiny-lora"
 
