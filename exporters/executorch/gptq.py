@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ... import gptq as core
-from ...errors import BundleError
+from ...errors import BundleError, InternalError
 
 METHOD = "GPTQ (Frantar et al. 2022) with torchao's affine scales (int8 qdata replaced before lowering)"
 
@@ -103,7 +103,7 @@ def apply(eager: Any, float_weights: Mapping[str, np.ndarray], graph_parts: Mapp
         for module, rows in parts:
             target = eager.get_submodule(module).weight
             if not hasattr(target, "qdata"):
-                raise BundleError(f"GPTQ: graph linear {module} was not quantised as {name} was")
+                raise InternalError(f"GPTQ: graph linear {module} was not quantised as {name} was")
             with torch.no_grad():
                 target.qdata.copy_(whole.qdata[rows] if rows is not None else whole.qdata)
         done.append(name)
