@@ -233,6 +233,12 @@ class CalibrationOptions(Options):
         out = super().inapplicable(quants)
         return out if set(quants) & set(cls.CALIBRATED) else out | {"calibration", "no_calibration"}
 
+    def __post_init__(self) -> None:
+        # recorded in the manifest's plan: verification (GPTQ's re-derived codes, a program's rebuild) reads the
+        # text again, from wherever it runs
+        if self.calibration is not None and not Path(self.calibration).is_absolute():
+            object.__setattr__(self, "calibration", str(Path(self.calibration).resolve()))
+
     def calibrates(self, quant: QuantSpec) -> bool:
         return quant.name in self.CALIBRATED and not self.no_calibration
 

@@ -69,8 +69,10 @@ def _option_fields() -> dict[str, tuple[Any, list[str]]]:
     for cls in RECIPES.options_classes():
         for f in dataclasses.fields(cls):
             field, helps = out.setdefault(f.name, (f, []))
-            if f.metadata.get("help") and f.metadata["help"] not in helps:
-                helps.append(f.metadata["help"])
+            text = f.metadata.get("help")
+            if not text or any(h.startswith(text) for h in helps):
+                continue  # a recipe's text that another's extends says nothing new
+            helps[:] = [h for h in helps if not text.startswith(h)] + [text]
     return out
 
 

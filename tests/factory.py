@@ -42,7 +42,7 @@ def make_lfm2(
         num_key_value_heads=kv_heads,
         layer_types=list(layer_types),
         max_position_embeddings=2048,
-        tie_word_embeddings=True,
+        tie_word_embeddings=extra.pop("tie_word_embeddings", True),
         bos_token_id=tok_cfg["bos_token_id"],
         eos_token_id=tok_cfg["eos_token_id"],
         pad_token_id=tok_cfg["pad_token_id"],

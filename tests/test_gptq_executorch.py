@@ -55,12 +55,12 @@ def test_gptq_is_the_calibrated_default_and_refused_where_it_cannot_apply():
     assert algorithm(weight_algorithm="gptq", mixed_precision=False) == "gptq"
     assert algorithm("8da8w") == "affine"
     assert algorithm("fp32") == "affine"
-    for quant, opts in (("8da4w", {"weight_algorithm": "gptq", "no_calibration": True}),
-                        ("8da8w", {"weight_algorithm": "gptq"}),
-                        ("8da4w", {"weight_algorithm": "gptq", "lora_mode": "separate"})):
-        with pytest.raises(UnsupportedError, match="gptq applies to a language model's 8da4w"):
-            make_plan(SOURCE, "executorch", quant, ADAPTER, options=opts)
-    with pytest.raises(UnsupportedError, match="gptq applies to"):
+    for quant, opts, why in (("8da4w", {"no_calibration": True}, "--no-calibration leaves no calibration text"),
+                             ("8da8w", {}, "8da8w is not a calibrated quant"),
+                             ("8da4w", {"lora_mode": "separate"}, "--lora-mode separate keeps the base unmerged")):
+        with pytest.raises(UnsupportedError, match=f"gptq cannot apply: {why}"):
+            make_plan(SOURCE, "executorch", quant, ADAPTER, options={"weight_algorithm": "gptq", **opts})
+    with pytest.raises(UnsupportedError, match="gptq cannot apply: GPTQ needs a language model's calibration text"):
         make_plan("builtin:trm-sudoku", "executorch", "8da4w", options={"weight_algorithm": "gptq"})
 
 
@@ -157,3 +157,50 @@ def test_default_8da4w_export_writes_gptq_codes_and_passes_verification(tmp_path
     path.write_text(json.dumps(doc))
     with pytest.raises(Exception, match="calibration text .* changed since the export"):
         verify_bundle(out, progress=lambda _m: None)
+
+
+def test_verification_refuses_a_manifest_that_disagrees_with_the_plan():
+    """The read-back takes which linears GPTQ wrote from the plan, never from the manifest's list: an entry removed,
+    a list shortened, or an entry under a plan that writes none is refused before anything is computed."""
+    from edgekit.errors import BundleError
+
+    gptq_plan = make_plan(SOURCE, "executorch", "8da4w").plan
+    affine_plan = make_plan(SOURCE, "executorch", "8da4w", options={"weight_algorithm": "affine"}).plan
+    todo = {"model.layers.0.conv.in_proj.weight": None, "lm_head.weight": None}
+    entry = {"tensors": sorted(todo), "calibration_sha256": "ab" * 32}
+
+    def refused(plan, artifact, match):
+        with pytest.raises(BundleError, match=match):
+            gptq.readback_hessians({"artifact": artifact}, object(), plan.options, plan.quant, todo)
+
+    refused(gptq_plan, {}, "has no artifact.gptq entry")
+    refused(gptq_plan, {"gptq": {**entry, "tensors": ["lm_head.weight"]}}, "artifact.gptq.tensors differs")
+    refused(affine_plan, {"gptq": entry}, "its plan writes none")
+    refused(gptq_plan, {"gptq": entry}, "none was loaded")  # agrees: on to the reference (none given here)
+    assert gptq.readback_hessians({"artifact": {}}, object(), affine_plan.options, affine_plan.quant, todo) == {}
+
+
+def test_a_relative_calibration_path_is_recorded_absolute(tmp_path, monkeypatch):
+    """Verification reads the text again, from wherever it runs: the plan records the path resolved."""
+    from edgekit.calibration import default_text
+
+    (tmp_path / "calib.txt").write_text(default_text(), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    options = make_plan(SOURCE, "executorch", "8da4w", options={"calibration": "calib.txt"}).plan.options
+    assert options.calibration == str(tmp_path / "calib.txt")
+    assert options.to_dict()["calibration"] == str(tmp_path / "calib.txt")
+
+
+def test_per_channel_int4_leaves_a_width_xnnpack_cannot_group_float():
+    """XNNPACK lowers per-channel int4 as one group of the whole input width, which must be a multiple of 32 (a
+    new-user trial: width 1000 with --group-size 0 crashed the lowering); such a linear stays float."""
+    from torch import nn
+
+    from edgekit.exporters.executorch.quant import quantize_linears
+
+    assert not LinearQuant(4, None).fits(1000) and LinearQuant(4, None).fits(1024)
+    assert LinearQuant(8, None).fits(1000) and not LinearQuant(4, 32).fits(1000)
+    m = nn.Sequential(nn.Linear(1000, 8, bias=False), nn.Linear(1024, 8, bias=False))
+    quantize_linears(m, LinearQuant(4, None))
+    assert not hasattr(m[0].weight, "qdata") and hasattr(m[1].weight, "qdata")
+    assert readback.linear("w", "w", np.ones((8, 1000), np.float32), LinearQuant(4, None), "w").qtype == "F32"

@@ -57,9 +57,9 @@ class LinearOptions(Options):
         return self.weight_algorithm or "affine"
 
     def validate(self, quant: QuantSpec, given: set[str]) -> None:
-        if self.weight_algorithm == "gptq" and not self.gptq_applies(quant):
-            raise UnsupportedError(f"executorch --weight-algorithm gptq applies to a language model's 8da4w with "
-                                   f"calibration and --lora-mode merged, not {quant.name} here; pass affine or hqq")
+        why = self.gptq_refusal(quant) if self.weight_algorithm == "gptq" else None
+        if why is not None:
+            raise UnsupportedError(f"executorch --weight-algorithm gptq cannot apply: {why}; pass affine or hqq")
         group = self.group_size
         if quant.is_float and group is not None:
             raise UnsupportedError("executorch --group-size applies to 8da4w only (fp32 has no weight groups)")
@@ -72,9 +72,13 @@ class LinearOptions(Options):
                 f"{', '.join(map(str, GROUP_SIZES))}, or 0 for per-channel"
             )
 
+    def gptq_refusal(self, quant: QuantSpec) -> str | None:
+        """Why GPTQ codes cannot be written for ``quant`` (None: they can).  Only a language recipe reads a
+        calibration text."""
+        return "GPTQ needs a language model's calibration text (LFM2 8da4w)"
+
     def gptq_applies(self, quant: QuantSpec) -> bool:
-        """Whether GPTQ codes can be written for ``quant`` (never without calibration text)."""
-        return False
+        return self.gptq_refusal(quant) is None
 
     def group(self, quant: QuantSpec) -> int | None:
         """Weights per scale for ``quant`` (None: per output channel)."""
@@ -137,9 +141,14 @@ class LanguageOptions(CalibrationOptions, MixedOptions, LinearOptions):
             raise UnsupportedError(f"executorch --max-context {self.max_context} is too small; pass at least 16")
         self.shares_embedding(quant)
 
-    def gptq_applies(self, quant: QuantSpec) -> bool:
-        return (quant.name in self.CALIBRATED and not self.no_calibration and self.lora_mode == "merged"
-                and not quant.is_float)
+    def gptq_refusal(self, quant: QuantSpec) -> str | None:
+        if quant.name not in self.CALIBRATED:
+            return f"{quant.name} is not a calibrated quant (only {', '.join(self.CALIBRATED) or 'none'})"
+        if self.no_calibration:
+            return "--no-calibration leaves no calibration text for its Hessians"
+        if self.lora_mode != "merged":
+            return "--lora-mode separate keeps the base unmerged, so there is no merged reference to calibrate"
+        return None
 
     def algorithm(self, quant: QuantSpec) -> str:
         """``--weight-algorithm`` where given, else GPTQ with the calibrated mixed-precision default (merged

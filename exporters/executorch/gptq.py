@@ -83,31 +83,23 @@ def codes(weight: np.ndarray, w: Any, hessian: np.ndarray) -> np.ndarray:
     return (got.astype(np.int16) + lo).astype(np.int8)
 
 
-def apply(eager: Any, float_weights: Mapping[str, np.ndarray], graph_parts: Mapping[str, Sequence[tuple[str, Any]]],
-          hs: Mapping[str, np.ndarray], per_linear: Mapping[str, Any], default: Any) -> list[str]:
+def apply(eager: Any, todo: Mapping[str, tuple[np.ndarray, Any]], graph_parts: Mapping[str, Sequence[tuple[str, Any]]],
+          hs: Mapping[str, np.ndarray]) -> None:
     """Write GPTQ's codes into the torchao weights of ``eager`` (quantised by ``quant.quantize_linears``).
-    ``float_weights``: checkpoint name -> float32 [out, in]; ``graph_parts``: that name -> (graph module, row
-    slice or None) pairs (a fused checkpoint linear split in the graph gets the rows of its whole codes, as
-    ``readback`` derives them); ``hs``: reference module -> input Hessian; ``per_linear``: a mixed assignment's
-    ``LinearQuant`` by checkpoint name (else ``default``).  Returns the checkpoint names written."""
+    ``todo``: checkpoint name -> (float32 [out, in] weight, its ``LinearQuant``) (``lfm2.gptq_quants``);
+    ``graph_parts``: that name -> (graph module, row slice or None) pairs (a fused checkpoint linear split in the
+    graph gets the rows of its whole codes, as ``readback`` derives them); ``hs``: reference module -> input
+    Hessian.  Raises ``InternalError`` where a graph linear was not quantised as its checkpoint linear."""
     import torch
 
-    done = []
-    for name, parts in graph_parts.items():
-        h = hs.get(module_of(name))
-        if h is None:
-            continue
-        whole = quantized(float_weights[name], per_linear.get(name, default), h)
-        if whole is None:
-            continue
-        for module, rows in parts:
+    for name, (weight, q) in todo.items():
+        whole = quantized(weight, q, hs[module_of(name)])
+        for module, rows in graph_parts[name]:
             target = eager.get_submodule(module).weight
-            if not hasattr(target, "qdata"):
+            if whole is None or not hasattr(target, "qdata") or target.qdata.shape[1] != whole.qdata.shape[1]:
                 raise InternalError(f"GPTQ: graph linear {module} was not quantised as {name} was")
             with torch.no_grad():
                 target.qdata.copy_(whole.qdata[rows] if rows is not None else whole.qdata)
-        done.append(name)
-    return done
 
 
 def summary(tensors: list[str], windows: list[list[int]], sha256: str) -> dict[str, Any]:
@@ -115,16 +107,30 @@ def summary(tensors: list[str], windows: list[list[int]], sha256: str) -> dict[s
     return {**core.summary(tensors, windows, METHOD), "calibration_sha256": sha256, "hessians": "float64"}
 
 
-def readback_hessians(manifest: Mapping[str, Any], model: Any, options: Any) -> dict[str, np.ndarray]:
-    """The input Hessians verification needs to re-derive a bundle's GPTQ codes (empty where it has none): the
-    float reference ``model`` over the recorded calibration text.  Raises ``BundleError`` when that text is gone
-    or changed since the export (its sha256 in ``artifact.gptq``)."""
+def readback_hessians(manifest: Mapping[str, Any], model: Any, options: Any, spec: Any,
+                      todo: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The input Hessians verification needs to re-derive a bundle's GPTQ codes: of every linear in ``todo``
+    (``lfm2.gptq_quants``) where the bundle's *plan* writes GPTQ codes (``options.algorithm``), from the float
+    reference ``model`` over the recorded calibration text; empty where it does not.  The manifest's
+    ``artifact.gptq`` must agree with the plan (which tensors, the text's sha256); otherwise, or when that text is
+    gone or changed, raises ``BundleError``."""
     from ...calibration import CalibrationError, checkpoint_windows
     from ...reference import checkpoint_of
 
     entry = (manifest.get("artifact") or {}).get("gptq")
-    if not entry:
+    if options.algorithm(spec) != "gptq":
+        if entry:
+            raise BundleError("the manifest's artifact.gptq says GPTQ wrote codes, but its plan writes none (an "
+                              "edited manifest?); re-export the bundle")
         return {}
+    if not entry or not entry.get("calibration_sha256"):
+        raise BundleError("the bundle's plan writes GPTQ codes but its manifest has no artifact.gptq entry (an edited "
+                          "manifest?); re-export the bundle")
+    listed, want = sorted(entry.get("tensors") or ()), sorted(todo)
+    if listed != want:
+        diff = sorted(set(listed) ^ set(want))
+        raise BundleError(f"the manifest's artifact.gptq.tensors differs from the linears the plan writes GPTQ codes "
+                          f"for ({len(diff)} differ, e.g. {diff[0]}; an edited manifest?); re-export the bundle")
     checkpoint = checkpoint_of(model)
     if checkpoint is None:
         raise BundleError("verify: GPTQ codes are re-derived from the checkpoint's reference; none was loaded")
@@ -132,9 +138,9 @@ def readback_hessians(manifest: Mapping[str, Any], model: Any, options: Any) -> 
         text, windows = checkpoint_windows(options.calibration, checkpoint)
     except CalibrationError as exc:
         raise BundleError(f"verify: the bundle's GPTQ codes are re-derived from its calibration text, which cannot "
-                          f"be read ({exc}); verify where that file is, or re-export") from None
-    if text.sha256 != entry.get("calibration_sha256"):
+                          f"be read ({exc}); put that file back where the export read it, or re-export") from None
+    if text.sha256 != entry["calibration_sha256"]:
         raise BundleError(f"verify: the calibration text {text.source} changed since the export (sha256 "
-                          f"{text.sha256[:12]}, the bundle's {str(entry.get('calibration_sha256'))[:12]}); its GPTQ "
+                          f"{text.sha256[:12]}, the bundle's {str(entry['calibration_sha256'])[:12]}); its GPTQ "
                           "codes cannot be re-derived: restore that text or re-export")
-    return hessians(model, [module_of(n) for n in entry.get("tensors") or ()], windows)
+    return hessians(model, [module_of(n) for n in want], windows)

@@ -415,7 +415,7 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
             quant.quantize_linears(eager, lq, overrides)
         if lq is not None and lq.algorithm == "gptq":
             t = time.perf_counter()
-            gptq_summary, gptq_calibration = _gptq(job, eager, per_linear, lq.at_bits(head_bits), lq)
+            gptq_summary, gptq_calibration = _gptq(job, eager, per_linear)
             calibration = _merge_calibration(calibration, gptq_calibration)
             seconds["gptq"] = time.perf_counter() - t
         if shared:
@@ -479,27 +479,36 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
 SPECIAL = ("model.embed_tokens.weight", "lm_head.weight")
 
 
-def _gptq(job: ExportJob, eager: Lfm2, per_linear: Mapping[str, quant.LinearQuant], head: quant.LinearQuant,
-          default: quant.LinearQuant) -> tuple[dict[str, Any], dict[str, Any]]:
+def gptq_quants(weights: Mapping[str, np.ndarray], options: LanguageOptions, spec: Any,
+                per_linear: Mapping[str, quant.LinearQuant]) -> dict[str, tuple[np.ndarray, quant.LinearQuant]]:
+    """Checkpoint name -> (float32 [out, in] weight, ``LinearQuant``) of every linear the export quantises, the LM
+    head included (the tied table where the checkpoint has no ``lm_head.weight``): what GPTQ writes codes for."""
+    lq = quant.linear_quant(spec, options)
+    out = {n: (weights[n], per_linear.get(n, lq)) for n in linear_weights(weights)}
+    out["lm_head.weight"] = (weights.get("lm_head.weight", weights["model.embed_tokens.weight"]),
+                             lq.at_bits(options.lm_head_bits(spec)))
+    return {n: (w, q) for n, (w, q) in out.items() if q.fits(w.shape[1])}
+
+
+def _gptq(job: ExportJob, eager: Lfm2, per_linear: Mapping[str, quant.LinearQuant]) -> tuple[dict[str, Any],
+                                                                                                 dict[str, Any]]:
     """GPTQ's codes for every quantised linear of ``eager`` and the LM head (``gptq.apply``; Hessians over the
     calibration text).  Returns the manifest's ``gptq`` and ``calibration`` entries."""
     from ...calibration import job_windows
     from . import gptq
 
-    names = linear_weights(job.weights)
-    float_weights = {n: job.weights[n] for n in names}
-    float_weights["lm_head.weight"] = job.weights.get("lm_head.weight", job.weights["model.embed_tokens.weight"])
+    todo = gptq_quants(job.weights, job.plan.options, job.plan.quant, per_linear)
     d = eager.shape.hidden_size
     parts = {n: [(g.removesuffix(".weight"), slice(i * d, (i + 1) * d) if i is not None else None)
-                 for g, i in _dest(n)] for n in names}
+                 for g, i in _dest(n)] for n in todo if n != "lm_head.weight"}
     parts["lm_head.weight"] = [("lm_head", None)]
     text, windows = job_windows(job)
-    job.progress(f"GPTQ: input Hessians of {len(float_weights)} linears over {text.source} (float64)")
-    hs = gptq.hessians(job.reference, [gptq.module_of(n) for n in float_weights], windows)
+    job.progress(f"GPTQ: input Hessians of {len(todo)} linears over {text.source} (float64)")
+    hs = gptq.hessians(job.reference, [gptq.module_of(n) for n in todo], windows)
     job.progress("GPTQ: codes under torchao's scales")
-    done = gptq.apply(eager, float_weights, parts, hs, {**per_linear, "lm_head.weight": head}, default)
-    return gptq.summary(done, windows, text.sha256), {**text.summary(sum(map(len, windows))),
-                                                       "method": "GPTQ input Hessians"}
+    gptq.apply(eager, todo, {n: parts[n] for n in todo}, hs)
+    return gptq.summary(sorted(todo), windows, text.sha256), {**text.summary(sum(map(len, windows))),
+                                                               "method": "GPTQ input Hessians"}
 
 
 def _merge_calibration(entry: dict[str, Any] | None, gptq_entry: dict[str, Any]) -> dict[str, Any]:
@@ -571,7 +580,10 @@ def file_weights(root: Path, manifest: Mapping[str, Any], weights: Mapping[str, 
 
     types = (manifest.get("artifact", {}).get("mixed_precision") or {}).get("tensor_types") or {}
     per_linear = {n: mixed.linear_quant(t, options.algorithm(spec)) for n, t in types.items()}
-    hessians = gptq.readback_hessians(manifest, model, options) if model is not None else {}
+    hessians = {}
+    if model is not None:
+        hessians = gptq.readback_hessians(manifest, model, options, spec,
+                                          gptq_quants(weights, options, spec, per_linear))
     read = readback.read(weights, options, spec, linear_weights(weights), per_linear, hessians=hessians)
     covered = {t.source for t in read}
     read += [ReadTensor(n, n, w, "F32") for n, w in weights.items() if n not in covered]

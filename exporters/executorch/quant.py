@@ -21,6 +21,9 @@ from ...plan import QuantSpec
 from . import LinearOptions
 
 
+XNNPACK_INT4_GROUP = 32  # XNNPACK's blockwise int4 GEMM takes groups that are multiples of this
+
+
 @dataclass(frozen=True)
 class LinearQuant:
     weight_bits: int  # 4 or 8
@@ -32,6 +35,13 @@ class LinearQuant:
     def describe(self) -> str:
         g = f"group {self.group_size}" if self.group_size else "per channel"
         return f"int8 dynamic activations, int{self.weight_bits} weights, {g}, {self.algorithm}"
+
+    def fits(self, in_features: int) -> bool:
+        """Whether a linear of that input width can take this scheme: a group must divide the width, and XNNPACK
+        lowers a per-channel int4 weight as one group of the whole width, which must be a multiple of 32."""
+        if self.group_size:
+            return in_features % self.group_size == 0
+        return self.weight_bits == 8 or in_features % XNNPACK_INT4_GROUP == 0
 
     def at_bits(self, bits: int) -> "LinearQuant":
         """The same scheme at other weight bits (XNNPACK's int8-weight GEMM is per-channel only)."""
@@ -58,7 +68,7 @@ def linear_quant(quant: QuantSpec, options: LinearOptions) -> LinearQuant | None
 def quantize_linears(model: nn.Module, q: LinearQuant, overrides: Mapping[str, LinearQuant] | None = None) -> None:
     """Quantise every linear in place with ``q``, except the modules named in ``overrides`` (module name ->
     its own config; e.g. a tied LM head at 8 bits).  LoRA A/B stay float32 (tiny, and kept exact for a separate
-    adapter); a linear whose input width is not a multiple of the group size stays float."""
+    adapter); a linear whose input width the scheme does not fit (``LinearQuant.fits``) stays float."""
     from torchao.quantization import quantize_
 
     overrides = dict(overrides or {})
@@ -66,11 +76,12 @@ def quantize_linears(model: nn.Module, q: LinearQuant, overrides: Mapping[str, L
     def wanted(m: nn.Module, fqn: str) -> bool:
         if not isinstance(m, nn.Linear) or ".lora_" in f".{fqn}" or fqn in overrides:
             return False
-        return q.group_size is None or m.in_features % q.group_size == 0
+        return q.fits(m.in_features)
 
     quantize_(model, q.config(), filter_fn=wanted)
     for name, config in overrides.items():
-        quantize_(model, config.config(), filter_fn=lambda m, fqn, name=name: fqn == name)
+        quantize_(model, config.config(),
+                  filter_fn=lambda m, fqn, name=name, c=config: fqn == name and c.fits(m.in_features))
 
 
 class QuantizedEmbedding(nn.Module):
