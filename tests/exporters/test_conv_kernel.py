@@ -18,7 +18,10 @@ def conv4(tmp_path_factory: pytest.TempPathFactory) -> Path:
                      conv_L_cache=4)
 
 
-@pytest.mark.parametrize("fmt, quant", [("gguf", "f32"), ("onnx", "fp32"), ("executorch", "fp32")])
+# the ExecuTorch case lowers a whole program (~35 s alone): slow; test_executorch_omits_params_export_llm_would_misread
+# keeps an ExecuTorch export of this kernel length in the default run
+@pytest.mark.parametrize("fmt, quant", [("gguf", "f32"), ("onnx", "fp32"),
+                                        pytest.param("executorch", "fp32", marks=pytest.mark.slow)])
 def test_conv_kernel_4_float_parity(export_cache, conv4, fmt, quant):
     pytest.importorskip({"gguf": "llama_cpp", "onnx": "onnxruntime", "executorch": "executorch"}[fmt])
     bundle = exported(export_cache, str(conv4), fmt, quant)

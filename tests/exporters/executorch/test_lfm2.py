@@ -229,6 +229,8 @@ def test_builtin_separate_lora(export_cache):
     assert (bundle / entry["file"]).is_file() and entry["verification"]["passed"]
 
 
+@pytest.mark.slow  # ~30 s alone; tests/test_adapters.py::test_executorch_switches_in_place_at_any_scale keeps a
+# separate-LoRA ExecuTorch program in the default run
 def test_random_separate_lora_fp32(export_cache, rand_lfm2, tmp_path_factory):
     """Separate LoRA in float: the program with the adapter's inputs must equal the merged reference almost
     exactly."""
