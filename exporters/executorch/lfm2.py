@@ -414,10 +414,10 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
                          + (f", {len(per_linear)} of them mixed precision" if mixed_summary else "") + ")")
             quant.quantize_linears(eager, lq, overrides)
         if lq is not None and lq.algorithm == "gptq":
-            t = time.perf_counter()
+            t_gptq = time.perf_counter()
             gptq_summary, gptq_calibration = _gptq(job, eager, per_linear)
             calibration = _merge_calibration(calibration, gptq_calibration)
-            seconds["gptq"] = time.perf_counter() - t
+            seconds["gptq"] = time.perf_counter() - t_gptq
         if shared:
             quant.share_embedding_with_head(eager, "embed_tokens", "lm_head", head_bits)
     seconds["quantize"] = time.perf_counter() - t
