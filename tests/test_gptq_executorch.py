@@ -178,6 +178,12 @@ def test_verification_refuses_a_manifest_that_disagrees_with_the_plan():
     refused(affine_plan, {"gptq": entry}, "its plan writes none")
     refused(gptq_plan, {"gptq": entry}, "none was loaded")  # agrees: on to the reference (none given here)
     assert gptq.readback_hessians({"artifact": {}}, object(), affine_plan.options, affine_plan.quant, todo) == {}
+    # a float export has nothing GPTQ could write (its read-back asks too)
+    from edgekit.exporters.executorch import lfm2
+
+    fp32 = make_plan(SOURCE, "executorch", "fp32").plan
+    assert lfm2.gptq_quants({"model.embed_tokens.weight": np.zeros((4, 8), np.float32)}, fp32.options, fp32.quant,
+                            {}) == {}
 
 
 def test_a_relative_calibration_path_is_recorded_absolute(tmp_path, monkeypatch):

@@ -482,8 +482,11 @@ SPECIAL = ("model.embed_tokens.weight", "lm_head.weight")
 def gptq_quants(weights: Mapping[str, np.ndarray], options: LanguageOptions, spec: Any,
                 per_linear: Mapping[str, quant.LinearQuant]) -> dict[str, tuple[np.ndarray, quant.LinearQuant]]:
     """Checkpoint name -> (float32 [out, in] weight, ``LinearQuant``) of every linear the export quantises, the LM
-    head included (the tied table where the checkpoint has no ``lm_head.weight``): what GPTQ writes codes for."""
+    head included (the tied table where the checkpoint has no ``lm_head.weight``): what GPTQ writes codes for
+    (none for a float export)."""
     lq = quant.linear_quant(spec, options)
+    if lq is None:
+        return {}
     out = {n: (weights[n], per_linear.get(n, lq)) for n in linear_weights(weights)}
     out["lm_head.weight"] = (weights.get("lm_head.weight", weights["model.embed_tokens.weight"]),
                              lq.at_bits(options.lm_head_bits(spec)))
