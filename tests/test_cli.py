@@ -78,6 +78,7 @@ def test_adapter_for_other_base_one_line(tmp_path, rand_lfm2):
     assert "another base model" in err
 
 
+@pytest.mark.slow  # ~11 s alone (CI time); test_export_info_run_verify keeps the CLI's verify in the default run
 def test_verify_detects_changed_source(tmp_path, rand_lfm2):
     src = shutil.copytree(rand_lfm2, tmp_path / "src")
     out = tmp_path / "b"

@@ -272,6 +272,7 @@ def test_load_8_clients_200_requests_all_complete_and_identical(server):
     assert q["pending"] == 0
 
 
+@pytest.mark.slow  # ~30 s alone (CI time); the GGUF server tests stay in the default run
 def test_an_onnx_bundle_serves_the_same_api(export_cache):
     """The server is engine-agnostic: an ONNX bundle of the same model answers greedy requests identically."""
     from conftest import exported

@@ -138,6 +138,7 @@ def test_cli_profile_over_ssh(sshd, bundle: Path, capsys: pytest.CaptureFixture)
     assert [r["test"] for r in rows] == ["pp16", "tg4"] and rows[0]["device"].startswith("ssh://")
 
 
+@pytest.mark.slow  # ~35 s alone (CI time); the other ssh tests (profile, copy, errors) stay in the default run
 def test_device_test_over_ssh(sshd, bundle: Path) -> None:
     from edgekit.devicetest import run_device_tests
 
