@@ -7,8 +7,9 @@ holds (a fused q|k|v matrix is split back into its parts), the storage type, the
 input axis and the number of levels of one value, the modules that multiply by it (so a reference built from the
 file's weights can quantise their inputs as the engine does) and that activation quantisation (``ActQuant``).
 The family pair file (``exporters/<format>/<family>.py``) owns the name mapping and exposes
-``file_weights(root, manifest, weights) -> (list[ReadTensor], aliases) | None`` (``weights``: the merged float32
-weights by checkpoint name; None: nothing to read back for this bundle).
+``file_weights(root, manifest, weights, model) -> (list[ReadTensor], aliases) | None`` (``weights``: the merged
+float32 weights by checkpoint name; ``model``: the float reference, for a read-back that re-derives codes from its
+activations, as ExecuTorch's GPTQ does; None: nothing to read back for this bundle).
 
 ``check(read, weights)`` then asks, per tensor:
 
@@ -415,9 +416,7 @@ def _measure(argv: Sequence[str] | None = None) -> None:
 
 def read_back(root: Any, manifest: Mapping[str, Any], model: Any) -> tuple[list[ReadTensor], dict[str, str]] | None:
     """The bundle's weights read back by its recipe's pair file (None where the pair has no read-back yet), and
-    the aliases (weights served by another tensor).  A pair's ``file_weights`` that takes ``model`` gets the
-    reference too (ExecuTorch: GPTQ's codes are re-derived from its Hessians)."""
-    import inspect
+    the aliases (weights served by another tensor)."""
     from pathlib import Path
 
     from .checkpoint import open_checkpoint  # noqa: F401  (import order: recipes need the families)
@@ -430,9 +429,7 @@ def read_back(root: Any, manifest: Mapping[str, Any], model: Any) -> tuple[list[
     fn = getattr(pair, "file_weights", None)
     if fn is None:
         return None
-    if "model" in inspect.signature(fn).parameters:  # a read-back that re-derives codes from the reference
-        return fn(Path(root), manifest, reference_weights(manifest, model), model=model)
-    return fn(Path(root), manifest, reference_weights(manifest, model))
+    return fn(Path(root), manifest, reference_weights(manifest, model), model)
 
 
 def _family_hook(manifest: Mapping[str, Any], hook: str) -> Any:

@@ -95,10 +95,13 @@ def test_verification_rederives_the_exported_codes(monkeypatch, tmp_path):
     eager = captured["eager"]
     names = lfm2.linear_weights(weights)
     _text, windows = job_windows(job)
+    modules = [gptq.module_of(n) for n in names] + ["lm_head"]
+    cached = gptq._CACHE[model][1]  # the export leaves its Hessians for its own verification ...
+    assert gptq.hessians(model, modules, windows) is cached and model not in gptq._CACHE  # ... which takes them
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        hs = gptq.hessians(model, [gptq.module_of(n) for n in names] + ["lm_head"], windows)
+        hs = gptq.hessians(model, modules, windows)  # computed afresh, with another thread count
     finally:
         torch.set_num_threads(threads)
 

@@ -365,7 +365,7 @@ def file_constants(root: Path, manifest: Any, checkpoint: Any) -> list[str]:
     return runner_failures(root, manifest, checkpoint.model_config, f"the checkpoint {checkpoint.path.name}'s config")
 
 
-def file_weights(root: Path, manifest: Any, weights: Any) -> tuple[list[Any], dict[str, str]]:
+def file_weights(root: Path, manifest: Any, weights: Any, model: Any) -> tuple[list[Any], dict[str, str]]:
     """The export's weights under the checkpoint's names (``edgekit.tensorcheck``), re-derived with the bundle's
     recorded quant and options as ``export`` writes them (like the LFM2 pair's ``readback``: a ``.pte``'s XNNPACK
     weights are not parsed): each ternary projection quantised to torchao's int4 per channel, its integers and

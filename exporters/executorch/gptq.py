@@ -20,6 +20,7 @@ Imports numpy at import time; torch and torchao inside the functions.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -27,6 +28,7 @@ import numpy as np
 from ... import gptq as core
 from ...errors import BundleError, InternalError
 
+_CACHE: "weakref.WeakKeyDictionary[Any, tuple[Any, dict[str, np.ndarray]]]" = weakref.WeakKeyDictionary()
 METHOD = "GPTQ (Frantar et al. 2022) with torchao's affine scales (int8 qdata replaced before lowering)"
 
 
@@ -37,14 +39,27 @@ def module_of(hf_weight: str) -> str:
 
 def hessians(reference: Any, modules: Sequence[str], windows: list[list[int]]) -> dict[str, np.ndarray]:
     """``edgekit.gptq.hessians`` of ``modules`` (reference module names) over the calibration ``windows``, from a
-    float64 copy of ``reference`` (reproducible codes: module docstring).  float64 numpy [in, in] each."""
+    float64 copy of ``reference`` (reproducible codes: module docstring).  float64 numpy [in, in] each.
+
+    Computed once per export: the result is kept for ``reference`` (``_CACHE``, weakly, not on the module, which
+    the parity check deep-copies) and the next call with the same modules and windows, the export's own
+    verification re-deriving the codes, takes it from there and drops it, so the memory ([in, in] float64 per
+    module) is not held past that."""
     import copy
+    import hashlib
 
     import torch
 
+    names = tuple(sorted(set(modules)))
+    key = (names, hashlib.sha256(repr([list(map(int, w)) for w in windows]).encode()).hexdigest())
+    cached = _CACHE.pop(reference, None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
     model = copy.deepcopy(reference).double()
     with torch.no_grad():
-        return core.hessians(model, sorted(set(modules)), windows)
+        out = core.hessians(model, list(names), windows)
+    _CACHE[reference] = (key, out)
+    return out
 
 
 def quantized(weight: np.ndarray, q: Any, hessian: np.ndarray | None = None) -> Any:

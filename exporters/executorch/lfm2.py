@@ -562,7 +562,7 @@ def graph_overrides(per_linear: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def file_weights(root: Path, manifest: Mapping[str, Any], weights: Mapping[str, np.ndarray],
-                 model: Any = None) -> Any:
+                 model: Any) -> Any:
     """The export's quantised weights under the checkpoint's names (``edgekit.tensorcheck``), re-derived with
     the bundle's recorded quant and options (``readback``: a ``.pte``'s XNNPACK weights are not parsed).  A
     ``--lora-mode separate`` program holds the base weights (``weights``: the base reference's, also under an

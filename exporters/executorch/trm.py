@@ -64,7 +64,7 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
     }
 
 
-def file_weights(root: Path, manifest: Any, weights: Any) -> tuple[list[Any], dict[str, str]]:
+def file_weights(root: Path, manifest: Any, weights: Any, model: Any) -> tuple[list[Any], dict[str, str]]:
     """The step program's weights under the reference's names (``edgekit.tensorcheck``), re-derived with the
     bundle's recorded quant and options as ``export`` quantises them (like the LFM2 pair's ``readback``: a
     ``.pte``'s XNNPACK weights are not parsed): every linear weight (``<module>.weight``, 2-D; ``trm_graph``

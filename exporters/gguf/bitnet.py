@@ -305,7 +305,7 @@ def file_constants(root: Path, manifest: Any, checkpoint: Any) -> list[str]:
                                    lambda w: add_metadata(w, shim, checkpoint.path, checkpoint.path.name, pretokenizer))
 
 
-def file_weights(root: Path, manifest: Any, weights: Any) -> tuple[list[Any], dict[str, str]]:
+def file_weights(root: Path, manifest: Any, weights: Any, model: Any) -> tuple[list[Any], dict[str, str]]:
     """The bundle's GGUF tensors under the checkpoint's names (``edgekit.tensorcheck``): each ternary projection
     read back as its stored codes (TQ1_0 / TQ2_0 / F16 / F32, dequantised by gguf-py) times its ``.scale``
     tensor, typed ``ternary/<type>`` (must be exact); the embedding (``token_embd``, also the output projection:

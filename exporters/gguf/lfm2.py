@@ -187,7 +187,7 @@ def importance_matrix(job: ExportJob, values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def file_weights(root: Path, manifest: Any, sources: Any) -> tuple[list[Any], dict[str, str]]:
+def file_weights(root: Path, manifest: Any, sources: Any, model: Any) -> tuple[list[Any], dict[str, str]]:
     """The bundle's GGUF tensors dequantised under the checkpoint's names ``sources`` (``edgekit.tensorcheck``):
     the same name map as ``tensors``, inverted; the conv kernel gets its [hidden, 1, L] shape back; the tied LM
     head is served by ``token_embd`` (alias)."""

@@ -360,7 +360,7 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
     }
 
 
-def file_weights(root: Path, manifest: Any, weights: Any) -> tuple[list[Any], dict[str, str]]:
+def file_weights(root: Path, manifest: Any, weights: Any, model: Any) -> tuple[list[Any], dict[str, str]]:
     """The bundle's ONNX weights under the checkpoint's names (``edgekit.tensorcheck``): fused q|k|v and
     gate|up split back by rows, ternary projections (``MatMulNBits`` int2/int4 blocks or the fp32 ``MatMul``
     codes x scale) typed ``ternary/<type>`` (must be exact), the tied head (``LM_HEAD``, int8 blocks at

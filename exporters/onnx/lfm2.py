@@ -375,7 +375,7 @@ def export(job: ExportJob, out_dir: Path) -> dict[str, Any]:
     }
 
 
-def file_weights(root: Path, manifest: Any, sources: Any) -> tuple[list[Any], dict[str, str]]:
+def file_weights(root: Path, manifest: Any, sources: Any, model: Any) -> tuple[list[Any], dict[str, str]]:
     """The bundle's weights dequantised under the checkpoint's names (``edgekit.tensorcheck``): the fused
     q|k|v matrix split back by rows, the tied head (``LM_HEAD``) as the embedding; other float initializers
     (the RoPE tables) are not weights: ``file_constants`` checks them."""

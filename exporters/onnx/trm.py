@@ -72,7 +72,7 @@ def name_weights(proto: Any, model: Any) -> None:
                 node.input[i] = rename[name]
 
 
-def file_weights(root: Path, manifest: Any, weights: Any) -> tuple[list[Any], dict[str, str]]:
+def file_weights(root: Path, manifest: Any, weights: Any, model: Any) -> tuple[list[Any], dict[str, str]]:
     """The bundle's weights under the reference's names (``edgekit.tensorcheck``): every matmul weight (float
     ``MatMul`` or ``MatMulNBits`` blocks, read once however many unrolled cycles use it, with MatMulNBits' int8
     activation blocks at accuracy level 4), the other float initializers that are reference weights (embeddings,
