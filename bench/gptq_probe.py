@@ -1,6 +1,7 @@
 """GPTQ vs round-to-nearest for ONNX int4 (MatMulNBits, symmetric blocks), measured in PyTorch (issue 15).
 
     .venv/bin/python bench/gptq_probe.py [--modes rtn,gptq-seq,gptq-float] [--head rtn|gptq] [--mixed]
+        [--scan rtn|gptq] [--scan-method estimate|exact]
 
 The merged reference (built-in LFM2 + LoRA) with every linear, the tied embedding / LM head included, quantised and
 dequantised the way the ONNX int4 export stores it (onnxruntime's block quantiser: ``exporters.onnx.mixed
@@ -17,6 +18,12 @@ activation quantisation (accuracy_level 4) is left out, as the mixed-precision s
   codes either way).
 - ``--mixed``: the types the default mixed-precision scan picks (at 0.625 bytes per weight) instead of int4 block 32
   everywhere.
+- ``--scan gptq`` (with ``--mixed``): the scan (``edgekit.mixed.scan`` + ``select`` at the same default budget: the
+  bytes of int4_b32 everywhere) prices each candidate type by the KL of that tensor alone holding GPTQ's codes at
+  that type (RTN's scales, float-model Hessians over the calibration text, computed once: gptq-float's) instead of
+  round-to-nearest's; ``--scan-method``: the scan's ``estimate`` (one measured type per linear, the rest carried
+  by the diagonal input-power error ratio, the tied table measured at every type) or ``exact`` (every type
+  measured).  Prints the rtn-priced (default) types too and which tensors changed.
 
 Measured 2026-12-01 (2 shared cores; calibration 11,264 tokens in 22 windows; held-out 2,048 tokens), top-1 / mean KL:
 
@@ -32,6 +39,28 @@ gptq: ``--dynamic`` 0.8984 / 1.81e-2, ``--damp 0.1`` 0.8975 / 1.61e-2 (-4 %: lef
 the held-out text).  Sequential Hessians buy
 nothing over the float model's here, so the export takes them all from the float reference in one pass (gptq-float,
 head included, static scales, no act-order: the last bold cell, -27 % KL against the mixed RTN it replaces).
+
+GPTQ-priced scan, measured 2026-12-01 (same data; gptq-float, head gptq, every row 0.6250 bytes per weight; wall
+times on 2 cores with nothing else running: the same runs under contention from another job took 53-60 s /
+363 s / 766 s for the scans):
+
+    .venv/bin/python bench/gptq_probe.py --mixed --modes gptq-float --head gptq
+    .venv/bin/python bench/gptq_probe.py --mixed --scan gptq --scan-method estimate --modes gptq-float --head gptq
+    .venv/bin/python bench/gptq_probe.py --mixed --scan gptq --scan-method exact --modes gptq-float --head gptq
+
+| scan pricing | top-1 / mean KL | scan time | types changed against the default |
+|---|---|---|---|
+| rtn, estimate (the export's) | 0.8931 / 1.671e-2 | 4 s | - |
+| gptq, estimate | 0.8931 / 1.670e-2 | 21 s | 6 (L2/L4 attn out_proj down to b256; L3 w1, w2 b256->b128; L5 w1 b64->b128, w2 b128->b64) |
+| gptq, exact | 0.8911 / 1.667e-2 | 36 s | 11, all int4 block-size moves (e.g. L0 conv.in_proj b64->b32, L3/L5 conv.in_proj b64->b128) |
+| rtn, exact (``--mixed --scan-method exact``) | 0.8945 / 1.646e-2 | 19 s | 14 int4 block-size moves |
+
+No gain (0.002 top-1 is 4 of 2,048 tokens): GPTQ lowers a tensor's costs at its int4 types by similar factors, so
+the selection barely moves: the int8 picks are the same in all four, only int4 block sizes trade places.  What
+dominates is the tied table at int4_b32 in every plan: alone it costs 1.05e-2 (rtn) / 7.83e-3 (gptq) of the scan's
+KL, about half the final KL, against 4.8e-5 at int8_b256, but int8 needs 410 KB more and the greedy never affords
+it.  Forcing it (table int8_b256, every other linear int4_b256: 0.6237 B/w) measured worse: rtn 0.8643 / 2.69e-2,
+gptq-float head gptq 0.8838 / 1.96e-2 (the per-tensor costs are not additive at that scale of change).
 """
 
 from __future__ import annotations
@@ -101,7 +130,14 @@ def main() -> None:
     ap.add_argument("--mixed", action="store_true", help="the default mixed-precision types instead of int4_b32")
     ap.add_argument("--damp", type=float, default=0.01)
     ap.add_argument("--act-order", action="store_true", help="GPTQ columns by descending Hessian diagonal")
+    ap.add_argument("--scan", choices=("rtn", "gptq"), default="rtn",
+                    help="with --mixed: price each candidate type by the KL of round-to-nearest (the export's scan) "
+                         "or of GPTQ's codes at that type (float-model Hessians over the calibration text)")
+    ap.add_argument("--scan-method", choices=("estimate", "exact"), default=None,
+                    help="with --mixed: edgekit.mixed.scan's method (default: its SCAN_METHOD)")
     args = ap.parse_args()
+    if (args.scan != "rtn" or args.scan_method) and not args.mixed:
+        ap.error("--scan / --scan-method need --mixed")
     torch.set_num_threads(2)
     prep = make_plan(SOURCE, "onnx", "int4", ADAPTER, {})
     model = ref_mod.load_reference(prep.checkpoint, prep.adapter, prep.plan.options).float().eval()
@@ -120,8 +156,20 @@ def main() -> None:
     mods = linears(model)
     types = {n: "int4_b32" for n, _ in mods}
     if args.mixed:
-        types = mixed_types(prep, model, mods)
+        t0 = time.perf_counter()
+        # with --scan gptq the rtn-priced types are the export's default (its SCAN_METHOD), for the comparison
+        types = mixed_types(prep, model, mods, "rtn", args.scan_method if args.scan == "rtn" else None, calib,
+                            args.damp)
+        print(f"rtn-priced scan: {time.perf_counter() - t0:.0f} s", flush=True)
         print("mixed types:", {n: t for n, t in types.items() if t != "int4_b32"})
+        if args.scan == "gptq":
+            t0 = time.perf_counter()
+            rtn_types = types
+            types = mixed_types(prep, model, mods, "gptq", args.scan_method, calib, args.damp)
+            print(f"gptq-priced scan: {time.perf_counter() - t0:.0f} s", flush=True)
+            print("gptq-priced mixed types:", {n: t for n, t in types.items() if t != "int4_b32"})
+            print("changed (rtn-priced -> gptq-priced):",
+                  {n: f"{rtn_types[n]} -> {t}" for n, t in types.items() if t != rtn_types[n]} or "none")
     originals = {n: m.weight.detach().clone() for n, m in mods}
 
     def restore():
@@ -158,7 +206,8 @@ def main() -> None:
                     with torch.no_grad():
                         model.lm_head.weight.copy_(torch.from_numpy(rtn("lm_head")))
             top1, kl = evaluate(model, held, ref_logp)
-            print(f"{mode:11s} head={head:4s} types={'mixed' if args.mixed else 'int4_b32'} damp={args.damp} "
+            kind = f"mixed({args.scan}-priced, {args.scan_method or 'default'})" if args.mixed else "int4_b32"
+            print(f"{mode:11s} head={head:4s} types={kind} damp={args.damp} "
                   f"act_order={args.act_order}: "
                   f"top-1 {top1:.4f}  mean KL {kl:.3e}  ({time.perf_counter() - t0:.0f} s)",
                   flush=True)
@@ -181,8 +230,13 @@ def gptq_deq(w: np.ndarray, h: np.ndarray, scales: np.ndarray, bits: int, block:
     return gptq.dequantize(out, scales, bits, block)
 
 
-def mixed_types(prep, model, mods) -> dict[str, str]:
-    """The default ONNX int4 mixed-precision types (the export's own scan and selection), by module name."""
+def mixed_types(prep, model, mods, price: str = "rtn", method: str | None = None, calib=None,
+                damp: float = core_gptq.DAMP) -> dict[str, str]:
+    """ONNX int4 mixed-precision types by module name: the export's own scan (``edgekit.mixed.scan``) and selection
+    at the default budget (the bytes of int4_b32 everywhere, as ``exporters.onnx.mixed.plan`` / ``edgekit.mixed
+    .plan`` set it).  ``price``: the scan's ``fake`` quantises a tensor by round-to-nearest (the export's) or by
+    GPTQ's codes under RTN's scales at that type (Hessians of the float model over ``calib``, computed once, the
+    same as gptq-float's; the tied table under the LM head's); ``method``: the scan's, default its SCAN_METHOD."""
     from edgekit import mixed as mixed_mod
 
     weights = {n + ".weight": n for n, _ in mods if n != "lm_head"}
@@ -210,13 +264,31 @@ def mixed_types(prep, model, mods) -> dict[str, str]:
     defaults = {c.name: "int4_b32" for c in grouped}
     text = calibration.load_text(None)
     windows = calibration.token_windows(text.text, prep.checkpoint.path / "tokenizer.json", model.config.bos_token_id)
-    plan = mixed_mod.plan(model, windows, grouped, defaults, lambda _n, w, t: onnx_mixed.fake_quant(w, t), None)
+    method = method or mixed_mod.SCAN_METHOD
+    if price == "rtn":
+        def fake(_n, w, t):
+            return onnx_mixed.fake_quant(w, t)
+    else:
+        mod_of = dict(weights)  # parameter name -> module whose input the weight sees (the tied table: lm_head's)
+        hs = hessians(model, [(m, model.get_submodule(m)) for m in sorted(set(mod_of.values()))], calib)
+
+        def fake(n, w, t):
+            bits, block = onnx_mixed.parse_type(t)
+            _codes, scales = gptq.rtn_codes(w, bits, block)
+            return gptq.gptq(w, hs[mod_of[n]].numpy(), scales, bits, block, damp)
+    total = sum(c.numel for c in grouped)
+    budget = float(sum(c.sizes[defaults[c.name]] for c in grouped))  # edgekit.mixed.plan's default budget
+    costs = mixed_mod.scan(model, mixed_mod.scan_windows(windows), grouped, fake, method=method)
+    chosen = mixed_mod.select(grouped, costs, budget)
+    used = sum(c.sizes[chosen[c.name]] for c in grouped)
     out = {}
     for c in grouped:
         for member in (c.name, *c.group):
-            out[weights[member]] = plan.types[c.name]
-    print(f"mixed: {plan.used_bytes / plan.weights:.4f} bytes per weight "
-          f"(default {plan.default_bytes / plan.weights:.4f})")
+            out[weights[member]] = chosen[c.name]
+    print(f"mixed ({price}-priced scan, {method}): {used / total:.4f} bytes per weight (default {budget / total:.4f})")
+    print("  scan KL at the chosen / int4_b32 type:",
+          {weights[c.name]: f"{costs[c.name][chosen[c.name]]:.2e}/{costs[c.name]['int4_b32']:.2e}" for c in grouped})
+    print("  tied table scan KL per type:", {t: f"{v:.2e}" for t, v in costs[HEAD].items()})
     return out
 
 
