@@ -33,6 +33,7 @@ DEFAULT_NAME = "builtin:calibration.txt"
 MIN_TOKENS = 1024  # two verification-size windows; llama.cpp's imatrix docs suggest far more for big models
 MIN_CHARS = 2048  # checked at plan time, before a tokenizer is at hand (a token is >= 1 character)
 OVERLAP_CHARS = 200
+MAX_CONTROL = 0.01  # share of characters neither printable nor whitespace that a text file may hold
 WINDOW = 512
 BATCH = 8
 
@@ -85,14 +86,17 @@ def overlap(text: str, other: str, n: int = OVERLAP_CHARS) -> str | None:
 
 def load_text(path: str | Path | None) -> CalibrationText:
     """Read and check a calibration file (None: the built-in sample).  Raises ``CalibrationError`` (one line)
-    for a missing, empty, non-UTF-8 or binary file, one shorter than ``MIN_CHARS`` characters, or one that
+    for a missing, empty, non-UTF-8 or binary file (NUL bytes, or more than ``MAX_CONTROL`` control characters),
+    one shorter than ``MIN_CHARS`` characters, or one that
     shares ``OVERLAP_CHARS`` characters with the verification text."""
     if path is None:
         text = default_text()
         return CalibrationText(DEFAULT_NAME, text, hashlib.sha256(text.encode("utf-8")).hexdigest())
     p = Path(path)
+    if p.is_dir():
+        raise CalibrationError(f"--calibration {p} is a directory; pass a UTF-8 text file")
     if not p.is_file():
-        raise CalibrationError(f"--calibration {p}: no such file; pass a UTF-8 text file (or omit it for the built-in sample)")
+        raise CalibrationError(f"--calibration {p}: no such file; pass a UTF-8 text file")
     raw = p.read_bytes()
     if not raw.strip():
         raise CalibrationError(f"--calibration {p} is empty; pass at least {MIN_TOKENS} tokens of text like the model's own")
@@ -102,6 +106,10 @@ def load_text(path: str | Path | None) -> CalibrationText:
         raise CalibrationError(f"--calibration {p} is not UTF-8 text (byte {exc.start}); pass a text file") from None
     if "\x00" in text:
         raise CalibrationError(f"--calibration {p} contains NUL bytes, so it is not text; pass a text file")
+    control = sum(1 for c in text if not (c.isprintable() or c.isspace()))
+    if control > MAX_CONTROL * len(text):
+        raise CalibrationError(f"--calibration {p} is {control / len(text):.0%} control characters, so it is not text "
+                               f"(at most {MAX_CONTROL:.0%}); pass a text file")
     if len(text) < MIN_CHARS:
         raise CalibrationError(
             f"--calibration {p} has {len(text)} characters; at least {MIN_TOKENS} tokens (roughly {MIN_CHARS}+ "
@@ -116,14 +124,17 @@ def load_text(path: str | Path | None) -> CalibrationText:
     return CalibrationText(str(p), text, hashlib.sha256(raw).hexdigest())
 
 
-def token_windows(text: str, tokenizer_json: Path, bos: int | None, window: int = WINDOW) -> list[list[int]]:
+def token_windows(text: str, tokenizer_json: Path, bos: int | None, window: int = WINDOW,
+                  source: str | None = None) -> list[list[int]]:
     """The calibration text as windows of ``window`` tokens (each starting with ``bos`` where the model has one),
     as verification feeds the held-out text.  Raises ``CalibrationError`` below ``MIN_TOKENS`` tokens."""
     from tokenizers import Tokenizer
 
     ids = Tokenizer.from_file(str(tokenizer_json)).encode(text, add_special_tokens=False).ids
     if len(ids) < MIN_TOKENS:
-        raise CalibrationError(f"the calibration text has {len(ids)} tokens; at least {MIN_TOKENS} are needed")
+        name = f"--calibration {source}" if source else "the calibration text"
+        raise CalibrationError(f"{name} has {len(ids)} tokens under the model's tokenizer; at least "
+                               f"{MIN_TOKENS} are needed: pass a longer text")
     body = window - (1 if bos is not None else 0)
     return [([bos] if bos is not None else []) + ids[s : s + body] for s in range(0, len(ids) - body // 4, body)]
 
@@ -193,7 +204,7 @@ def checkpoint_windows(path: str | Path | None, checkpoint: Any) -> tuple[Calibr
     (``token_windows`` with ``checkpoint``'s tokenizer and BOS)."""
     text = load_text(path)
     bos = getattr(checkpoint.model_config, "bos_token_id", None)
-    return text, token_windows(text.text, checkpoint.path / "tokenizer.json", bos)
+    return text, token_windows(text.text, checkpoint.path / "tokenizer.json", bos, source=text.source)
 
 
 def job_windows(job: Any) -> tuple[CalibrationText, list[list[int]]]:

@@ -101,6 +101,18 @@ def summary(tensors: list[str], windows: list[list[int]], method: str) -> dict[s
             "damp": DAMP, "lazy_batch": LAZY_BATCH, "act_order": False}
 
 
+def check_summary(entry: Any) -> None:
+    """Refuse (``BundleError``) a manifest ``artifact.gptq`` entry whose settings are not the ones this code
+    writes codes with (``summary``): the manifest would misstate how the bundle was made."""
+    from .errors import BundleError
+
+    want = {"damp": DAMP, "lazy_batch": LAZY_BATCH, "act_order": False}
+    wrong = {k: entry.get(k) for k, v in want.items() if entry.get(k) != v}
+    if wrong:
+        raise BundleError(f"the manifest's artifact.gptq records {wrong}, but edgekit writes GPTQ codes with {want} "
+                          "(an edited manifest?); re-export the bundle")
+
+
 # storage type suffix of a tensor whose codes GPTQ wrote (``edgekit.tensorcheck`` bounds it apart from
 # round-to-nearest's type: error compensation moves a weight by more than half a step)
 QTYPE_SUFFIX = "_GPTQ"

@@ -313,7 +313,8 @@ def plan_job(
     summary["tensor_types"] = types
     summary["scan_kl"] = {rename.get(n, n): v for n, v in summary["scan_kl"].items()}
     summary["calibration_sha256"] = text.sha256
-    return JobPlan(types, summary, {**text.summary(), "method": "mixed-precision sensitivity scan (edgekit.mixed)"})
+    return JobPlan(types, summary, {**text.summary(sum(map(len, windows))),
+                                    "method": "mixed-precision sensitivity scan (edgekit.mixed)"})
 
 
 @dataclass(frozen=True)
@@ -356,6 +357,10 @@ class MixedOptions(Options):
                 f"{self.FORMAT_NAME} {', '.join('--' + f.replace('_', '-') for f in flags)}: mixed precision "
                 f"applies to {', '.join(self.MIXED) or 'no quant'} only, not {quant.name}"
             )
+        if getattr(self, "no_calibration", False) and self.mixes(quant):
+            raise UnsupportedError(f"{self.FORMAT_NAME} --no-calibration: the mixed-precision scan reads the "
+                                   "calibration text; drop --mixed-precision / --byte-budget for plain "
+                                   "round-to-nearest")
         if self.byte_budget is not None:
             if self.mixed_precision is False:
                 raise UnsupportedError(f"{self.FORMAT_NAME}: --byte-budget needs mixed precision; drop --mixed-precision false")

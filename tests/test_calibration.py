@@ -164,3 +164,22 @@ def test_onnx_weight_algorithm_applies_to_int4_only():
     assert not prep.plan.options.mixes(prep.plan.quant)
     with pytest.raises(UnsupportedError, match="--calibration"):
         make_plan("builtin:lfm2-tiny", "onnx", "int8", options={"calibration": text})
+
+
+def test_calibration_that_is_not_text_or_a_file_is_refused(tmp_path):
+    """A directory, or valid UTF-8 made of control characters (a new-user trial: it passed the plan and failed
+    only at the tensor check with a misleading reason), is refused at plan time."""
+    noise = tmp_path / "ctrl.txt"
+    noise.write_bytes(bytes(1 + (i * 7) % 31 for i in range(5000)))
+    for path, message in ((tmp_path, "is a directory"), (noise, "control characters")):
+        with pytest.raises(UnsupportedError, match=message):
+            make_plan("builtin:lfm2-tiny", "gguf", "q4_k_m", options={"calibration": str(path)})
+
+
+def test_too_few_tokens_names_the_file_and_what_to_do(tmp_path):
+    f = tmp_path / "spaces.txt"
+    f.write_text("a" + " " * 3000 + "b", encoding="utf-8")  # enough characters for the plan, few tokens
+    plan = make_plan("builtin:lfm2-tiny", "gguf", "q4_k_m", options={"calibration": str(f)})
+    with pytest.raises(cal.CalibrationError, match=r"spaces\.txt has \d+ tokens under the model's tokenizer; at "
+                                                  r"least 1024 are needed: pass a longer text"):
+        cal.checkpoint_windows(plan.plan.options.calibration, plan.checkpoint)

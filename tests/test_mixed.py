@@ -59,13 +59,16 @@ def test_mixed_options_at_plan_time():
         make_plan(SOURCE, "gguf", "q4_0", options={"byte_budget": "lots"})
     with pytest.raises(UnsupportedError, match="--byte-budget needs mixed precision"):
         make_plan(SOURCE, "gguf", "q4_0", options={"byte_budget": "0.6", "mixed_precision": False})
+    for scan in ({"byte_budget": "0.7"}, {"mixed_precision": True}):  # the scan would read the calibration text
+        with pytest.raises(UnsupportedError, match="gguf --no-calibration: the mixed-precision scan reads"):
+            make_plan(SOURCE, "gguf", "q4_k_m", options={**scan, "no_calibration": True})
 
 
 def test_budget_below_the_quant_is_refused_with_its_minimum(tmp_path):
     from edgekit.export import export
 
     with pytest.raises(mixed.BudgetError, match=r"needs at least 0\.56\d\d"):  # Q4_0: 18 bytes per 32 weights
-        export(make_plan(SOURCE, "gguf", "q4_0", options={"byte_budget": "0.3", "no_calibration": True}),
+        export(make_plan(SOURCE, "gguf", "q4_0", options={"byte_budget": "0.3"}),
                tmp_path / "b", verify=False, progress=lambda _m: None)
     assert not (tmp_path / "b").exists()
 

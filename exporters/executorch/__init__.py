@@ -132,9 +132,6 @@ class LanguageOptions(CalibrationOptions, MixedOptions, LinearOptions):
             if self.calibration is not None:
                 raise UnsupportedError("executorch --calibration is read by the mixed-precision scan and GPTQ only; "
                                        "add --mixed-precision true or --weight-algorithm gptq (or drop --calibration)")
-        if self.no_calibration and self.mixes(quant):
-            raise UnsupportedError("executorch --no-calibration: the mixed-precision scan reads the calibration "
-                                   "text; drop --mixed-precision / --byte-budget for plain round-to-nearest")
         if quant.weight_bits != 4 and self.head_bits is not None:
             raise UnsupportedError("executorch --head-bits applies to 8da4w only")
         if self.max_context is not None and self.max_context < 16:

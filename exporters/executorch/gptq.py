@@ -141,6 +141,7 @@ def readback_hessians(manifest: Mapping[str, Any], model: Any, options: Any, spe
     if not entry or not entry.get("calibration_sha256"):
         raise BundleError("the bundle's plan writes GPTQ codes but its manifest has no artifact.gptq entry (an edited "
                           "manifest?); re-export the bundle")
+    core.check_summary(entry)
     listed, want = sorted(entry.get("tensors") or ()), sorted(todo)
     if listed != want:
         diff = sorted(set(listed) ^ set(want))
@@ -152,10 +153,12 @@ def readback_hessians(manifest: Mapping[str, Any], model: Any, options: Any, spe
     try:
         text, windows = checkpoint_windows(options.calibration, checkpoint)
     except CalibrationError as exc:
+        reason = str(exc).split(";")[0]  # the refusal without its export-time advice
         raise BundleError(f"verify: the bundle's GPTQ codes are re-derived from its calibration text, which cannot "
-                          f"be read ({exc}); put that file back where the export read it, or re-export") from None
+                          f"be read ({reason}); put that file back where the export read it, or re-export") from None
     if text.sha256 != entry["calibration_sha256"]:
-        raise BundleError(f"verify: the calibration text {text.source} changed since the export (sha256 "
-                          f"{text.sha256[:12]}, the bundle's {str(entry['calibration_sha256'])[:12]}); its GPTQ "
-                          "codes cannot be re-derived: restore that text or re-export")
+        raise BundleError(f"verify: the calibration text {text.source} is not the one the bundle records (sha256 "
+                          f"{text.sha256[:12]}, the manifest's {str(entry['calibration_sha256'])[:12]}): the text "
+                          "changed since the export or the manifest was edited; its GPTQ codes cannot be re-derived: "
+                          "restore that text or re-export")
     return hessians(model, [module_of(n) for n in want], windows)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from edgekit import calibration as calibration_mod
 
-from ...errors import UnsupportedError
+from ...errors import BundleError, UnsupportedError
+from ...gptq import QTYPE_SUFFIX, check_summary
 from .. import ExportJob
 from . import vocab, writer
 
@@ -212,6 +214,37 @@ def file_weights(root: Path, manifest: Any, sources: Any, model: Any) -> tuple[l
     def modules_of(name: str, hf: str) -> tuple[str, ...]:
         return ("lm_head",) if name == "token_embd.weight" else (hf.removesuffix(".weight"),)
 
-    by_gptq = set((manifest["artifact"].get("gptq") or {}).get("tensors", ()))
-    return (readback.read(root / manifest["artifact"]["file"], source_of, modules_of, by_gptq),
-            {"lm_head.weight": "model.embed_tokens.weight"})
+    read = readback.read(root / manifest["artifact"]["file"], source_of, modules_of)
+    by_gptq = gptq_targets(manifest, model, read)
+    read = [replace(t, qtype=t.qtype + QTYPE_SUFFIX) if t.name in by_gptq else t for t in read]
+    return read, {"lm_head.weight": "model.embed_tokens.weight"}
+
+
+def gptq_targets(manifest: Mapping[str, Any], model: Any, read: Sequence[Any]) -> set[str]:
+    """The GGUF tensors whose codes the bundle's *plan* has GPTQ write (``apply_gptq``: a calibrated quant's
+    ``GPTQ_TYPES`` tensors that multiply a linear layer's input, the tied table as the LM head), from the file's
+    types (``read``: ``readback.read``) and the float reference ``model``.  Raises ``BundleError`` where the
+    manifest's ``artifact.gptq`` lists other tensors (an edited manifest: the tensor check would hold GPTQ's codes
+    to round-to-nearest's bounds, or the reverse)."""
+    import torch
+
+    from ...families import Family
+    from ...plan import Format
+    from ...recipes import RECIPES
+
+    recipe = RECIPES.get(Family.LFM2, Format.GGUF)
+    spec = recipe.quant(manifest["plan"]["quant"]["name"])
+    options = recipe.options.from_dict(manifest["plan"].get("options") or {})
+    want: set[str] = set()
+    if options.calibrates(spec) and spec.name in GPTQ_TYPES:
+        linear = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        want = {t.name for t in read if t.qtype in GPTQ_TYPES[spec.name] and t.modules and t.modules[0] in linear}
+    entry = manifest["artifact"].get("gptq") or {}
+    listed = set(entry.get("tensors") or ())
+    if listed:
+        check_summary(entry)
+    if listed != want:
+        diff = sorted(listed ^ want)
+        raise BundleError(f"the manifest's artifact.gptq.tensors differs from the tensors the plan has GPTQ write "
+                          f"({len(diff)} differ, e.g. {diff[0]}; an edited manifest?); re-export the bundle")
+    return want

@@ -11,12 +11,11 @@ float types, nothing for F32).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Collection, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from edgekit.errors import BundleError
-from edgekit.gptq import QTYPE_SUFFIX
 from edgekit.tensorcheck import ActQuant, ReadTensor
 
 Q8_0_ACT = ActQuant("sym_block", 32, scale_f16=True)
@@ -47,14 +46,12 @@ def read(
     path: Path,
     source_of: Callable[[str], tuple[str, Callable[[np.ndarray], np.ndarray]] | None],
     modules_of: Callable[[str, str], tuple[str, ...]],
-    gptq: Collection[str] = (),
 ) -> list[ReadTensor]:
     """Every tensor of the GGUF at ``path``, dequantised to float32.  ``source_of(gguf_name)`` gives the
     checkpoint name it came from and the function that turns the file's array back into that tensor's layout
     (None: the file holds a tensor the family does not know, reported by the check as foreign);
-    ``modules_of(gguf_name, source)`` the reference's linear modules that multiply by it.  A tensor named in
-    ``gptq`` (the manifest's ``artifact.gptq.tensors``: codes GPTQ wrote, exporters/gguf/gptq.py) is read back
-    as its type + ``_GPTQ`` (``Q4_0_GPTQ``), bounded apart from llama.cpp's own codes.
+    ``modules_of(gguf_name, source)`` the reference's linear modules that multiply by it.  (The family's pair file
+    marks the tensors whose codes GPTQ wrote: ``lfm2.gptq_targets``.)
 
     Raises ``BundleError`` when the file cannot be read."""
     import gguf
@@ -67,8 +64,6 @@ def read(
     for t in reader.tensors:
         qtype = t.tensor_type.name
         block, levels, act = TYPES.get(qtype, (0, 0, ActQuant()))
-        if t.name in gptq:
-            qtype += QTYPE_SUFFIX
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # GGUF lists dims innermost first
         values = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
         mapped = source_of(t.name)

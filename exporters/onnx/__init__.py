@@ -121,9 +121,6 @@ class OnnxOptions(CalibrationOptions, MixedOptions):
             raise UnsupportedError("onnx --calibration is read by the mixed-precision scan only; add "
                                    "--mixed-precision true (or drop --calibration)")
         if self.mixes(quant):
-            if self.no_calibration:
-                raise UnsupportedError("onnx --no-calibration: the mixed-precision scan reads the calibration text; "
-                                       "drop --mixed-precision / --byte-budget for plain round-to-nearest")
             if self.weight_algorithm == "hqq":
                 raise UnsupportedError(f"onnx --weight-algorithm {self.weight_algorithm}: mixed precision assigns "
                                        "symmetric round-to-nearest types; drop one of the two")

@@ -26,6 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ... import calibration
+from ... import gptq as core_gptq
 from ...errors import InternalError
 from ...families.lfm2 import Lfm2Config
 from .. import ExportJob
@@ -387,6 +388,8 @@ def file_weights(root: Path, manifest: Any, sources: Any, model: Any) -> tuple[l
     known = set(sources)
     # tensors whose codes GPTQ wrote: a storage type of their own, bounded apart from round-to-nearest's
     by_gptq = set((manifest["artifact"].get("gptq") or {}).get("tensors", ()))
+    if by_gptq:
+        core_gptq.check_summary(manifest["artifact"]["gptq"])
     out: list[ReadTensor] = []
     for w in readback.read(root / manifest["artifact"]["file"]):
         qtype = w.qtype + gptq.QTYPE_SUFFIX if w.name in by_gptq and w.qtype.startswith("INT") else w.qtype

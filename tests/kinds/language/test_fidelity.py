@@ -310,3 +310,27 @@ def test_executorch_8da8w_of_a_flat_model_with_an_adapter_on_every_linear_passes
     print(f"flat 8da8w: KL {m['mean_kl']:.3e}, reference's own under jitter {m['act_noise_kl']:.3e}, "
           f"drift {m['kl_drift']:.2f}, cost {m['cost']['mean_kl']:.2e}")
     assert m["act_noise_kl"] > 1e-3 and m["mean_kl"] <= ACT_NOISE_FACTOR * m["act_noise_kl"]
+
+
+@pytest.mark.parametrize("edit", ["drop", "shorten", "damp"])
+def test_gguf_gptq_record_must_agree_with_the_plan(export_cache, tmp_path, edit):
+    """The tensor check holds GPTQ-written Q4_K matrices to their own bound; which those are follows from the plan
+    and the file's types, not from the manifest's list: a bundle whose ``artifact.gptq`` was removed or shortened
+    (its GPTQ codes would then meet llama.cpp's tighter round-to-nearest bounds, or the reverse), or whose
+    settings were edited, is refused (a new-user trial: removing the entry passed verification)."""
+    from edgekit.errors import BundleError
+    from edgekit.export import verify_bundle
+
+    src = exported(export_cache, "builtin:lfm2-tiny", "gguf", "q4_k_m", adapter="builtin:lfm2-tiny-lora")
+    bundle = tmp_path / "b"
+    shutil.copytree(src, bundle)
+    m = read_manifest(bundle)
+    if edit == "drop":
+        m["artifact"].pop("gptq")
+    elif edit == "shorten":
+        m["artifact"]["gptq"]["tensors"] = m["artifact"]["gptq"]["tensors"][1:]
+    else:
+        m["artifact"]["gptq"]["damp"] = 0.5
+    write_manifest(bundle, m)
+    with pytest.raises(BundleError, match="an edited manifest"):
+        verify_bundle(bundle, progress=lambda _m: None)
