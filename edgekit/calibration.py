@@ -233,9 +233,10 @@ class CalibrationOptions(Options):
     CALIBRATED: ClassVar[tuple[str, ...]] = ()
 
     calibration: str | None = option(None, "calibrated quants (GGUF q4_0, q4_k_m, q5_k_m; ExecuTorch 8da4w; ONNX "
-                                           "int4): UTF-8 text for the importance "
-                                           "statistics and the sensitivity scan, >= 1024 tokens, sharing nothing "
-                                           "with the verification text (default: edgekit's built-in sample)")
+                                           "int4): UTF-8 text for the importance statistics, the sensitivity "
+                                           "scan and GPTQ's Hessians, >= 1024 tokens, sharing nothing with the "
+                                           "verification text (default: edgekit's built-in sample); ExecuTorch's "
+                                           "verify reads it again, so keep it where it is")
     no_calibration: bool = option(False, "calibrated quants: plain round-to-nearest, no calibration, no scan")
 
     @classmethod

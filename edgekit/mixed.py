@@ -326,9 +326,9 @@ class MixedOptions(Options):
     MIXED: ClassVar[tuple[str, ...]] = ()
     MIXED_DEFAULT: ClassVar[tuple[str, ...]] = ()
 
-    mixed_precision: bool | None = option(None, "mixed quants: keep the tensors a sensitivity scan on the "
-                                                "calibration text finds most sensitive at higher precision, "
-                                                "within --byte-budget")
+    mixed_precision: bool | None = option(None, "mixed quants (true/false): keep the tensors a sensitivity scan "
+                                                "on the calibration text finds most sensitive at higher "
+                                                "precision, within --byte-budget")
     byte_budget: str | None = option(None, "mixed precision: bytes per weight of the weight matrices (e.g. 0.57) "
                                            "or their total in MB (e.g. 3.9MB); default: what the quant's default "
                                            "assignment stores")

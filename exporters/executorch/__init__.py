@@ -45,11 +45,13 @@ class LinearOptions(Options):
     FORMAT_NAME = "executorch"
 
     group_size: int | None = option(None, "ExecuTorch 8da4w: weights per scale (32/64/128/256, 0 = per channel; "
-                                          "default 32; 8da8w is always per channel)")
-    weight_algorithm: str | None = option(None, "ExecuTorch 8da8w/8da4w: affine (round-to-nearest), gptq (GPTQ "
-                                                "codes under affine's scales, from the calibration text; language "
-                                                "8da4w) or hqq (torchao's HQQ scale search; slower); default gptq "
-                                                "with the calibrated mixed precision, else affine", ALGORITHMS)
+                                          "default 32, and the mixed-precision scan picks each linear's group "
+                                          "within the byte budget; 8da8w is always per channel)")
+    weight_algorithm: str | None = option(None, "ExecuTorch: affine (round-to-nearest), gptq (8da4w of a "
+                                                "language model: GPTQ codes under affine's scales, from the "
+                                                "calibration text) or hqq (torchao's HQQ scale search; slower); "
+                                                "default gptq with the calibrated mixed precision, else affine",
+                                          ALGORITHMS)
 
     def algorithm(self, quant: QuantSpec) -> str:
         """The weight algorithm: ``--weight-algorithm`` where given, else affine (a recipe with calibration
