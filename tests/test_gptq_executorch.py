@@ -170,7 +170,9 @@ def test_verification_refuses_a_manifest_that_disagrees_with_the_plan():
     gptq_plan = make_plan(SOURCE, "executorch", "8da4w").plan
     affine_plan = make_plan(SOURCE, "executorch", "8da4w", options={"weight_algorithm": "affine"}).plan
     todo = {"model.layers.0.conv.in_proj.weight": None, "lm_head.weight": None}
-    entry = {"tensors": sorted(todo), "calibration_sha256": "ab" * 32}
+    from edgekit import gptq as core
+
+    entry = {**core.summary(sorted(todo), [[1, 2]], gptq.METHOD), "calibration_sha256": "ab" * 32}
 
     def refused(plan, artifact, match):
         with pytest.raises(BundleError, match=match):
@@ -179,6 +181,7 @@ def test_verification_refuses_a_manifest_that_disagrees_with_the_plan():
     refused(gptq_plan, {}, "has no artifact.gptq entry")
     refused(gptq_plan, {"gptq": {**entry, "tensors": ["lm_head.weight"]}}, "artifact.gptq.tensors differs")
     refused(affine_plan, {"gptq": entry}, "its plan writes none")
+    refused(gptq_plan, {"gptq": {**entry, "damp": 0.5}}, r"records \{'damp': 0\.5\}.*an edited manifest")
     refused(gptq_plan, {"gptq": entry}, "none was loaded")  # agrees: on to the reference (none given here)
     assert gptq.readback_hessians({"artifact": {}}, object(), affine_plan.options, affine_plan.quant, todo) == {}
     # a float export has nothing GPTQ could write (its read-back asks too)
